@@ -1,0 +1,39 @@
+//! Command line and environment of the `api` binary.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+use shared::config::{DatabaseUrl, DatabaseUrlParser};
+
+/// Blog articles REST API. Each change writes the article and its event (outbox row) in one DB1
+/// transaction; the outbox relay publishes the events to Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "api", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: ApiConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply DB1's migrations and exit (the server also applies them at start-up).
+    Migrate,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiConfig {
+    /// DB1 (primary) connection string, e.g. postgres://bloguser:blogpass@localhost:5432/blogdb.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrlParser)]
+    pub database_url: DatabaseUrl,
+    /// Address to serve the API, /health, /ready and /api/v1/metrics on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:5000")]
+    pub listen_addr: SocketAddr,
+    /// Maximum DB1 connections.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+    /// A request taking longer than this many seconds is answered 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_timeout_secs: u64,
+}

@@ -1,0 +1,210 @@
+//! What the API accepts in a request body, and the rules a valid article obeys.
+//!
+//! Inputs are deserialised with every field optional so that a missing field is reported by name
+//! with the rule it breaks (422), rather than as a generic decoding error.
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::ApiError;
+use shared::Article;
+
+pub const MAX_TITLE_CHARS: usize = 200;
+pub const MAX_AUTHOR_CHARS: usize = 100;
+pub const MAX_CATEGORY_CHARS: usize = 100;
+pub const MAX_CONTENT_CHARS: usize = 100_000;
+pub const MAX_TAGS: usize = 20;
+pub const MAX_TAG_CHARS: usize = 50;
+
+/// Body of `POST /articles` and `PUT /articles/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArticleInput {
+    pub title: Option<String>,
+    pub content: Option<String>,
+    pub author: Option<String>,
+    pub category: Option<String>,
+    pub tags: Option<Vec<String>>,
+}
+
+/// Body of `PATCH /articles/{id}`: only the fields present change; `"category": null` clears it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArticlePatch {
+    pub title: Option<String>,
+    pub content: Option<String>,
+    pub author: Option<String>,
+    #[serde(default, deserialize_with = "present_or_null")]
+    pub category: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+}
+
+/// Tells a field that is absent (`None`) from one that is `null` (`Some(None)`).
+fn present_or_null<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+/// The editable fields of a valid article.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArticleFields {
+    pub title: String,
+    pub content: String,
+    pub author: String,
+    pub category: Option<String>,
+    pub tags: Vec<String>,
+}
+
+impl ArticleInput {
+    /// Checks every rule; the first broken one is reported with its field.
+    pub fn validate(self) -> Result<ArticleFields, ApiError> {
+        ArticleFields {
+            title: required("title", self.title)?,
+            content: required("content", self.content)?,
+            author: required("author", self.author)?,
+            category: self.category,
+            tags: self.tags.unwrap_or_default(),
+        }
+        .validate()
+    }
+}
+
+impl ArticlePatch {
+    /// The current article with this patch applied, validated as a whole.
+    pub fn apply_to(self, current: &Article) -> Result<ArticleFields, ApiError> {
+        ArticleFields {
+            title: self.title.unwrap_or_else(|| current.title.clone()),
+            content: self.content.unwrap_or_else(|| current.content.clone()),
+            author: self.author.unwrap_or_else(|| current.author.clone()),
+            category: self.category.unwrap_or_else(|| current.category.clone()),
+            tags: self.tags.unwrap_or_else(|| current.tags.clone()),
+        }
+        .validate()
+    }
+}
+
+fn required(field: &'static str, value: Option<String>) -> Result<String, ApiError> {
+    value.ok_or_else(|| invalid(field, format!("{field} is required")))
+}
+
+fn invalid(field: &'static str, message: String) -> ApiError {
+    ApiError::Validation { field, message }
+}
+
+/// Trims `value` and checks it is non-empty, at most `max` characters and free of NUL bytes
+/// (PostgreSQL cannot store them in text).
+fn clean_text(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    trim: bool,
+) -> Result<String, ApiError> {
+    let value = if trim { value.trim() } else { value };
+    if value.trim().is_empty() {
+        return Err(invalid(field, format!("{field} must not be empty")));
+    }
+    if value.contains('\0') {
+        return Err(invalid(
+            field,
+            format!("{field} must not contain NUL characters"),
+        ));
+    }
+    let length = value.chars().count();
+    if length > max {
+        return Err(invalid(
+            field,
+            format!("{field} must be at most {max} characters (got {length})"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+impl ArticleFields {
+    fn validate(self) -> Result<Self, ApiError> {
+        if self.tags.len() > MAX_TAGS {
+            return Err(invalid(
+                "tags",
+                format!(
+                    "at most {MAX_TAGS} tags are allowed (got {})",
+                    self.tags.len()
+                ),
+            ));
+        }
+        Ok(Self {
+            title: clean_text("title", &self.title, MAX_TITLE_CHARS, true)?,
+            content: clean_text("content", &self.content, MAX_CONTENT_CHARS, false)?,
+            author: clean_text("author", &self.author, MAX_AUTHOR_CHARS, true)?,
+            category: self
+                .category
+                .map(|category| clean_text("category", &category, MAX_CATEGORY_CHARS, true))
+                .transpose()?,
+            tags: self
+                .tags
+                .iter()
+                .map(|tag| clean_text("tags", tag, MAX_TAG_CHARS, true))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(title: Option<&str>) -> ArticleInput {
+        ArticleInput {
+            title: title.map(str::to_owned),
+            content: Some("body".into()),
+            author: Some(" Ann ".into()),
+            category: None,
+            tags: Some(vec![" rust ".into()]),
+        }
+    }
+
+    fn field_of(error: ApiError) -> &'static str {
+        match error {
+            ApiError::Validation { field, .. } => field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn trims_names_and_tags() {
+        let fields = input(Some("  Hello ")).validate().expect("valid");
+        assert_eq!(fields.title, "Hello");
+        assert_eq!(fields.author, "Ann");
+        assert_eq!(fields.tags, vec!["rust"]);
+    }
+
+    #[test]
+    fn names_the_broken_field() {
+        assert_eq!(
+            field_of(input(None).validate().expect_err("missing")),
+            "title"
+        );
+        assert_eq!(
+            field_of(input(Some("   ")).validate().expect_err("blank")),
+            "title"
+        );
+        assert_eq!(
+            field_of(input(Some("a\0b")).validate().expect_err("nul")),
+            "title"
+        );
+        let long = "x".repeat(MAX_TITLE_CHARS + 1);
+        assert_eq!(
+            field_of(input(Some(&long)).validate().expect_err("long")),
+            "title"
+        );
+        let mut many_tags = input(Some("ok"));
+        many_tags.tags = Some(vec!["t".into(); MAX_TAGS + 1]);
+        assert_eq!(field_of(many_tags.validate().expect_err("tags")), "tags");
+    }
+
+    #[test]
+    fn patch_null_clears_category_and_absent_keeps_it() {
+        let clear: ArticlePatch = serde_json::from_str(r#"{"category": null}"#).expect("json");
+        assert_eq!(clear.category, Some(None));
+        let keep: ArticlePatch = serde_json::from_str(r#"{"title": "t"}"#).expect("json");
+        assert_eq!(keep.category, None);
+    }
+}

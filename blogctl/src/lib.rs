@@ -1,0 +1,299 @@
+//! Kafka operations the seed guide does with `kafka-console-consumer`, `kafka-console-producer`
+//! and `kafka-consumer-groups`, on rdkafka (Debian's kcat links a librdkafka too old for the local
+//! broker). The `blogctl` binary wraps them; the end-to-end tests use them to inspect the topic.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Headers as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use shared::kafka::{METADATA_TIMEOUT, client_config};
+
+/// One record as read from the topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub value: Option<Vec<u8>>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn value_text(&self) -> String {
+        self.value.as_deref().map_or_else(
+            || "null".to_owned(),
+            |value| String::from_utf8_lossy(value).into_owned(),
+        )
+    }
+
+    /// `CreateTime:… key=… headers=k:v,… value`, tab-separated, like the console consumer.
+    pub fn display_line(&self) -> String {
+        let headers: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(key, value)| format!("{key}:{value}"))
+            .collect();
+        format!(
+            "partition={} offset={}\tCreateTime:{}\tkey={}\theaders={}\t{}",
+            self.partition,
+            self.offset,
+            self.timestamp_ms
+                .map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
+            self.key.as_deref().unwrap_or("null"),
+            headers.join(","),
+            self.value_text()
+        )
+    }
+
+    fn from_message<M: rdkafka::message::Message>(message: &M) -> Self {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| {
+                        (
+                            header.key.to_owned(),
+                            header
+                                .value
+                                .map(String::from_utf8_lossy)
+                                .unwrap_or_default()
+                                .into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message
+                .key()
+                .map(|key| String::from_utf8_lossy(key).into_owned()),
+            headers,
+            value: message.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+fn reader(bootstrap_servers: &str) -> anyhow::Result<BaseConsumer> {
+    client_config(bootstrap_servers)
+        .set("group.id", "blogctl-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("cannot create a Kafka consumer")
+}
+
+/// The partitions of `topic`, in order.
+pub fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .context("cannot fetch topic metadata")?;
+    let topic_metadata = metadata
+        .topics()
+        .first()
+        .context("broker returned no topic metadata")?;
+    if let Some(error) = topic_metadata.error() {
+        bail!("topic {topic}: {error:?}");
+    }
+    let mut partitions: Vec<i32> = topic_metadata
+        .partitions()
+        .iter()
+        .map(|partition| partition.id())
+        .collect();
+    partitions.sort_unstable();
+    Ok(partitions)
+}
+
+/// Where `consume` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Beginning,
+    End,
+}
+
+/// Reads `topic` from `start`, calling `on_record` for each record, until `max_records` were
+/// read, or (when `until_caught_up`) until every partition reached the end it had at the call,
+/// or `deadline` passes. Returns how many records were read.
+pub fn consume(
+    bootstrap_servers: &str,
+    topic: &str,
+    start: Start,
+    max_records: Option<usize>,
+    until_caught_up: bool,
+    deadline: Option<Instant>,
+    mut on_record: impl FnMut(Record),
+) -> anyhow::Result<usize> {
+    let consumer = reader(bootstrap_servers)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
+    for partition in partitions(&consumer, topic)? {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            .with_context(|| format!("cannot read the offsets of partition {partition}"))?;
+        let offset = match start {
+            Start::Beginning => Offset::Offset(low),
+            Start::End => Offset::Offset(high),
+        };
+        assignment
+            .add_partition_offset(topic, partition, offset)
+            .context("cannot assign partition")?;
+        if start == Start::Beginning && high > low {
+            remaining.insert(partition, high);
+        }
+    }
+    consumer
+        .assign(&assignment)
+        .context("cannot assign partitions")?;
+    let mut read = 0;
+    loop {
+        if until_caught_up && remaining.is_empty() {
+            return Ok(read);
+        }
+        if max_records.is_some_and(|max| read >= max) {
+            return Ok(read);
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            if until_caught_up {
+                bail!("timed out reading {topic}: partitions not caught up: {remaining:?}");
+            }
+            return Ok(read);
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = result.context("cannot read from the topic")?;
+        let record = Record::from_message(&message);
+        if remaining
+            .get(&record.partition)
+            .is_some_and(|&end| record.offset + 1 >= end)
+        {
+            remaining.remove(&record.partition);
+        }
+        read += 1;
+        on_record(record);
+    }
+}
+
+/// Every record of `topic` present when called, in partition then offset order.
+pub fn read_all(
+    bootstrap_servers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Record>> {
+    let mut records = Vec::new();
+    consume(
+        bootstrap_servers,
+        topic,
+        Start::Beginning,
+        None,
+        true,
+        Some(Instant::now() + timeout),
+        |record| {
+            records.push(record);
+        },
+    )?;
+    records.sort_by_key(|record| (record.partition, record.offset));
+    Ok(records)
+}
+
+/// Lag of a consumer group on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// The group's committed offset, if it committed one.
+    pub current_offset: Option<i64>,
+    pub log_end_offset: i64,
+    pub lag: i64,
+}
+
+/// The lag of `group` on each partition of `topic` (like `kafka-consumer-groups --describe`).
+pub fn group_lag(
+    bootstrap_servers: &str,
+    topic: &str,
+    group: &str,
+) -> anyhow::Result<Vec<PartitionLag>> {
+    let consumer: BaseConsumer = client_config(bootstrap_servers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("cannot create a Kafka consumer")?;
+    let partitions = partitions(&consumer, topic)?;
+    let mut wanted = TopicPartitionList::new();
+    for &partition in &partitions {
+        wanted.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, METADATA_TIMEOUT)
+        .context("cannot read committed offsets")?;
+    partitions
+        .into_iter()
+        .map(|partition| {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+            let current_offset = committed
+                .find_partition(topic, partition)
+                .and_then(|element| match element.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                });
+            let lag = high - current_offset.unwrap_or(low);
+            Ok(PartitionLag {
+                partition,
+                current_offset,
+                log_end_offset: high,
+                lag,
+            })
+        })
+        .collect()
+}
+
+/// Where a produced record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Produces `value` to `topic` and waits for the broker's acknowledgement.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    value: &str,
+) -> anyhow::Result<Produced> {
+    let mut record = FutureRecord::<str, str>::to(topic).payload(value);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    let delivery = producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(error, _)| error)?;
+    Ok(Produced {
+        partition: delivery.partition,
+        offset: delivery.offset,
+    })
+}
+
+/// A producer with acknowledgement from all replicas.
+pub fn producer(bootstrap_servers: &str) -> anyhow::Result<FutureProducer> {
+    client_config(bootstrap_servers)
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .context("cannot create a Kafka producer")
+}

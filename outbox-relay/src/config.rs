@@ -1,0 +1,56 @@
+//! Command line and environment of the `outbox-relay` binary.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+use shared::config::{DatabaseUrl, DatabaseUrlParser};
+
+/// Publishes DB1's outbox rows to Kafka, in order, keyed by article id.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: RelayConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply DB1's migrations and exit (the relay also applies them at start-up).
+    Migrate,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RelayConfig {
+    /// DB1 (primary) connection string.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrlParser)]
+    pub database_url: DatabaseUrl,
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "localhost:9092"
+    )]
+    pub kafka_bootstrap_servers: String,
+    /// Topic the events are published to.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "articles")]
+    pub kafka_topic: String,
+    /// Address to serve /health, /ready and /metrics on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:9101")]
+    pub listen_addr: SocketAddr,
+    /// Outbox rows read and published per round.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch_size: i64,
+    /// Milliseconds between checks of the outbox when no NOTIFY arrives (the fallback for lost
+    /// notifications).
+    #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub poll_interval_ms: u64,
+    /// Milliseconds the producer keeps retrying one record before reporting it failed (Kafka's
+    /// `message.timeout.ms`); failed rows stay in the outbox and are sent again.
+    #[arg(long, env = "KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub delivery_timeout_ms: u64,
+    /// Maximum DB1 connections.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
+    pub db_pool_size: usize,
+}

@@ -1,0 +1,69 @@
+//! The relay's Prometheus metrics, served at `/metrics`.
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+use shared::EventType;
+
+#[derive(Debug, Clone)]
+pub struct RelayMetrics {
+    pub registry: Registry,
+    /// `kafka_messages_sent_total{event_type}`: the seed's name; records acknowledged by the broker.
+    pub messages_sent: IntCounterVec,
+    /// Records the broker refused or that timed out (their rows stay in the outbox).
+    pub publish_errors: IntCounter,
+    /// Rows waiting in the outbox.
+    pub backlog: IntGauge,
+    /// Age in seconds of the oldest waiting row.
+    pub oldest_age: Gauge,
+    /// Seconds from the outbox row's commit to the broker's acknowledgement.
+    pub commit_to_ack: Histogram,
+}
+
+impl RelayMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let messages_sent = IntCounterVec::new(
+            Opts::new(
+                "kafka_messages_sent_total",
+                "Total Kafka messages sent (acknowledged by the broker)",
+            ),
+            &["event_type"],
+        )?;
+        let publish_errors = IntCounter::new(
+            "outbox_publish_errors_total",
+            "Records the broker refused or that timed out",
+        )?;
+        let backlog = IntGauge::new("outbox_backlog_rows", "Outbox rows not yet published")?;
+        let oldest_age = Gauge::new(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox row",
+        )?;
+        let commit_to_ack = Histogram::with_opts(
+            HistogramOpts::new(
+                "outbox_commit_to_ack_seconds",
+                "Time from outbox row creation to broker acknowledgement",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ]),
+        )?;
+        registry.register(Box::new(messages_sent.clone()))?;
+        registry.register(Box::new(publish_errors.clone()))?;
+        registry.register(Box::new(backlog.clone()))?;
+        registry.register(Box::new(oldest_age.clone()))?;
+        registry.register(Box::new(commit_to_ack.clone()))?;
+        for kind in EventType::ALL {
+            messages_sent.with_label_values(&[kind.as_str()]);
+        }
+        Ok(Self {
+            registry,
+            messages_sent,
+            publish_errors,
+            backlog,
+            oldest_age,
+            commit_to_ack,
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! Builds and runs the relay: the ops endpoints start at once; the relay loop starts once DB1's
+//! schema is in (waiting and retrying while DB1 is unreachable).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::FutureExt as _;
+use rdkafka::producer::Producer as _;
+use shared::db::Schema;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+use crate::metrics::RelayMetrics;
+use crate::relay::{Relay, RelaySettings, create_producer};
+
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    config: RelayConfig,
+    relay: Relay,
+    readiness: shared::ops::ReadinessCheck,
+    metrics: RelayMetrics,
+}
+
+impl Application {
+    pub async fn build(config: RelayConfig) -> anyhow::Result<Self> {
+        let listener = shared::ops::bind(config.listen_addr).await?;
+        let pool = shared::db::pool(&config.database_url, config.db_pool_size)
+            .context("cannot create the DB1 pool")?;
+        let settings = RelaySettings {
+            bootstrap_servers: config.kafka_bootstrap_servers.clone(),
+            topic: config.kafka_topic.clone(),
+            batch_size: config.batch_size,
+            poll_interval: Duration::from_millis(config.poll_interval_ms),
+            delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
+        };
+        let producer = create_producer(&settings)?;
+        let metrics = RelayMetrics::new().context("cannot register metrics")?;
+        let readiness = {
+            let (pool, producer, topic) = (pool.clone(), producer.clone(), settings.topic.clone());
+            shared::ops::ReadinessCheck::new(move || {
+                let (pool, producer, topic) = (pool.clone(), producer.clone(), topic.clone());
+                async move {
+                    shared::ops::database_answers(&pool).await?;
+                    tokio::task::spawn_blocking(move || {
+                        shared::kafka::topic_reachable(producer.client(), &topic)
+                    })
+                    .await
+                    .map_err(|error| error.to_string())?
+                }
+                .boxed()
+            })
+        };
+        let relay = Relay::new(
+            pool,
+            producer,
+            settings,
+            metrics.clone(),
+            Arc::new(Notify::new()),
+        );
+        Ok(Self {
+            listener,
+            config,
+            relay,
+            readiness,
+            metrics,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|addr| addr.port())
+            .unwrap_or(0)
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            config,
+            relay,
+            readiness,
+            metrics,
+        } = self;
+        tracing::info!(
+            listen_addr = %listener.local_addr()?,
+            database = %config.database_url,
+            bootstrap_servers = %config.kafka_bootstrap_servers,
+            topic = %config.kafka_topic,
+            "outbox relay starting"
+        );
+        let ops = tokio::spawn(shared::ops::serve(
+            listener,
+            shared::ops::router(metrics.registry.clone(), readiness),
+            shutdown.clone(),
+        ));
+        if shared::db::migrate_when_available(&config.database_url, Schema::Primary, &shutdown)
+            .await
+        {
+            let listener = tokio::spawn(crate::listener::listen(
+                config.database_url.clone(),
+                relay.wake(),
+                shutdown.clone(),
+            ));
+            relay.run(shutdown.clone()).await;
+            listener.abort();
+        }
+        shutdown.cancel();
+        ops.await
+            .context("the ops server panicked")?
+            .context("the ops server failed")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,48 @@
+//! Command line and environment of the `replica-sink` binary.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+use shared::config::{DatabaseUrl, DatabaseUrlParser};
+
+/// Consumes the `articles` topic and applies each event to DB2 (the replica) exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "replica-sink", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: SinkConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply DB2's migrations and exit (the sink also applies them at start-up).
+    Migrate,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SinkConfig {
+    /// DB2 (replica) connection string, e.g. postgres://bloguser:blogpass@localhost:5433/blogdb_replica.
+    #[arg(long, env = "REPLICA_DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrlParser)]
+    pub replica_database_url: DatabaseUrl,
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "localhost:9092"
+    )]
+    pub kafka_bootstrap_servers: String,
+    /// Topic to consume.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "articles")]
+    pub kafka_topic: String,
+    /// Consumer group.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "blog-sync-group")]
+    pub kafka_group_id: String,
+    /// Address to serve /health, /ready and /metrics on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:9102")]
+    pub listen_addr: SocketAddr,
+    /// Maximum DB2 connections.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
+    pub db_pool_size: usize,
+}

@@ -1,0 +1,23 @@
+//! `replica-sink`: parse the configuration, start logging, consume until SIGINT/SIGTERM.
+
+use clap::Parser;
+use replica_sink::config::{Cli, Command};
+use replica_sink::startup::Application;
+use shared::db::Schema;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    shared::telemetry::init("replica-sink");
+    match cli.command {
+        Some(Command::Migrate) => {
+            Ok(shared::db::migrate(&cli.config.replica_database_url, Schema::Replica).await?)
+        }
+        None => {
+            let application = Application::build(cli.config).await?;
+            application
+                .run_until_stopped(shared::shutdown::token_cancelled_on_signal())
+                .await
+        }
+    }
+}

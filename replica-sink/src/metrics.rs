@@ -1,0 +1,73 @@
+//! The sink's Prometheus metrics, served at `/metrics`.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use shared::EventType;
+
+#[derive(Debug, Clone)]
+pub struct SinkMetrics {
+    pub registry: Registry,
+    /// Events whose change is now in DB2, by type.
+    pub applied: IntCounterVec,
+    /// Events skipped because their id was already in `processed_events`.
+    pub duplicates: IntCounter,
+    /// Events recorded but older than what DB2 holds.
+    pub stale: IntCounter,
+    /// Records that can never be applied, by reason.
+    pub poison: IntCounterVec,
+    /// Seconds spent applying one event (DB2 transaction), by type.
+    pub apply_duration: HistogramVec,
+}
+
+impl SinkMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let applied = IntCounterVec::new(
+            Opts::new(
+                "sink_events_applied_total",
+                "Events applied to DB2, by event type",
+            ),
+            &["event_type"],
+        )?;
+        let duplicates = IntCounter::new(
+            "sink_events_duplicate_total",
+            "Events skipped because they were already processed",
+        )?;
+        let stale = IntCounter::new(
+            "sink_events_stale_total",
+            "Events older than the replica's state (no change)",
+        )?;
+        let poison = IntCounterVec::new(
+            Opts::new(
+                "sink_events_poison_total",
+                "Records that cannot be applied, by reason",
+            ),
+            &["reason"],
+        )?;
+        let apply_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sink_apply_duration_seconds",
+                "Time to apply one event to DB2",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            &["event_type"],
+        )?;
+        registry.register(Box::new(applied.clone()))?;
+        registry.register(Box::new(duplicates.clone()))?;
+        registry.register(Box::new(stale.clone()))?;
+        registry.register(Box::new(poison.clone()))?;
+        registry.register(Box::new(apply_duration.clone()))?;
+        for kind in EventType::ALL {
+            applied.with_label_values(&[kind.as_str()]);
+        }
+        Ok(Self {
+            registry,
+            applied,
+            duplicates,
+            stale,
+            poison,
+            apply_duration,
+        })
+    }
+}

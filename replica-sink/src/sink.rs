@@ -1,0 +1,204 @@
+//! The consume loop. For each record: decode it; apply it to DB2 (retrying with capped backoff
+//! while DB2 is unavailable, without moving on); then store its offset for the next auto-commit.
+//! A record that can never be applied (poison) is logged, counted and skipped, so it never stops
+//! the pipeline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message as _};
+use shared::backoff::Backoff;
+use shared::db::{error_chain, is_transient};
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{ApplyOutcome, apply};
+use crate::decode::{DecodedEvent, Poison, decode};
+use crate::metrics::SinkMetrics;
+
+/// Whether a record is done with (its offset may be stored) or the sink is stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    Done,
+    Interrupted,
+}
+
+pub struct Sink {
+    pool: Pool,
+    consumer: Arc<StreamConsumer>,
+    metrics: SinkMetrics,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink").finish_non_exhaustive()
+    }
+}
+
+impl Sink {
+    pub fn new(pool: Pool, consumer: Arc<StreamConsumer>, metrics: SinkMetrics) -> Self {
+        Self {
+            pool,
+            consumer,
+            metrics,
+        }
+    }
+
+    /// Consumes until `shutdown`, then commits the stored offsets and leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let received = tokio::select! {
+                received = self.consumer.recv() => received,
+                () = shutdown.cancelled() => break,
+            };
+            let message = match received {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "consumer error");
+                    shared::shutdown::sleep_unless_cancelled(&shutdown, Duration::from_millis(200))
+                        .await;
+                    continue;
+                }
+            };
+            if self.handle(&message, &shutdown).await == Handled::Interrupted {
+                break;
+            }
+            tracing::debug!(
+                partition = message.partition(),
+                offset = message.offset(),
+                "Committing offset..."
+            );
+            if let Err(error) = self.consumer.store_offset_from_message(&message) {
+                // The partition was revoked meanwhile; its new owner skips the event by its id.
+                tracing::warn!(%error, "cannot store the offset");
+            }
+        }
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("offsets committed"),
+            Err(error) => tracing::debug!(%error, "no offsets committed at shutdown"),
+        }
+        self.consumer.unsubscribe();
+        tracing::info!("sink stopped");
+    }
+
+    async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> Handled {
+        let header_event_id = shared::kafka::header_str(message, shared::kafka::EVENT_ID_HEADER);
+        let decoded = match decode(message.payload(), header_event_id) {
+            Ok(decoded) => decoded,
+            Err(poison) => {
+                self.skip_poison(message, &poison);
+                return Handled::Done;
+            }
+        };
+        let (event_type, article_id) = (decoded.event.event_type, decoded.event.data.id);
+        tracing::info!("Received event: {event_type} for article ID: {article_id}");
+        tracing::info!(
+            partition = message.partition(),
+            offset = message.offset(),
+            "Event ID: {}",
+            decoded.event_id
+        );
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            match self.apply(&decoded).await {
+                Ok(outcome) => {
+                    self.report(&decoded, outcome);
+                    return Handled::Done;
+                }
+                Err(ApplyError::Permanent(error)) => {
+                    tracing::error!(event_id = %decoded.event_id, error = %error_chain(&error), "DB2 refuses this event; skipping it");
+                    self.metrics
+                        .poison
+                        .with_label_values(&["rejected_by_db"])
+                        .inc();
+                    return Handled::Done;
+                }
+                Err(ApplyError::Transient(error)) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(event_id = %decoded.event_id, error = %error, ?delay, "DB2 unavailable; retrying this event");
+                    if !shared::shutdown::sleep_unless_cancelled(shutdown, delay).await {
+                        return Handled::Interrupted;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, decoded: &DecodedEvent) -> Result<ApplyOutcome, ApplyError> {
+        let started = Instant::now();
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|error| ApplyError::Transient(error_chain(&error)))?;
+        tracing::info!("Checking idempotency for event ID: {}", decoded.event_id);
+        let outcome = apply(&mut client, decoded).await.map_err(|error| {
+            if is_transient(&error) {
+                ApplyError::Transient(error_chain(&error))
+            } else {
+                ApplyError::Permanent(error)
+            }
+        })?;
+        let event_type = decoded.event.event_type.as_str();
+        self.metrics
+            .apply_duration
+            .with_label_values(&[event_type])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(outcome)
+    }
+
+    fn report(&self, decoded: &DecodedEvent, outcome: ApplyOutcome) {
+        let (event_type, article_id, event_id) = (
+            decoded.event.event_type,
+            decoded.event.data.id,
+            &decoded.event_id,
+        );
+        match outcome {
+            ApplyOutcome::Applied => {
+                self.metrics
+                    .applied
+                    .with_label_values(&[event_type.as_str()])
+                    .inc();
+                tracing::info!(
+                    "Successfully processed event: {event_type} for article {article_id}"
+                );
+            }
+            ApplyOutcome::AlreadyProcessed => {
+                self.metrics.duplicates.inc();
+                tracing::warn!("Event already processed: {event_id}. Skipping...");
+                tracing::info!(
+                    "Successfully processed event (already done): {event_type} for article {article_id}"
+                );
+            }
+            ApplyOutcome::Stale => {
+                self.metrics.stale.inc();
+                tracing::info!(
+                    version = decoded.event.data.version,
+                    "Event {event_id} is older than the replica's state for article {article_id}; recorded, no change"
+                );
+            }
+        }
+    }
+
+    fn skip_poison(&self, message: &BorrowedMessage<'_>, poison: &Poison) {
+        self.metrics
+            .poison
+            .with_label_values(&[poison.reason()])
+            .inc();
+        tracing::error!(
+            partition = message.partition(),
+            offset = message.offset(),
+            reason = poison.reason(),
+            error = %poison,
+            "poison record skipped"
+        );
+    }
+}
+
+/// Why applying an event failed: retry later, or never.
+#[derive(Debug)]
+enum ApplyError {
+    Transient(String),
+    Permanent(tokio_postgres::Error),
+}

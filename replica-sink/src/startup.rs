@@ -1,0 +1,120 @@
+//! Builds and runs the sink: the ops endpoints start at once; consuming starts once DB2's schema
+//! is in (waiting and retrying while DB2 is unreachable), so no offset moves before DB2 can
+//! take the events.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures_util::FutureExt as _;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use shared::db::Schema;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SinkConfig;
+use crate::metrics::SinkMetrics;
+use crate::sink::Sink;
+
+pub struct Application {
+    listener: TcpListener,
+    config: SinkConfig,
+    sink: Sink,
+    consumer: Arc<StreamConsumer>,
+    readiness: shared::ops::ReadinessCheck,
+    metrics: SinkMetrics,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    pub async fn build(config: SinkConfig) -> anyhow::Result<Self> {
+        let listener = shared::ops::bind(config.listen_addr).await?;
+        let pool = shared::db::pool(&config.replica_database_url, config.db_pool_size)
+            .context("cannot create the DB2 pool")?;
+        let consumer: Arc<StreamConsumer> = Arc::new(
+            shared::kafka::consumer_config(&config.kafka_bootstrap_servers, &config.kafka_group_id)
+                .create()
+                .context("cannot create the Kafka consumer")?,
+        );
+        let metrics = SinkMetrics::new().context("cannot register metrics")?;
+        let readiness = {
+            let (pool, consumer, topic) =
+                (pool.clone(), consumer.clone(), config.kafka_topic.clone());
+            shared::ops::ReadinessCheck::new(move || {
+                let (pool, consumer, topic) = (pool.clone(), consumer.clone(), topic.clone());
+                async move {
+                    shared::ops::database_answers(&pool).await?;
+                    tokio::task::spawn_blocking(move || {
+                        shared::kafka::topic_reachable(consumer.client(), &topic)
+                    })
+                    .await
+                    .map_err(|error| error.to_string())?
+                }
+                .boxed()
+            })
+        };
+        let sink = Sink::new(pool, consumer.clone(), metrics.clone());
+        Ok(Self {
+            listener,
+            config,
+            sink,
+            consumer,
+            readiness,
+            metrics,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|addr| addr.port())
+            .unwrap_or(0)
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            config,
+            sink,
+            consumer,
+            readiness,
+            metrics,
+        } = self;
+        tracing::info!(
+            listen_addr = %listener.local_addr()?,
+            database = %config.replica_database_url,
+            bootstrap_servers = %config.kafka_bootstrap_servers,
+            topic = %config.kafka_topic,
+            group = %config.kafka_group_id,
+            "replica sink starting"
+        );
+        let ops = tokio::spawn(shared::ops::serve(
+            listener,
+            shared::ops::router(metrics.registry.clone(), readiness),
+            shutdown.clone(),
+        ));
+        if shared::db::migrate_when_available(
+            &config.replica_database_url,
+            Schema::Replica,
+            &shutdown,
+        )
+        .await
+        {
+            consumer
+                .subscribe(&[&config.kafka_topic])
+                .context("cannot subscribe")?;
+            sink.run(shutdown.clone()).await;
+        }
+        shutdown.cancel();
+        ops.await
+            .context("the ops server panicked")?
+            .context("the ops server failed")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! Configuration types shared by the binaries' command lines.
+//!
+//! A database URL carries a password, so it is wrapped: `Debug` and `Display` print it with the
+//! password masked, and the raw string is only reachable through [`DatabaseUrl::expose`], which the
+//! connection code alone calls.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A PostgreSQL connection string (URL or `key=value` form) whose password never prints.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    raw: String,
+    config: tokio_postgres::Config,
+}
+
+impl DatabaseUrl {
+    /// The unmasked connection string, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+
+    /// The parsed driver configuration.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// A description safe for logs: the URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_password(&self.raw)
+    }
+}
+
+/// Masks the password of a `postgres://user:password@host/db` URL or a `password=…` pair.
+pub fn redact_password(raw: &str) -> String {
+    if let Some((scheme, rest)) = raw.split_once("://") {
+        if let Some((credentials, host)) = rest.rsplit_once('@') {
+            if let Some((user, _password)) = credentials.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+        return raw.to_owned();
+    }
+    raw.split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let config = raw.parse::<tokio_postgres::Config>().map_err(|error| {
+            format!(
+                "invalid PostgreSQL connection string {}: {error}",
+                redact_password(raw)
+            )
+        })?;
+        Ok(Self {
+            raw: raw.to_owned(),
+            config,
+        })
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DatabaseUrl")
+            .field(&self.redacted())
+            .finish()
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_prints_the_password() {
+        let url: DatabaseUrl = "postgres://bloguser:blogpass@localhost:5432/blogdb"
+            .parse()
+            .expect("valid");
+        assert_eq!(
+            url.to_string(),
+            "postgres://bloguser:***@localhost:5432/blogdb"
+        );
+        assert!(!format!("{url:?}").contains("blogpass"));
+        let pairs: DatabaseUrl = "host=localhost password=blogpass dbname=blogdb"
+            .parse()
+            .expect("valid");
+        assert_eq!(
+            pairs.to_string(),
+            "host=localhost password=*** dbname=blogdb"
+        );
+    }
+
+    #[test]
+    fn rejects_garbage_without_echoing_secrets() {
+        let error = "postgres://u:secret@host:notaport/db"
+            .parse::<DatabaseUrl>()
+            .expect_err("invalid");
+        assert!(error.contains("invalid PostgreSQL connection string"));
+        assert!(!error.contains("secret"));
+    }
+}
+
+/// Parses a [`DatabaseUrl`] for clap without echoing the rejected value (clap's default error
+/// repeats the value, password included).
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseUrlParser;
+
+impl clap::builder::TypedValueParser for DatabaseUrlParser {
+    type Value = DatabaseUrl;
+
+    fn parse_ref(
+        &self,
+        _command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<DatabaseUrl, clap::Error> {
+        use clap::error::ErrorKind;
+        let name = arg.map_or_else(|| "the database URL".to_owned(), ToString::to_string);
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                ErrorKind::InvalidUtf8,
+                format!("{name} is not valid UTF-8\n"),
+            )
+        })?;
+        text.parse().map_err(|error: String| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for {name}: {error}\n"),
+            )
+        })
+    }
+}

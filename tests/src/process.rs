@@ -1,0 +1,225 @@
+//! Child processes the harness owns: started from a spec (so they can be restarted identically),
+//! logging to a file, stopped with a signal or killed with SIGKILL, and killed when dropped.
+
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// How to start a process.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub name: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    /// Run as this (uid, gid) — PostgreSQL refuses to run as root.
+    pub run_as: Option<(u32, u32)>,
+    pub log: PathBuf,
+    /// Signal that asks for a clean stop (`TERM`, or `INT` for PostgreSQL's fast shutdown).
+    pub stop_signal: &'static str,
+}
+
+#[derive(Debug)]
+pub struct ManagedProcess {
+    spec: ProcessSpec,
+    child: Option<Child>,
+}
+
+/// Variables the parent may have that would change how children behave; children get only
+/// what their spec says on top of a scrubbed environment.
+const SCRUBBED_ENV: &[&str] = &[
+    "DATABASE_URL",
+    "REPLICA_DATABASE_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_TOPIC",
+    "KAFKA_GROUP_ID",
+    "LISTEN_ADDR",
+    "STORAGE_ENGINE",
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "CLUSTER_ID",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "API_TOKEN",
+];
+
+impl ManagedProcess {
+    pub fn start(spec: ProcessSpec) -> anyhow::Result<Self> {
+        let mut process = Self { spec, child: None };
+        process.spawn()?;
+        Ok(process)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let spec = &self.spec;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .with_context(|| format!("cannot open log {}", spec.log.display()))?;
+        let mut command = Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for name in SCRUBBED_ENV {
+            command.env_remove(name);
+        }
+        command.envs(spec.envs.iter().map(|(key, value)| (key, value)));
+        if let Some(cwd) = &spec.cwd {
+            command.current_dir(cwd);
+        }
+        if let Some((uid, gid)) = spec.run_as {
+            command.uid(uid).gid(gid);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {} ({})", spec.name, spec.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.spec.log
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running (reaps it if it exited).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Starts the process again after a stop or kill.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.is_running() {
+            bail!("{} is still running", self.spec.name);
+        }
+        self.spawn()
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends the stop signal and waits up to `timeout` for a clean exit, then kills. Returns the
+    /// exit code of a clean exit.
+    pub async fn stop(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg(format!("-{}", self.spec.stop_signal))
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The last `lines` lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.spec.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for ManagedProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The uid and gid of `user` from /etc/passwd.
+pub fn user_ids(user: &str) -> anyhow::Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() > 3 && fields[0] == user {
+            return Ok((fields[2].parse()?, fields[3].parse()?));
+        }
+    }
+    bail!("no user {user} in /etc/passwd")
+}
+
+/// Whether this process runs as root.
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("Uid:"))
+                .map(|line| line.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Where the workspace's binaries are: the directory of the running executable (tests run from
+/// `target/<profile>/deps`, the `stack` binary from `target/<profile>`).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the running executable")?;
+    let mut dir = exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build the services first (`cargo build --workspace --bins`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Finds `program` on PATH or in ~/.cargo/bin.
+pub fn find_program(program: &str) -> anyhow::Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo/bin").join(program));
+    }
+    candidates
+        .into_iter()
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("{program} not found on PATH; run scripts/setup.sh"))
+}

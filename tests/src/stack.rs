@@ -1,0 +1,403 @@
+//! The whole pipeline — DB1, DB2, the broker, `api`, `outbox-relay`, `replica-sink` — started
+//! under one directory. Tests use free ports and a temporary directory; the local stack uses the
+//! seed's ports and names under `.stack/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shared::config::DatabaseUrl;
+use shared::{Article, article_columns};
+
+use crate::api_client::ApiClient;
+use crate::broker::Broker;
+use crate::postgres::{PgCluster, PgOptions};
+use crate::process::{ManagedProcess, ProcessSpec, binary};
+
+pub const DB1_NAME: &str = "blogdb";
+pub const DB2_NAME: &str = "blogdb_replica";
+pub const DB_USER: &str = "bloguser";
+pub const DB_PASSWORD: &str = "blogpass";
+pub const TOPIC: &str = "articles";
+pub const GROUP: &str = "blog-sync-group";
+
+/// Where each part listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub db1: u16,
+    pub db2: u16,
+    pub broker: u16,
+    pub api: u16,
+    pub relay: u16,
+    pub sink: u16,
+}
+
+impl Ports {
+    /// Free ports, for tests running side by side.
+    pub fn free() -> Self {
+        let free = crate::free_port;
+        Self {
+            db1: free(),
+            db2: free(),
+            broker: free(),
+            api: free(),
+            relay: free(),
+            sink: free(),
+        }
+    }
+
+    /// The seed's ports: API 5000, Kafka 9092; DB1 5432 and DB2 5433.
+    pub fn seed() -> Self {
+        Self {
+            db1: 5432,
+            db2: 5433,
+            broker: 9092,
+            api: 5000,
+            relay: 9101,
+            sink: 9102,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub root: PathBuf,
+    pub ports: Ports,
+    pub durable: bool,
+    pub rust_log: String,
+    /// Extra environment for the relay (e.g. a short delivery timeout in tests).
+    pub relay_env: Vec<(String, String)>,
+}
+
+/// One of the three services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Api,
+    Relay,
+    Sink,
+}
+
+impl Service {
+    pub fn binary_name(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Relay => "outbox-relay",
+            Self::Sink => "replica-sink",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Stack {
+    pub db1: PgCluster,
+    pub db2: PgCluster,
+    pub broker: Broker,
+    api: ManagedProcess,
+    relay: ManagedProcess,
+    sink: ManagedProcess,
+    pub options: StackOptions,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Stack {
+    /// A stack of its own for one test: temporary directory, free ports.
+    pub async fn start_for_test() -> anyhow::Result<Self> {
+        Self::start_for_test_with(Vec::new()).await
+    }
+
+    /// Like [`Stack::start_for_test`] with extra relay environment.
+    pub async fn start_for_test_with(relay_env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        let temp = tempfile::Builder::new().prefix("blog-e2e-").tempdir()?;
+        let options = StackOptions {
+            root: temp.path().to_path_buf(),
+            ports: Ports::free(),
+            durable: false,
+            rust_log: "info".to_owned(),
+            relay_env,
+        };
+        Self::start(options, Some(temp)).await
+    }
+
+    /// Starts every part and waits until each is ready.
+    pub async fn start(
+        options: StackOptions,
+        temp: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Self> {
+        let root = &options.root;
+        std::fs::create_dir_all(root.join("logs"))?;
+        let pg = PgOptions {
+            durable: options.durable,
+        };
+        let (db1_dir, db2_dir, broker_dir) =
+            (root.join("db1"), root.join("db2"), root.join("broker"));
+        let (db1, db2, broker) = tokio::try_join!(
+            PgCluster::start("db1", &db1_dir, options.ports.db1, pg),
+            PgCluster::start("db2", &db2_dir, options.ports.db2, pg),
+            Broker::start(&broker_dir, options.ports.broker),
+        )?;
+        db1.create_database(DB1_NAME, DB_USER, DB_PASSWORD).await?;
+        db2.create_database(DB2_NAME, DB_USER, DB_PASSWORD).await?;
+        let start = |service| -> anyhow::Result<ManagedProcess> {
+            ManagedProcess::start(service_spec(service, &options, &db1, &db2, &broker)?)
+        };
+        let (api, relay, sink) = (
+            start(Service::Api)?,
+            start(Service::Relay)?,
+            start(Service::Sink)?,
+        );
+        let stack = Self {
+            db1,
+            db2,
+            broker,
+            api,
+            relay,
+            sink,
+            options,
+            _temp: temp,
+        };
+        for service in [Service::Api, Service::Relay, Service::Sink] {
+            stack.wait_ready(service).await?;
+        }
+        Ok(stack)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.options.root
+    }
+
+    pub fn db1_url(&self) -> DatabaseUrl {
+        self.db1.url(DB_USER, DB1_NAME)
+    }
+
+    pub fn db2_url(&self) -> DatabaseUrl {
+        self.db2.url(DB_USER, DB2_NAME)
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        self.broker.bootstrap_servers()
+    }
+
+    pub fn port(&self, service: Service) -> u16 {
+        match service {
+            Service::Api => self.options.ports.api,
+            Service::Relay => self.options.ports.relay,
+            Service::Sink => self.options.ports.sink,
+        }
+    }
+
+    pub fn url(&self, service: Service) -> String {
+        format!("http://127.0.0.1:{}", self.port(service))
+    }
+
+    pub fn api(&self) -> ApiClient {
+        ApiClient::new(&self.url(Service::Api))
+    }
+
+    pub fn process(&mut self, service: Service) -> &mut ManagedProcess {
+        match service {
+            Service::Api => &mut self.api,
+            Service::Relay => &mut self.relay,
+            Service::Sink => &mut self.sink,
+        }
+    }
+
+    /// Waits until `GET /ready` of `service` answers 200.
+    pub async fn wait_ready(&self, service: Service) -> anyhow::Result<()> {
+        let client = ApiClient::new(&self.url(service));
+        crate::wait::until(
+            &format!("{} to be ready", service.binary_name()),
+            Duration::from_secs(60),
+            || async {
+                Ok(client
+                    .request(reqwest::Method::GET, "/ready", None)
+                    .await?
+                    .0
+                    == 200)
+            },
+        )
+        .await
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub async fn stop(&mut self, service: Service) -> Option<i32> {
+        self.process(service).stop(Duration::from_secs(30)).await
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, service: Service) {
+        self.process(service).kill();
+    }
+
+    /// Starts a stopped or killed service again and waits until it is ready.
+    pub async fn restart(&mut self, service: Service) -> anyhow::Result<()> {
+        self.process(service).restart()?;
+        self.wait_ready(service).await
+    }
+
+    pub async fn db1_client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        Ok(shared::db::connect(&self.db1_url()).await?)
+    }
+
+    pub async fn db2_client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        Ok(shared::db::connect(&self.db2_url()).await?)
+    }
+
+    /// Every article of a database, in id order, every column.
+    pub async fn articles(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Article>> {
+        let rows = client
+            .query(
+                concat!("SELECT ", article_columns!(), " FROM articles ORDER BY id"),
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(Article::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Waits until the outbox is empty and DB2 holds exactly DB1's articles; returns them.
+    pub async fn wait_for_replica(&self, timeout: Duration) -> anyhow::Result<Vec<Article>> {
+        let (db1, db2) = (self.db1_client().await?, self.db2_client().await?);
+        let last = std::sync::Mutex::new((Vec::new(), Vec::new()));
+        let synced = crate::wait::until("DB2 to match DB1", timeout, || {
+            let (db1, db2, last) = (&db1, &db2, &last);
+            async move {
+                let backlog: i64 = db1
+                    .query_one("SELECT count(*) FROM outbox", &[])
+                    .await?
+                    .get(0);
+                let primary = Self::articles(db1).await?;
+                let replica = Self::articles(db2).await?;
+                let equal = backlog == 0 && primary == replica;
+                *last.lock().expect("not poisoned") = (primary, replica);
+                Ok(equal)
+            }
+        })
+        .await;
+        let (primary, replica) = last.into_inner().expect("not poisoned");
+        if let Err(error) = synced {
+            let missing: Vec<i64> = primary
+                .iter()
+                .filter(|article| !replica.contains(article))
+                .map(|article| article.id)
+                .take(20)
+                .collect();
+            let extra: Vec<i64> = replica
+                .iter()
+                .filter(|article| !primary.contains(article))
+                .map(|article| article.id)
+                .take(20)
+                .collect();
+            return Err(error.context(format!(
+                "DB1 has {} articles, DB2 {}; differing in DB1: {missing:?}, in DB2: {extra:?}",
+                primary.len(),
+                replica.len()
+            )));
+        }
+        Ok(primary)
+    }
+
+    /// Every record on the topic.
+    pub async fn topic_records(&self) -> anyhow::Result<Vec<blogctl::Record>> {
+        let bootstrap = self.bootstrap_servers();
+        tokio::task::spawn_blocking(move || {
+            blogctl::read_all(&bootstrap, TOPIC, Duration::from_secs(60))
+        })
+        .await?
+    }
+
+    /// The sink group's total lag over all partitions.
+    pub async fn consumer_lag(&self) -> anyhow::Result<i64> {
+        let bootstrap = self.bootstrap_servers();
+        let lags =
+            tokio::task::spawn_blocking(move || blogctl::group_lag(&bootstrap, TOPIC, GROUP))
+                .await??;
+        Ok(lags.iter().map(|lag| lag.lag).sum())
+    }
+
+    /// The log tails of every process, for a failing test's report.
+    pub fn log_tails(&self, lines: usize) -> String {
+        [
+            self.db1.process(),
+            self.db2.process(),
+            self.broker.process(),
+            &self.api,
+            &self.relay,
+            &self.sink,
+        ]
+        .iter()
+        .map(|process| {
+            format!(
+                "----- {} ({}) -----\n{}",
+                process.name(),
+                process.log_path().display(),
+                process.log_tail(lines)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails(40));
+        }
+    }
+}
+
+fn service_spec(
+    service: Service,
+    options: &StackOptions,
+    db1: &PgCluster,
+    db2: &PgCluster,
+    broker: &Broker,
+) -> anyhow::Result<ProcessSpec> {
+    let port = match service {
+        Service::Api => options.ports.api,
+        Service::Relay => options.ports.relay,
+        Service::Sink => options.ports.sink,
+    };
+    let mut envs = vec![
+        ("LISTEN_ADDR".to_owned(), format!("127.0.0.1:{port}")),
+        ("RUST_LOG".to_owned(), options.rust_log.clone()),
+    ];
+    let db1_url = db1.url(DB_USER, DB1_NAME).expose().to_owned();
+    match service {
+        Service::Api => envs.push(("DATABASE_URL".to_owned(), db1_url)),
+        Service::Relay => {
+            envs.push(("DATABASE_URL".to_owned(), db1_url));
+            envs.push((
+                "KAFKA_BOOTSTRAP_SERVERS".to_owned(),
+                broker.bootstrap_servers(),
+            ));
+            envs.push(("KAFKA_TOPIC".to_owned(), TOPIC.to_owned()));
+            envs.extend(options.relay_env.iter().cloned());
+        }
+        Service::Sink => {
+            envs.push((
+                "REPLICA_DATABASE_URL".to_owned(),
+                db2.url(DB_USER, DB2_NAME).expose().to_owned(),
+            ));
+            envs.push((
+                "KAFKA_BOOTSTRAP_SERVERS".to_owned(),
+                broker.bootstrap_servers(),
+            ));
+            envs.push(("KAFKA_TOPIC".to_owned(), TOPIC.to_owned()));
+            envs.push(("KAFKA_GROUP_ID".to_owned(), GROUP.to_owned()));
+        }
+    }
+    let name = service.binary_name();
+    Ok(ProcessSpec {
+        name: name.to_owned(),
+        program: binary(name).context("the service binaries are needed")?,
+        args: vec![],
+        envs,
+        cwd: None,
+        run_as: None,
+        log: options.root.join("logs").join(format!("{name}.log")),
+        stop_signal: "TERM",
+    })
+}

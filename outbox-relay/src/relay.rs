@@ -155,7 +155,9 @@ impl Relay {
                 Err(error) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %error_chain(&error), ?delay, "relay round failed; rows stay in the outbox, retrying");
-                    self.replace_producer_if_fatal();
+                    if self.session_ended(&error) {
+                        self.replace_producer();
+                    }
                     shared::shutdown::sleep_unless_cancelled(&shutdown, delay).await;
                 }
             }
@@ -250,12 +252,20 @@ impl Relay {
         }
     }
 
-    /// After a fatal producer error (the idempotent session cannot continue) starts a new producer.
-    fn replace_producer_if_fatal(&mut self) {
-        let Some((code, reason)) = self.producer.client().fatal_error() else {
-            return;
-        };
-        tracing::error!(?code, %reason, "fatal producer error; starting a new producer session");
+    /// Whether `error` ends the idempotent producer session. A fatal error does; so does any
+    /// failed delivery: librdkafka bumps the producer epoch on timeouts, and a broker that lost
+    /// or never stored that epoch (nisshi after a crash) then refuses every later record of the
+    /// session. A new producer starts a clean session; the unacknowledged rows are sent again.
+    fn session_ended(&self, error: &RelayError) -> bool {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::error!(?code, %reason, "fatal producer error");
+            return true;
+        }
+        matches!(error, RelayError::Delivery { .. })
+    }
+
+    fn replace_producer(&mut self) {
+        tracing::info!("starting a new producer session");
         match create_producer(&self.settings) {
             Ok(producer) => self.producer = producer,
             Err(error) => {

@@ -235,13 +235,13 @@ async fn list_articles(
             message: format!("per_page must be between 1 and {MAX_PER_PAGE}, got {per_page}"),
         });
     }
-    if let Some(status) = &params.status {
-        if shared::ArticleStatus::parse(status).is_none() {
-            return Err(ApiError::InvalidParameter {
-                field: "status",
-                message: format!("status must be \"draft\" or \"published\", got {status:?}"),
-            });
-        }
+    if let Some(status) = &params.status
+        && shared::ArticleStatus::parse(status).is_none()
+    {
+        return Err(ApiError::InvalidParameter {
+            field: "status",
+            message: format!("status must be \"draft\" or \"published\", got {status:?}"),
+        });
     }
     let filter = ListFilter {
         status: params.status,

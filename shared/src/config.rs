@@ -34,10 +34,10 @@ impl DatabaseUrl {
 /// Masks the password of a `postgres://user:password@host/db` URL or a `password=…` pair.
 pub fn redact_password(raw: &str) -> String {
     if let Some((scheme, rest)) = raw.split_once("://") {
-        if let Some((credentials, host)) = rest.rsplit_once('@') {
-            if let Some((user, _password)) = credentials.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
+        if let Some((credentials, host)) = rest.rsplit_once('@')
+            && let Some((user, _password)) = credentials.split_once(':')
+        {
+            return format!("{scheme}://{user}:***@{host}");
         }
         return raw.to_owned();
     }

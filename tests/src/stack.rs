@@ -67,6 +67,8 @@ pub struct StackOptions {
     pub rust_log: String,
     /// Extra environment for the relay (e.g. a short delivery timeout in tests).
     pub relay_env: Vec<(String, String)>,
+    /// Print every process's log tail when the stack is dropped (tests: shown on failure only).
+    pub print_logs_on_drop: bool,
 }
 
 /// One of the three services.
@@ -114,6 +116,7 @@ impl Stack {
             durable: false,
             rust_log: "info".to_owned(),
             relay_env,
+            print_logs_on_drop: true,
         };
         Self::start(options, Some(temp)).await
     }
@@ -316,6 +319,16 @@ impl Stack {
         Ok(lags.iter().map(|lag| lag.lag).sum())
     }
 
+    /// Stops everything cleanly: the services (SIGTERM), then the broker and both databases.
+    pub async fn shutdown(mut self) {
+        for service in [Service::Api, Service::Relay, Service::Sink] {
+            self.stop(service).await;
+        }
+        self.broker.stop().await;
+        self.db1.stop().await;
+        self.db2.stop().await;
+    }
+
     /// The log tails of every process, for a failing test's report.
     pub fn log_tails(&self, lines: usize) -> String {
         [
@@ -344,7 +357,9 @@ impl Stack {
 /// they are there exactly when someone needs them.
 impl Drop for Stack {
     fn drop(&mut self) {
-        eprintln!("{}", self.log_tails(40));
+        if self.options.print_logs_on_drop {
+            eprintln!("{}", self.log_tails(40));
+        }
     }
 }
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what the local stack and the test suite need beyond the Rust toolchain, and only what
+# is missing, so a second run takes a second:
+#   - PostgreSQL 15 server binaries (Debian packages; usually already on the machine)
+#   - sqlite3 (indexes the broker's header table, see docs/architecture.md)
+#   - nisshi, the Kafka-protocol broker, pinned (cargo install; ~11 minutes the first time)
+#   - cargo-nextest (the test runner)
+set -euo pipefail
+
+NISSHI_VERSION="0.7.0-pre.2"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { echo "[setup] $*" >&2; }
+
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    say "installing Debian packages: $*"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+if ! command -v pg_config >/dev/null 2>&1 || [ ! -x "$(pg_config --bindir)/initdb" ]; then
+    apt_install postgresql-15 postgresql-client-15
+fi
+command -v sqlite3 >/dev/null 2>&1 || apt_install sqlite3
+command -v make >/dev/null 2>&1 && command -v cc >/dev/null 2>&1 || apt_install build-essential
+
+if [ "$(nisshi --version 2>/dev/null)" != "nisshi $NISSHI_VERSION" ]; then
+    say "installing the broker: nisshi $NISSHI_VERSION from crates.io (first time only; about 11 minutes on 2 cores) ..."
+    build_dir="${XDG_CACHE_HOME:-$HOME/.cache}/blog-outbox/nisshi-build"
+    CARGO_TARGET_DIR="$build_dir" cargo install nisshi --version "$NISSHI_VERSION" --locked \
+        --features libsql,dynostore --quiet
+    rm -rf "$build_dir"
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    say "installing cargo-nextest from crates.io ..."
+    cargo install cargo-nextest --locked --quiet
+fi
+
+say "ready: $(nisshi --version), PostgreSQL $(pg_config --version | awk '{print $2}'), $(cargo nextest --version | head -1)"

@@ -30,10 +30,19 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    std::fs::create_dir_all(&cli.dir).with_context(|| format!("cannot create {}", cli.dir.display()))?;
+    std::fs::create_dir_all(&cli.dir)
+        .with_context(|| format!("cannot create {}", cli.dir.display()))?;
     let root = cli.dir.canonicalize()?;
-    let ports = Ports { db1: cli.db1_port, db2: cli.db2_port, ..Ports::seed() };
-    println!("Starting the stack under {} (logs in {}/logs) ...", root.display(), root.display());
+    let ports = Ports {
+        db1: cli.db1_port,
+        db2: cli.db2_port,
+        ..Ports::seed()
+    };
+    println!(
+        "Starting the stack under {} (logs in {}/logs) ...",
+        root.display(),
+        root.display()
+    );
     let options = StackOptions {
         root: root.clone(),
         ports,
@@ -42,7 +51,9 @@ async fn main() -> anyhow::Result<()> {
         relay_env: Vec::new(),
         print_logs_on_drop: false,
     };
-    let stack = Stack::start(options, None).await.context("the stack did not start; see the logs above and in the logs directory")?;
+    let stack = Stack::start(options, None)
+        .await
+        .context("the stack did not start; see the logs above and in the logs directory")?;
     let logs = root.join("logs");
     println!(
         "

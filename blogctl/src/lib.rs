@@ -100,23 +100,7 @@ fn reader(bootstrap_servers: &str) -> anyhow::Result<BaseConsumer> {
 
 /// The partitions of `topic`, in order.
 pub fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .context("cannot fetch topic metadata")?;
-    let topic_metadata = metadata
-        .topics()
-        .first()
-        .context("broker returned no topic metadata")?;
-    if let Some(error) = topic_metadata.error() {
-        bail!("topic {topic}: {error:?}");
-    }
-    let mut partitions: Vec<i32> = topic_metadata
-        .partitions()
-        .iter()
-        .map(|partition| partition.id())
-        .collect();
-    partitions.sort_unstable();
-    Ok(partitions)
+    Ok(shared::kafka::topic_partitions(consumer, topic)?)
 }
 
 /// Where `consume` starts.
@@ -196,15 +180,13 @@ pub fn read_all(
     timeout: Duration,
 ) -> anyhow::Result<Vec<Record>> {
     let mut records = Vec::new();
-    consume(
+    shared::kafka::read_to_end(
         bootstrap_servers,
         topic,
-        Start::Beginning,
-        None,
-        true,
-        Some(Instant::now() + timeout),
-        |record| {
-            records.push(record);
+        |_| None,
+        Instant::now() + timeout,
+        |message| {
+            records.push(Record::from_message(message));
         },
     )?;
     records.sort_by_key(|record| (record.partition, record.offset));

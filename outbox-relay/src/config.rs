@@ -47,9 +47,13 @@ pub struct RelayConfig {
     #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub poll_interval_ms: u64,
     /// Milliseconds the producer keeps retrying one record before reporting it failed (Kafka's
-    /// `message.timeout.ms`); failed rows stay in the outbox and are sent again.
-    #[arg(long, env = "KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    /// `message.timeout.ms`); failed rows stay in the outbox. A relay taking over waits this long
+    /// (plus 2 s) before reading the topic back, so it bounds the takeover time.
+    #[arg(long, env = "KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..))]
     pub delivery_timeout_ms: u64,
+    /// Name of this relay in `relay_leader.holder` and the logs (default: host name and process id).
+    #[arg(long, env = "RELAY_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// Maximum DB1 connections.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
     pub db_pool_size: usize,

@@ -18,6 +18,12 @@ pub struct RelayMetrics {
     pub oldest_age: Gauge,
     /// Seconds from the outbox row's commit to the broker's acknowledgement.
     pub commit_to_ack: Histogram,
+    /// 1 while this relay is the leader.
+    pub leader: IntGauge,
+    /// The fencing epoch this relay last led.
+    pub epoch: IntGauge,
+    /// Outbox rows found on the topic by reconciliation and settled without republishing.
+    pub reconciled: IntCounter,
 }
 
 impl RelayMetrics {
@@ -49,6 +55,18 @@ impl RelayMetrics {
                 60.0,
             ]),
         )?;
+        let leader = IntGauge::new(
+            "outbox_relay_leader",
+            "1 while this relay holds the leader lock",
+        )?;
+        let epoch = IntGauge::new("outbox_relay_epoch", "Fencing epoch this relay last led")?;
+        let reconciled = IntCounter::new(
+            "outbox_reconciled_total",
+            "Outbox rows found on the topic by read-back and settled without publishing again",
+        )?;
+        registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(epoch.clone()))?;
+        registry.register(Box::new(reconciled.clone()))?;
         registry.register(Box::new(messages_sent.clone()))?;
         registry.register(Box::new(publish_errors.clone()))?;
         registry.register(Box::new(backlog.clone()))?;
@@ -64,6 +82,9 @@ impl RelayMetrics {
             backlog,
             oldest_age,
             commit_to_ack,
+            leader,
+            epoch,
+            reconciled,
         })
     }
 }

@@ -1,7 +1,6 @@
 //! Builds and runs the relay: the ops endpoints start at once; the relay loop starts once DB1's
 //! schema is in (waiting and retrying while DB1 is unreachable).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -9,7 +8,6 @@ use futures_util::FutureExt as _;
 use rdkafka::producer::Producer as _;
 use shared::db::Schema;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
@@ -36,6 +34,10 @@ impl Application {
             batch_size: config.batch_size,
             poll_interval: Duration::from_millis(config.poll_interval_ms),
             delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
+            instance: config
+                .instance_id
+                .clone()
+                .unwrap_or_else(default_instance_id),
         };
         let producer = create_producer(&settings)?;
         let metrics = RelayMetrics::new().context("cannot register metrics")?;
@@ -56,10 +58,10 @@ impl Application {
         };
         let relay = Relay::new(
             pool,
+            config.database_url.clone(),
             producer,
             settings,
             metrics.clone(),
-            Arc::new(Notify::new()),
         );
         Ok(Self {
             listener,
@@ -114,4 +116,10 @@ impl Application {
             .context("the ops server failed")?;
         Ok(())
     }
+}
+
+/// `<host name>-<process id>`.
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }

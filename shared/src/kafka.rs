@@ -64,3 +64,103 @@ pub fn topic_reachable<C: rdkafka::client::ClientContext>(
         .map(|_| ())
         .map_err(|error| format!("broker unavailable: {error}"))
 }
+
+/// Why reading a topic back failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadBackError {
+    #[error("Kafka error")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("timed out before reaching the end of partitions {partitions:?}")]
+    Timeout { partitions: Vec<i32> },
+}
+
+/// The partitions of `topic`, in order (a metadata request; brokers that auto-create topics
+/// create it).
+pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+) -> Result<Vec<i32>, ReadBackError> {
+    use rdkafka::consumer::Consumer as _;
+    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    let topic_metadata = metadata
+        .topics()
+        .first()
+        .ok_or_else(|| ReadBackError::Topic {
+            topic: topic.to_owned(),
+            reason: "no metadata".to_owned(),
+        })?;
+    if let Some(error) = topic_metadata.error() {
+        return Err(ReadBackError::Topic {
+            topic: topic.to_owned(),
+            reason: format!("{error:?}"),
+        });
+    }
+    let mut partitions: Vec<i32> = topic_metadata
+        .partitions()
+        .iter()
+        .map(|partition| partition.id())
+        .collect();
+    partitions.sort_unstable();
+    Ok(partitions)
+}
+
+/// Reads every partition of `topic` from `start(partition)` (clamped to the partition's low
+/// watermark; `None` means the low watermark) up to the high watermark it had when the call
+/// began, calling `on_record` for each record. Returns each partition's high watermark, i.e.
+/// the offset the read ended at. Blocking: call from `spawn_blocking`.
+pub fn read_to_end(
+    bootstrap_servers: &str,
+    topic: &str,
+    start: impl Fn(i32) -> Option<i64>,
+    deadline: std::time::Instant,
+    mut on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<std::collections::BTreeMap<i32, i64>, ReadBackError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = client_config(bootstrap_servers)
+        .set("group.id", "blog-read-back")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut ends = std::collections::BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    let mut unfinished = std::collections::BTreeMap::new();
+    for partition in topic_partitions(&consumer, topic)? {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+        let from = start(partition).map_or(low, |offset| offset.max(low));
+        ends.insert(partition, high);
+        if from < high {
+            assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+            unfinished.insert(partition, high);
+        }
+    }
+    if unfinished.is_empty() {
+        return Ok(ends);
+    }
+    consumer.assign(&assignment)?;
+    while !unfinished.is_empty() {
+        if std::time::Instant::now() >= deadline {
+            return Err(ReadBackError::Timeout {
+                partitions: unfinished.keys().copied().collect(),
+            });
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = result?;
+        let partition = message.partition();
+        let Some(&end) = unfinished.get(&partition) else {
+            continue;
+        };
+        if message.offset() < end {
+            on_record(&message);
+        }
+        if message.offset() + 1 >= end {
+            unfinished.remove(&partition);
+        }
+    }
+    Ok(ends)
+}

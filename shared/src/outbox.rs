@@ -119,3 +119,17 @@ pub async fn backlog(client: &impl GenericClient) -> Result<(i64, f64), tokio_po
     let row = client.query_one(&statement, &[]).await?;
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
+
+/// Removes the rows whose events were found on the topic by reconciliation.
+pub async fn delete_by_event_ids(
+    client: &impl GenericClient,
+    event_ids: &[Uuid],
+) -> Result<u64, tokio_postgres::Error> {
+    if event_ids.is_empty() {
+        return Ok(0);
+    }
+    let statement = client
+        .prepare_cached("DELETE FROM outbox WHERE event_id = ANY($1)")
+        .await?;
+    client.execute(&statement, &[&event_ids]).await
+}

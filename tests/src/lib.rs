@@ -8,7 +8,9 @@ pub mod broker;
 pub mod postgres;
 pub mod process;
 pub mod stack;
+pub mod verify;
 pub mod wait;
+pub mod workload;
 
 pub use api_client::ApiClient;
 pub use stack::{Ports, Stack, StackOptions};

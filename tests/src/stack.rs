@@ -33,6 +33,15 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// The ops/API port of `service`.
+    pub fn of(&self, service: Service) -> u16 {
+        match service {
+            Service::Api => self.api,
+            Service::Relay => self.relay,
+            Service::Sink => self.sink,
+        }
+    }
+
     /// Free ports, for tests running side by side.
     pub fn free() -> Self {
         let free = crate::free_port;
@@ -141,7 +150,16 @@ impl Stack {
         db1.create_database(DB1_NAME, DB_USER, DB_PASSWORD).await?;
         db2.create_database(DB2_NAME, DB_USER, DB_PASSWORD).await?;
         let start = |service| -> anyhow::Result<ManagedProcess> {
-            ManagedProcess::start(service_spec(service, &options, &db1, &db2, &broker)?)
+            let port = options.ports.of(service);
+            ManagedProcess::start(service_spec(
+                service,
+                port,
+                service.binary_name(),
+                &options,
+                &db1,
+                &db2,
+                &broker,
+            )?)
         };
         let (api, relay, sink) = (
             start(Service::Api)?,
@@ -181,11 +199,36 @@ impl Stack {
     }
 
     pub fn port(&self, service: Service) -> u16 {
-        match service {
-            Service::Api => self.options.ports.api,
-            Service::Relay => self.options.ports.relay,
-            Service::Sink => self.options.ports.sink,
-        }
+        self.options.ports.of(service)
+    }
+
+    /// Starts one more relay (a standby while the first leads), serving its ops endpoints on
+    /// `port`, logging to `logs/<name>.log`; waits until it is ready.
+    pub async fn start_extra_relay(&self, name: &str, port: u16) -> anyhow::Result<ManagedProcess> {
+        let spec = service_spec(
+            Service::Relay,
+            port,
+            name,
+            &self.options,
+            &self.db1,
+            &self.db2,
+            &self.broker,
+        )?;
+        let process = ManagedProcess::start(spec)?;
+        let client = ApiClient::new(&format!("http://127.0.0.1:{port}"));
+        crate::wait::until(
+            &format!("{name} to be ready"),
+            Duration::from_secs(60),
+            || async {
+                Ok(client
+                    .request(reqwest::Method::GET, "/ready", None)
+                    .await?
+                    .0
+                    == 200)
+            },
+        )
+        .await?;
+        Ok(process)
     }
 
     pub fn url(&self, service: Service) -> String {
@@ -365,16 +408,13 @@ impl Drop for Stack {
 
 fn service_spec(
     service: Service,
+    port: u16,
+    name: &str,
     options: &StackOptions,
     db1: &PgCluster,
     db2: &PgCluster,
     broker: &Broker,
 ) -> anyhow::Result<ProcessSpec> {
-    let port = match service {
-        Service::Api => options.ports.api,
-        Service::Relay => options.ports.relay,
-        Service::Sink => options.ports.sink,
-    };
     let mut envs = vec![
         ("LISTEN_ADDR".to_owned(), format!("127.0.0.1:{port}")),
         ("RUST_LOG".to_owned(), options.rust_log.clone()),
@@ -404,10 +444,9 @@ fn service_spec(
             envs.push(("KAFKA_GROUP_ID".to_owned(), GROUP.to_owned()));
         }
     }
-    let name = service.binary_name();
     Ok(ProcessSpec {
         name: name.to_owned(),
-        program: binary(name).context("the service binaries are needed")?,
+        program: binary(service.binary_name()).context("the service binaries are needed")?,
         args: vec![],
         envs,
         cwd: None,

@@ -1,0 +1,265 @@
+//! Exactly once in the log, under crashes (docs/guarantees.md): the relay, the broker and the sink
+//! are killed with SIGKILL at random points while a workload writes through the API; afterwards
+//! the topic must hold every acknowledged change exactly once, in per-article version order, and
+//! DB2 must equal DB1.
+
+use std::time::{Duration, Instant};
+
+use e2e::stack::Service;
+use e2e::verify::{TopicReport, check_topic};
+use e2e::workload::{self, WorkloadReport};
+use e2e::{ApiClient, Stack};
+
+const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A short delivery timeout, so that a relay taking over waits 3 + 2 s rather than 10 + 2 s.
+fn fast_takeover() -> Vec<(String, String)> {
+    vec![("KAFKA_DELIVERY_TIMEOUT_MS".to_owned(), "3000".to_owned())]
+}
+
+/// Waits for the pipeline to drain, then checks the topic against what the API acknowledged.
+async fn assert_exactly_once(
+    stack: &Stack,
+    workload: &WorkloadReport,
+) -> anyhow::Result<TopicReport> {
+    assert_eq!(
+        workload.errors, 0,
+        "the API never fails: {:?}",
+        workload.error_samples
+    );
+    stack.wait_for_replica(SYNC_TIMEOUT).await?;
+    let records = stack.topic_records().await?;
+    let topic = check_topic(&records, &workload.expected);
+    println!(
+        "acknowledged {} changes; topic: {} events, {} duplicates, {} missing, {} order violations",
+        workload.acknowledged,
+        topic.events,
+        topic.duplicates,
+        topic.missing.len(),
+        topic.order_violations
+    );
+    assert!(topic.is_clean(), "not exactly once: {topic:?}");
+    assert_eq!(
+        topic.events,
+        workload.expected.len(),
+        "no event the API did not acknowledge"
+    );
+    Ok(topic)
+}
+
+/// Sums every series of metric `name` in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn relay_metrics(port: u16) -> anyhow::Result<String> {
+    ApiClient::new(&format!("http://127.0.0.1:{port}"))
+        .text("/metrics")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_killed_at_random_points_publishes_each_change_exactly_once() -> anyhow::Result<()> {
+    let mut stack = Stack::start_for_test_with(fast_takeover()).await?;
+    let api = stack.api();
+    let writes =
+        tokio::spawn(async move { workload::run(&api, 4, 300, Duration::from_millis(15)).await });
+    let mut rng = fastrand::Rng::new();
+    let mut kills = 0;
+    let relay_port = stack.port(Service::Relay);
+    while kills < 3 || !writes.is_finished() {
+        // Kill only a relay that is publishing (past its takeover wait), at a random moment.
+        e2e::wait::until("the relay to publish", Duration::from_secs(60), || async {
+            Ok(writes.is_finished()
+                || metric(
+                    &relay_metrics(relay_port).await?,
+                    "kafka_messages_sent_total",
+                ) > 0.0)
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..800))).await;
+        stack.kill(Service::Relay);
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..500))).await;
+        stack.restart(Service::Relay).await?;
+    }
+    let report = writes.await?;
+    println!("relay killed {kills} times");
+    assert_exactly_once(&stack, &report).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_killed_mid_write_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let mut stack = Stack::start_for_test_with(fast_takeover()).await?;
+    let api = stack.api();
+    let writes =
+        tokio::spawn(async move { workload::run(&api, 4, 150, Duration::from_millis(15)).await });
+    let mut rng = fastrand::Rng::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
+        stack.broker.kill();
+        tokio::time::sleep(Duration::from_millis(rng.u64(200..1500))).await;
+        stack.broker.restart().await?;
+    }
+    let report = writes.await?;
+    let relay = relay_metrics(stack.port(Service::Relay)).await?;
+    println!(
+        "publish errors seen by the relay: {}",
+        metric(&relay, "outbox_publish_errors_total")
+    );
+    assert_exactly_once(&stack, &report).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start_for_test_with(fast_takeover()).await?;
+    let (first_port, second_port) = (stack.port(Service::Relay), e2e::free_port());
+    let mut second = stack
+        .start_extra_relay("outbox-relay-2", second_port)
+        .await?;
+    assert_eq!(
+        metric(&relay_metrics(first_port).await?, "outbox_relay_leader"),
+        1.0,
+        "the first relay leads"
+    );
+    assert_eq!(
+        metric(&relay_metrics(second_port).await?, "outbox_relay_leader"),
+        0.0,
+        "the second stands by"
+    );
+
+    let api = stack.api();
+    let writes =
+        tokio::spawn(async move { workload::run(&api, 3, 200, Duration::from_millis(20)).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // 1. The leader dies: the standby leads within seconds and publishes the backlog.
+    stack.kill(Service::Relay);
+    let killed_at = Instant::now();
+    e2e::wait::until(
+        "the standby to take the lock",
+        Duration::from_secs(30),
+        || async { Ok(metric(&relay_metrics(second_port).await?, "outbox_relay_leader") == 1.0) },
+    )
+    .await?;
+    let took_lock = killed_at.elapsed();
+    let sent_before = metric(
+        &relay_metrics(second_port).await?,
+        "kafka_messages_sent_total",
+    );
+    e2e::wait::until(
+        "the new leader to publish",
+        Duration::from_secs(60),
+        || async {
+            Ok(metric(
+                &relay_metrics(second_port).await?,
+                "kafka_messages_sent_total",
+            ) > sent_before)
+        },
+    )
+    .await?;
+    println!(
+        "standby took the lock {took_lock:?} and published {:?} after the leader was killed",
+        killed_at.elapsed()
+    );
+
+    // 2. The first relay comes back as a standby; then the leader's lock connection is cut.
+    stack.restart(Service::Relay).await?;
+    let epoch_before = metric(&relay_metrics(second_port).await?, "outbox_relay_epoch");
+    let db1 = stack.db1_client().await?;
+    let cut = db1
+        .execute(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1",
+            &[&outbox_relay::leadership::LOCK_CONNECTION_NAME],
+        )
+        .await?;
+    assert_eq!(cut, 1, "exactly one relay holds a lock connection");
+    e2e::wait::until(
+        "a new epoch with exactly one leader",
+        Duration::from_secs(30),
+        || async {
+            let (first, second) = (
+                relay_metrics(first_port).await?,
+                relay_metrics(second_port).await?,
+            );
+            let leaders =
+                metric(&first, "outbox_relay_leader") + metric(&second, "outbox_relay_leader");
+            let epoch =
+                metric(&first, "outbox_relay_epoch").max(metric(&second, "outbox_relay_epoch"));
+            Ok(leaders == 1.0 && epoch > epoch_before)
+        },
+    )
+    .await?;
+    let report = writes.await?;
+    let topic = assert_exactly_once(&stack, &report).await?;
+    let (first, second_text) = (
+        relay_metrics(first_port).await?,
+        relay_metrics(second_port).await?,
+    );
+    let (first_sent, second_sent) = (
+        metric(&first, "kafka_messages_sent_total"),
+        metric(&second_text, "kafka_messages_sent_total"),
+    );
+    println!(
+        "events: {}, sent by the first relay: {first_sent}, by the second: {second_sent}",
+        topic.events
+    );
+
+    // The relay that does not lead now publishes nothing while more writes come in.
+    let idle_port = if metric(&first, "outbox_relay_leader") == 1.0 {
+        second_port
+    } else {
+        first_port
+    };
+    let idle_sent = metric(
+        &relay_metrics(idle_port).await?,
+        "kafka_messages_sent_total",
+    );
+    let more = workload::run(&stack.api(), 1, 20, Duration::ZERO).await;
+    assert_eq!(more.errors, 0);
+    stack.wait_for_replica(SYNC_TIMEOUT).await?;
+    assert_eq!(
+        metric(
+            &relay_metrics(idle_port).await?,
+            "kafka_messages_sent_total"
+        ),
+        idle_sent,
+        "a standby never produces"
+    );
+    second.kill();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sink_killed_mid_batch_leaves_an_identical_replica() -> anyhow::Result<()> {
+    let mut stack = Stack::start_for_test().await?;
+    let api = stack.api();
+    let writes =
+        tokio::spawn(async move { workload::run(&api, 4, 150, Duration::from_millis(10)).await });
+    let mut rng = fastrand::Rng::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(rng.u64(300..1200))).await;
+        stack.kill(Service::Sink);
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..500))).await;
+        stack.restart(Service::Sink).await?;
+    }
+    let report = writes.await?;
+    let topic = assert_exactly_once(&stack, &report).await?;
+    let db2 = stack.db2_client().await?;
+    let processed: i64 = db2
+        .query_one("SELECT count(*) FROM processed_events", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        processed as usize, topic.events,
+        "each event recorded once in processed_events"
+    );
+    Ok(())
+}

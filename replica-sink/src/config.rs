@@ -19,6 +19,12 @@ pub struct Cli {
 pub enum Command {
     /// Apply DB2's migrations and exit (the sink also applies them at start-up).
     Migrate,
+    /// Compare DB1 and DB2 article by article (SHA-256 of every column); exit 1 on any drift.
+    Verify {
+        /// DB1 (primary) connection string.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrlParser)]
+        primary_database_url: DatabaseUrl,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,3 +8,4 @@ pub mod decode;
 pub mod metrics;
 pub mod sink;
 pub mod startup;
+pub mod verify;

@@ -13,6 +13,20 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Migrate) => {
             Ok(shared::db::migrate(&cli.config.replica_database_url, Schema::Replica).await?)
         }
+        Some(Command::Verify {
+            primary_database_url,
+        }) => {
+            let drift = replica_sink::verify::compare(
+                &primary_database_url,
+                &cli.config.replica_database_url,
+            )
+            .await?;
+            println!("{drift}");
+            if !drift.is_identical() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         None => {
             let application = Application::build(cli.config).await?;
             application

@@ -120,4 +120,8 @@ impl Broker {
     pub fn process(&self) -> &ManagedProcess {
         &self.process
     }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
 }

@@ -190,4 +190,8 @@ impl PgCluster {
     pub fn process(&self) -> &ManagedProcess {
         &self.process
     }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
 }

@@ -362,6 +362,47 @@ impl Stack {
         Ok(lags.iter().map(|lag| lag.lag).sum())
     }
 
+    /// Restarts any part that died (the local stack's supervisor, like a restart policy), and
+    /// keeps `pids/<name>.pid` up to date so that tools such as the chaos script can kill parts.
+    pub async fn supervise(&mut self) -> anyhow::Result<()> {
+        for service in [Service::Api, Service::Relay, Service::Sink] {
+            let process = self.process(service);
+            if !process.is_running() {
+                eprintln!("[stack] {} exited; restarting it", process.name());
+                process.restart()?;
+            }
+        }
+        if !self.broker.is_running() {
+            eprintln!("[stack] the broker exited; restarting it");
+            self.broker.restart().await?;
+        }
+        for cluster in [&mut self.db1, &mut self.db2] {
+            if !cluster.is_running() {
+                eprintln!("[stack] {} exited; restarting it", cluster.name);
+                cluster.restart().await?;
+            }
+        }
+        self.write_pid_files()
+    }
+
+    fn write_pid_files(&self) -> anyhow::Result<()> {
+        let dir = self.options.root.join("pids");
+        std::fs::create_dir_all(&dir)?;
+        for process in [
+            self.db1.process(),
+            self.db2.process(),
+            self.broker.process(),
+            &self.api,
+            &self.relay,
+            &self.sink,
+        ] {
+            if let Some(pid) = process.pid() {
+                std::fs::write(dir.join(format!("{}.pid", process.name())), pid.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stops everything cleanly: the services (SIGTERM), then the broker and both databases.
     pub async fn shutdown(mut self) {
         for service in [Service::Api, Service::Relay, Service::Sink] {

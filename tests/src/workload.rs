@@ -17,6 +17,8 @@ pub struct WorkloadReport {
     pub errors: usize,
     /// The first few error messages.
     pub error_samples: Vec<String>,
+    /// When each error happened.
+    pub error_times: Vec<std::time::Instant>,
     /// `(article id, version)` of every acknowledged change.
     pub expected: BTreeSet<(i64, i64)>,
 }
@@ -27,11 +29,13 @@ impl WorkloadReport {
         self.errors += other.errors;
         self.error_samples.extend(other.error_samples);
         self.error_samples.truncate(10);
+        self.error_times.extend(other.error_times);
         self.expected.extend(other.expected);
     }
 
     fn record_error(&mut self, error: anyhow::Error) {
         self.errors += 1;
+        self.error_times.push(std::time::Instant::now());
         if self.error_samples.len() < 10 {
             self.error_samples.push(format!("{error:#}"));
         }

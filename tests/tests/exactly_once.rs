@@ -263,3 +263,94 @@ async fn sink_killed_mid_batch_leaves_an_identical_replica() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// The chaos script's short mode (CI's run): kills the broker, the relay and the sink while writing,
+/// and must end with a PASS verdict.
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_script_short_mode_passes() -> anyhow::Result<()> {
+    let output = tokio::process::Command::new(e2e::process::binary("chaos")?)
+        .arg("--short")
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "chaos failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("RESULT: PASS"));
+    assert!(stdout.contains("duplicates                 0"));
+    Ok(())
+}
+
+/// `replica-sink verify` says IDENTICAL (exit 0) on a synced replica and names the drifting ids
+/// (exit 1) once DB2 is tampered with.
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_verifier_reports_missing_extra_and_differing_articles() -> anyhow::Result<()> {
+    let stack = Stack::start_for_test().await?;
+    let api = stack.api();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            api.create(
+                &serde_json::json!({"title": format!("v{i}"), "content": "c", "author": "a"}),
+            )
+            .await?
+            .id,
+        );
+    }
+    stack.wait_for_replica(SYNC_TIMEOUT).await?;
+    let verify = || {
+        tokio::process::Command::new(e2e::process::binary("replica-sink").expect("built"))
+            .arg("verify")
+            .env("DATABASE_URL", stack.db1_url().expose())
+            .env("REPLICA_DATABASE_URL", stack.db2_url().expose())
+            .output()
+    };
+    let clean = verify().await?;
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("verdict: IDENTICAL"));
+
+    tamper(&stack, ids[0], ids[1]).await?;
+    let drift = verify().await?;
+    let report = String::from_utf8_lossy(&drift.stdout);
+    println!("{report}");
+    assert_eq!(drift.status.code(), Some(1));
+    assert!(
+        report.contains(&format!("missing in the replica: 1 [{}]", ids[0])),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("differing:              1 [{}]", ids[1])),
+        "{report}"
+    );
+    assert!(
+        report.contains("extra in the replica:   1 [424242]"),
+        "{report}"
+    );
+    assert!(report.contains("verdict: DRIFT"));
+    Ok(())
+}
+
+/// Changes DB2 behind the sink's back: one article deleted, one changed, one added.
+async fn tamper(stack: &Stack, delete: i64, change: i64) -> anyhow::Result<()> {
+    let db2 = stack.db2_client().await?;
+    db2.execute("DELETE FROM articles WHERE id = $1", &[&delete])
+        .await?;
+    db2.execute(
+        "UPDATE articles SET title = 'tampered' WHERE id = $1",
+        &[&change],
+    )
+    .await?;
+    db2.execute(
+            "INSERT INTO articles (id, title, content, author, created_at, updated_at) VALUES (424242, 't', 'c', 'a', now(), now())",
+            &[],
+        )
+        .await?;
+    Ok(())
+}

@@ -72,7 +72,7 @@ Try:
   target/debug/blogctl consume --from-beginning --until-caught-up
   target/debug/blogctl lag
 
-Press Ctrl-C to stop everything (data is kept in {root}).",
+Parts that die are restarted (pid files in {root}/pids). Press Ctrl-C to stop everything (data is kept in {root}).",
         api = stack.port(Service::Api),
         relay = stack.port(Service::Relay),
         sink = stack.port(Service::Sink),
@@ -82,7 +82,19 @@ Press Ctrl-C to stop everything (data is kept in {root}).",
         logs = logs.display(),
         root = root.display(),
     );
-    shared::shutdown::signal().await;
+    let mut stack = stack;
+    let stop = shared::shutdown::signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                if let Err(error) = stack.supervise().await {
+                    eprintln!("[stack] cannot restart a part: {error:#}");
+                }
+            }
+        }
+    }
     println!("Stopping the stack ...");
     stack.shutdown().await;
     println!("Stopped.");

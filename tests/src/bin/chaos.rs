@@ -1,0 +1,351 @@
+//! `chaos`: drives writes through the API at a steady rate while killing the broker, the relay
+//! and the sink with SIGKILL and restarting them; then waits for the pipeline to drain and prints a
+//! verdict: acknowledged writes, events on the topic, duplicates, missing, per-article order
+//! violations, DB1 vs DB2 differences, API errors (also while the broker was down). Exits 1 on any
+//! loss, duplicate, reorder, difference or API error.
+//!
+//! Targets: `self` (default) starts its own stack (what CI runs, with `--short`); `local` works on
+//! the stack started by `scripts/stack.sh` (killing through its pid files; the stack restarts what
+//! dies); `compose` works on `compose/docker-compose.yml` through `docker compose`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, Service, TOPIC};
+use e2e::verify::check_topic;
+use e2e::{ApiClient, Ports, Stack, workload};
+use shared::config::DatabaseUrl;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    /// A stack of its own, in a temporary directory on free ports.
+    #[value(name = "self")]
+    SelfContained,
+    /// The stack of `scripts/stack.sh` (seed ports, pid files in --stack-dir).
+    Local,
+    /// The docker compose stack (compose/docker-compose.yml).
+    Compose,
+}
+
+/// Kills the broker, the relay and the sink mid-write and checks that nothing was lost,
+/// duplicated or reordered.
+#[derive(Debug, Parser)]
+#[command(name = "chaos", version)]
+struct Cli {
+    #[arg(long, value_enum, default_value = "self")]
+    target: Target,
+    /// Writes per second through the API.
+    #[arg(long, default_value_t = 50)]
+    rate: u64,
+    /// Seconds of writing.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Seconds between kills (each kill picks the next of broker, relay, sink).
+    #[arg(long, default_value_t = 6)]
+    kill_every: u64,
+    /// CI's quick run: 20 s at 40 writes/s, a kill every 3 s.
+    #[arg(long)]
+    short: bool,
+    /// The local stack's directory (pid files).
+    #[arg(long, default_value = ".stack")]
+    stack_dir: PathBuf,
+    /// The compose file.
+    #[arg(long, default_value = "compose/docker-compose.yml")]
+    compose_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Broker,
+    Relay,
+    Sink,
+}
+
+impl Part {
+    const ROTATION: [Part; 3] = [Part::Broker, Part::Relay, Part::Sink];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Broker => "broker",
+            Self::Relay => "outbox-relay",
+            Self::Sink => "replica-sink",
+        }
+    }
+
+    fn compose_service(self) -> &'static str {
+        match self {
+            Self::Broker => "kafka",
+            Self::Relay => "outbox-relay",
+            Self::Sink => "replica-sink",
+        }
+    }
+}
+
+/// Where the parts are and how to kill and restart them.
+enum Victims {
+    Own(Box<Stack>),
+    Local { pids: PathBuf },
+    Compose { file: PathBuf },
+}
+
+struct Endpoints {
+    api: String,
+    bootstrap: String,
+    db1: DatabaseUrl,
+    db2: DatabaseUrl,
+}
+
+impl Victims {
+    async fn kill_and_restart(&mut self, part: Part, down_for: Duration) -> anyhow::Result<()> {
+        match self {
+            Self::Own(stack) => {
+                match part {
+                    Part::Broker => stack.broker.kill(),
+                    Part::Relay => stack.kill(Service::Relay),
+                    Part::Sink => stack.kill(Service::Sink),
+                }
+                tokio::time::sleep(down_for).await;
+                match part {
+                    Part::Broker => stack.broker.restart().await,
+                    Part::Relay => stack.restart(Service::Relay).await,
+                    Part::Sink => stack.restart(Service::Sink).await,
+                }
+            }
+            Self::Local { pids } => {
+                let pid = std::fs::read_to_string(pids.join(format!("{}.pid", part.name())))
+                    .with_context(|| {
+                        format!("no pid file for {} in {}", part.name(), pids.display())
+                    })?;
+                run(Command::new("kill").args(["-KILL", pid.trim()]))?;
+                // The stack's supervisor restarts it within a second.
+                tokio::time::sleep(down_for).await;
+                Ok(())
+            }
+            Self::Compose { file } => {
+                let compose = |args: &[&str]| {
+                    let mut command = Command::new("docker");
+                    command.arg("compose").arg("-f").arg(&*file).args(args);
+                    run(&mut command)
+                };
+                compose(&["kill", "-s", "SIGKILL", part.compose_service()])?;
+                tokio::time::sleep(down_for).await;
+                compose(&["start", part.compose_service()])
+            }
+        }
+    }
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn seed_endpoints() -> Endpoints {
+    let ports = Ports::seed();
+    let url = |port: u16, database: &str| -> DatabaseUrl {
+        format!("postgres://{DB_USER}:blogpass@127.0.0.1:{port}/{database}")
+            .parse()
+            .expect("a well-formed URL")
+    };
+    Endpoints {
+        api: format!("http://127.0.0.1:{}", ports.api),
+        bootstrap: format!("127.0.0.1:{}", ports.broker),
+        db1: url(ports.db1, DB1_NAME),
+        db2: url(ports.db2, DB2_NAME),
+    }
+}
+
+/// Waits until DB1's outbox is empty and DB2 equals DB1.
+async fn wait_drained(
+    endpoints: &Endpoints,
+    timeout: Duration,
+) -> anyhow::Result<replica_sink::verify::Drift> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let backlog: i64 = match shared::db::connect(&endpoints.db1).await {
+            Ok(client) => client
+                .query_one("SELECT count(*) FROM outbox", &[])
+                .await?
+                .get(0),
+            Err(_) => i64::MAX,
+        };
+        let drift = replica_sink::verify::compare(&endpoints.db1, &endpoints.db2).await;
+        match drift {
+            Ok(drift) if backlog == 0 && drift.is_identical() => return Ok(drift),
+            Ok(drift) if Instant::now() >= deadline => return Ok(drift),
+            Err(error) if Instant::now() >= deadline => return Err(error.into()),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    if cli.short {
+        (cli.rate, cli.duration, cli.kill_every) = (40, 20, 3);
+    }
+    if cli.rate == 0 || cli.duration == 0 || cli.kill_every == 0 {
+        bail!("--rate, --duration and --kill-every must be positive");
+    }
+    let (mut victims, endpoints) = match cli.target {
+        Target::SelfContained => {
+            println!("starting a stack of its own ...");
+            let mut stack = Stack::start_for_test_with(vec![(
+                "KAFKA_DELIVERY_TIMEOUT_MS".into(),
+                "3000".into(),
+            )])
+            .await?;
+            // Logs are printed below only when the verdict is a failure.
+            stack.options.print_logs_on_drop = false;
+            let endpoints = Endpoints {
+                api: stack.url(Service::Api),
+                bootstrap: stack.bootstrap_servers(),
+                db1: stack.db1_url(),
+                db2: stack.db2_url(),
+            };
+            (Victims::Own(Box::new(stack)), endpoints)
+        }
+        Target::Local => (
+            Victims::Local {
+                pids: cli.stack_dir.join("pids"),
+            },
+            seed_endpoints(),
+        ),
+        Target::Compose => (
+            Victims::Compose {
+                file: cli.compose_file.clone(),
+            },
+            seed_endpoints(),
+        ),
+    };
+    let api = ApiClient::new(&endpoints.api);
+    let workers = 4_u64;
+    let pause = Duration::from_secs_f64(workers as f64 / cli.rate as f64);
+    let changes_per_worker = (cli.rate * cli.duration / workers) as usize;
+    println!(
+        "writing {} changes at {} writes/s for {} s, killing a part every {} s",
+        changes_per_worker as u64 * workers,
+        cli.rate,
+        cli.duration,
+        cli.kill_every
+    );
+    let started = Instant::now();
+    let writes = {
+        let api = api.clone();
+        tokio::spawn(async move { workload::run(&api, workers, changes_per_worker, pause).await })
+    };
+    let mut kills = [0_u32; 3];
+    let mut broker_down: Vec<(Instant, Instant)> = Vec::new();
+    let mut rng = fastrand::Rng::new();
+    let mut turn = 0;
+    while !writes.is_finished() {
+        tokio::time::sleep(Duration::from_millis(
+            cli.kill_every * 1000 / 2 + rng.u64(0..cli.kill_every * 1000),
+        ))
+        .await;
+        if writes.is_finished() {
+            break;
+        }
+        let index = turn % Part::ROTATION.len();
+        let part = Part::ROTATION[index];
+        turn += 1;
+        let down_for = Duration::from_millis(rng.u64(300..2000));
+        println!(
+            "{:>6.1} s  SIGKILL {} (down ~{down_for:?})",
+            started.elapsed().as_secs_f64(),
+            part.name()
+        );
+        let killed_at = Instant::now();
+        victims.kill_and_restart(part, down_for).await?;
+        if part == Part::Broker {
+            broker_down.push((killed_at, Instant::now()));
+        }
+        kills[index] += 1;
+    }
+    let report = writes.await?;
+    println!(
+        "writes done after {:.1} s; waiting for the pipeline to drain ...",
+        started.elapsed().as_secs_f64()
+    );
+    let drift = wait_drained(&endpoints, Duration::from_secs(180)).await?;
+    let bootstrap = endpoints.bootstrap.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        blogctl::read_all(&bootstrap, TOPIC, Duration::from_secs(120))
+    })
+    .await??;
+    let topic = check_topic(&records, &report.expected);
+    let errors_while_broker_down = report
+        .error_times
+        .iter()
+        .filter(|at| {
+            broker_down
+                .iter()
+                .any(|(from, to)| (from..=to).contains(at))
+        })
+        .count();
+    let pass = topic.is_clean() && drift.is_identical() && report.errors == 0;
+    println!(
+        "
+chaos verdict ({:?} target, {} s at {} writes/s)
+  kills                      broker {}, relay {}, sink {}
+  writes acknowledged by API {}
+  API errors                 {} (while the broker was down: {errors_while_broker_down})
+  events on the topic        {} (of {} records)
+  duplicates                 {}
+  missing                    {}{}
+  order violations           {}
+  DB1 vs DB2                 {} (DB1 {} articles, DB2 {}; missing {}, extra {}, differing {})
+RESULT: {}",
+        cli.target,
+        cli.duration,
+        cli.rate,
+        kills[0],
+        kills[1],
+        kills[2],
+        report.acknowledged,
+        report.errors,
+        topic.events,
+        topic.records,
+        topic.duplicates,
+        topic.missing.len(),
+        if topic.missing.is_empty() {
+            String::new()
+        } else {
+            format!(" e.g. {:?}", &topic.missing[..topic.missing.len().min(10)])
+        },
+        topic.order_violations,
+        if drift.is_identical() {
+            "identical"
+        } else {
+            "DIFFERENT"
+        },
+        drift.primary_rows,
+        drift.replica_rows,
+        drift.missing.0,
+        drift.extra.0,
+        drift.differing.0,
+        if pass { "PASS" } else { "FAIL" }
+    );
+    if !report.error_samples.is_empty() {
+        println!("API error samples: {:#?}", report.error_samples);
+    }
+    if let Victims::Own(stack) = victims {
+        if !pass {
+            println!("{}", stack.log_tails(60));
+        }
+        stack.shutdown().await;
+    }
+    if !pass {
+        std::process::exit(1);
+    }
+    Ok(())
+}

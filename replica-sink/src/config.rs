@@ -23,7 +23,7 @@ pub enum Command {
     Verify {
         /// DB1 (primary) connection string.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrlParser)]
-        primary_database_url: DatabaseUrl,
+        primary_database_url: Box<DatabaseUrl>,
     },
 }
 

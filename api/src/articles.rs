@@ -22,10 +22,7 @@ fn first(rows: &[tokio_postgres::Row]) -> Result<Option<Article>, tokio_postgres
     rows.first().map(Article::from_row).transpose()
 }
 
-pub async fn insert(
-    transaction: &Transaction<'_>,
-    fields: &ArticleFields,
-) -> Result<Article, tokio_postgres::Error> {
+pub async fn insert(transaction: &Transaction<'_>, fields: &ArticleFields) -> Result<Article, tokio_postgres::Error> {
     let statement = transaction
         .prepare_cached(concat!(
             "INSERT INTO articles (title, content, author, category, tags) VALUES ($1, $2, $3, $4, $5) RETURNING ",
@@ -33,45 +30,21 @@ pub async fn insert(
         ))
         .await?;
     let row = transaction
-        .query_one(
-            &statement,
-            &[
-                &fields.title,
-                &fields.content,
-                &fields.author,
-                &fields.category,
-                &fields.tags,
-            ],
-        )
+        .query_one(&statement, &[&fields.title, &fields.content, &fields.author, &fields.category, &fields.tags])
         .await?;
     Article::from_row(&row)
 }
 
-pub async fn find(
-    client: &impl GenericClient,
-    id: i64,
-) -> Result<Option<Article>, tokio_postgres::Error> {
-    let statement = client
-        .prepare_cached(concat!(
-            "SELECT ",
-            article_columns!(),
-            " FROM articles WHERE id = $1"
-        ))
-        .await?;
+pub async fn find(client: &impl GenericClient, id: i64) -> Result<Option<Article>, tokio_postgres::Error> {
+    let statement =
+        client.prepare_cached(concat!("SELECT ", article_columns!(), " FROM articles WHERE id = $1")).await?;
     first(&client.query(&statement, &[&id]).await?)
 }
 
 /// Reads the article and locks its row until the transaction ends (for read-modify-write).
-pub async fn find_for_update(
-    transaction: &Transaction<'_>,
-    id: i64,
-) -> Result<Option<Article>, tokio_postgres::Error> {
+pub async fn find_for_update(transaction: &Transaction<'_>, id: i64) -> Result<Option<Article>, tokio_postgres::Error> {
     let statement = transaction
-        .prepare_cached(concat!(
-            "SELECT ",
-            article_columns!(),
-            " FROM articles WHERE id = $1 FOR UPDATE"
-        ))
+        .prepare_cached(concat!("SELECT ", article_columns!(), " FROM articles WHERE id = $1 FOR UPDATE"))
         .await?;
     first(&transaction.query(&statement, &[&id]).await?)
 }
@@ -90,26 +63,13 @@ pub async fn update(
         ))
         .await?;
     let rows = transaction
-        .query(
-            &statement,
-            &[
-                &id,
-                &fields.title,
-                &fields.content,
-                &fields.author,
-                &fields.category,
-                &fields.tags,
-            ],
-        )
+        .query(&statement, &[&id, &fields.title, &fields.content, &fields.author, &fields.category, &fields.tags])
         .await?;
     first(&rows)
 }
 
 /// Publishes a draft; `None` when the article is missing or already published.
-pub async fn publish(
-    transaction: &Transaction<'_>,
-    id: i64,
-) -> Result<Option<Article>, tokio_postgres::Error> {
+pub async fn publish(transaction: &Transaction<'_>, id: i64) -> Result<Option<Article>, tokio_postgres::Error> {
     let statement = transaction
         .prepare_cached(concat!(
             "UPDATE articles SET status = 'published', published_at = now(), updated_at = now(), ",
@@ -122,21 +82,12 @@ pub async fn publish(
 
 /// Deletes the article and returns its last state, with the version a deletion takes (one more
 /// than the last change), so that the replica orders the deletion after every earlier event.
-pub async fn delete(
-    transaction: &Transaction<'_>,
-    id: i64,
-) -> Result<Option<Article>, tokio_postgres::Error> {
+pub async fn delete(transaction: &Transaction<'_>, id: i64) -> Result<Option<Article>, tokio_postgres::Error> {
     let statement = transaction
-        .prepare_cached(concat!(
-            "DELETE FROM articles WHERE id = $1 RETURNING ",
-            article_columns!()
-        ))
+        .prepare_cached(concat!("DELETE FROM articles WHERE id = $1 RETURNING ", article_columns!()))
         .await?;
     let deleted = first(&transaction.query(&statement, &[&id]).await?)?;
-    Ok(deleted.map(|article| Article {
-        version: article.version + 1,
-        ..article
-    }))
+    Ok(deleted.map(|article| Article { version: article.version + 1, ..article }))
 }
 
 /// One page of articles in id order, and how many match the filter in all.
@@ -149,22 +100,11 @@ pub async fn list(
     const WHERE: &str = "WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR author = $2) \
                          AND ($3::text IS NULL OR category = $3)";
     let page = client
-        .prepare_cached(&format!(
-            "SELECT {} FROM articles {WHERE} ORDER BY id LIMIT $4 OFFSET $5",
-            article_columns!()
-        ))
+        .prepare_cached(&format!("SELECT {} FROM articles {WHERE} ORDER BY id LIMIT $4 OFFSET $5", article_columns!()))
         .await?;
-    let count = client
-        .prepare_cached(&format!("SELECT count(*) FROM articles {WHERE}"))
-        .await?;
-    let filters: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-        [&filter.status, &filter.author, &filter.category];
-    let rows = client
-        .query(
-            &page,
-            &[filters[0], filters[1], filters[2], &limit, &offset],
-        )
-        .await?;
+    let count = client.prepare_cached(&format!("SELECT count(*) FROM articles {WHERE}")).await?;
+    let filters: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&filter.status, &filter.author, &filter.category];
+    let rows = client.query(&page, &[filters[0], filters[1], filters[2], &limit, &offset]).await?;
     let total: i64 = client.query_one(&count, &filters).await?.try_get(0)?;
     Ok((articles(&rows)?, total))
 }

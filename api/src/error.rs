@@ -12,16 +12,10 @@ use shared::outbox::OutboxError;
 pub enum ApiError {
     /// A field of the body breaks a rule (422).
     #[error("{message}")]
-    Validation {
-        field: &'static str,
-        message: String,
-    },
+    Validation { field: &'static str, message: String },
     /// A path or query parameter is malformed (400).
     #[error("{message}")]
-    InvalidParameter {
-        field: &'static str,
-        message: String,
-    },
+    InvalidParameter { field: &'static str, message: String },
     /// axum refused the request before our code saw it: bad JSON, wrong content type, too large.
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
@@ -54,12 +48,8 @@ impl ApiError {
             Self::ArticleNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::AlreadyPublished(_) => StatusCode::CONFLICT,
-            Self::Starting | Self::Timeout | Self::PoolUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::Database(error) | Self::Outbox(OutboxError::Database(error))
-                if is_transient(error) =>
-            {
+            Self::Starting | Self::Timeout | Self::PoolUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(error) | Self::Outbox(OutboxError::Database(error)) if is_transient(error) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Database(_) | Self::Outbox(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -105,19 +95,13 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        Self::Rejected {
-            status: rejection.status(),
-            message: rejection.body_text(),
-        }
+        Self::Rejected { status: rejection.status(), message: rejection.body_text() }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         // axum answers a bad query string 400 already; keep its explanation.
-        Self::Rejected {
-            status: StatusCode::BAD_REQUEST,
-            message: rejection.body_text(),
-        }
+        Self::Rejected { status: StatusCode::BAD_REQUEST, message: rejection.body_text() }
     }
 }

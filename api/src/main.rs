@@ -8,16 +8,12 @@ use shared::db::Schema;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    shared::telemetry::init("api");
+    let _telemetry = shared::telemetry::init("api");
     match cli.command {
-        Some(Command::Migrate) => {
-            Ok(shared::db::migrate(&cli.config.database_url, Schema::Primary).await?)
-        }
+        Some(Command::Migrate) => Ok(shared::db::migrate(&cli.config.database_url, Schema::Primary).await?),
         None => {
             let application = Application::build(cli.config).await?;
-            application
-                .run_until_stopped(shared::shutdown::token_cancelled_on_signal())
-                .await
+            application.run_until_stopped(shared::shutdown::token_cancelled_on_signal()).await
         }
     }
 }

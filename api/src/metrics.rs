@@ -18,27 +18,16 @@ impl ApiMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "HTTP requests answered, by route, method and status",
-            ),
+            Opts::new("http_requests_total", "HTTP requests answered, by route, method and status"),
             &["method", "route", "status"],
         )?;
         let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "HTTP request duration, by route and method",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request duration, by route and method")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &["method", "route"],
         )?;
         let writes = IntCounterVec::new(
-            Opts::new(
-                "article_writes_total",
-                "Article changes committed with their outbox event, by event type",
-            ),
+            Opts::new("article_writes_total", "Article changes committed with their outbox event, by event type"),
             &["event_type"],
         )?;
         registry.register(Box::new(requests.clone()))?;
@@ -47,11 +36,6 @@ impl ApiMetrics {
         for kind in EventType::ALL {
             writes.with_label_values(&[kind.as_str()]);
         }
-        Ok(Self {
-            registry,
-            requests,
-            request_duration,
-            writes,
-        })
+        Ok(Self { registry, requests, request_duration, writes })
     }
 }

@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use deadpool_postgres::Transaction;
 use serde::{Deserialize, Serialize};
+use shared::telemetry::HeaderCarrier;
 use shared::{Article, EventType};
+use tracing::Instrument as _;
 
 use crate::articles::{self, ListFilter};
 use crate::error::ApiError;
@@ -28,13 +30,7 @@ pub const MAX_PER_PAGE: i64 = 100;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/articles", get(list_articles).post(create_article))
-        .route(
-            "/articles/{id}",
-            get(get_article)
-                .put(replace_article)
-                .patch(patch_article)
-                .delete(delete_article),
-        )
+        .route("/articles/{id}", get(get_article).put(replace_article).patch(patch_article).delete(delete_article))
         .route("/articles/{id}/publish", post(publish_article))
         .route("/metrics", get(metrics));
     Router::new()
@@ -43,36 +39,41 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            observe_request,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), observe_request))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// Counts and times every request, and answers 503 when one outlives the request timeout.
+/// Wraps every request in a server span (continuing the caller's W3C trace context, if any),
+/// counts and times it, and answers 503 when it outlives the request timeout.
 async fn observe_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    let span = tracing::info_span!(
+        "HTTP request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        article.id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    shared::telemetry::continue_trace(&span, &HeaderCarrier(request.headers()));
+    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).instrument(span.clone()).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout.into_response(),
     };
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     let metrics = &state.metrics;
-    metrics
-        .requests
-        .with_label_values(&[&method, &route, response.status().as_str()])
-        .inc();
-    metrics
-        .request_duration
-        .with_label_values(&[&method, &route])
-        .observe(started.elapsed().as_secs_f64());
+    metrics.requests.with_label_values(&[&method, &route, status.as_str()]).inc();
+    metrics.request_duration.with_label_values(&[&method, &route]).observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -94,13 +95,10 @@ async fn commit_with_event(
     event_type: EventType,
     article: &Article,
 ) -> Result<(), ApiError> {
+    tracing::Span::current().record("article.id", article.id);
     let event_id = shared::outbox::enqueue(&transaction, event_type, article).await?;
     transaction.commit().await?;
-    state
-        .metrics
-        .writes
-        .with_label_values(&[event_type.as_str()])
-        .inc();
+    state.metrics.writes.with_label_values(&[event_type.as_str()]).inc();
     tracing::info!(article_id = article.id, %event_type, %event_id, title = %article.title, "article change committed with its outbox event");
     Ok(())
 }
@@ -117,16 +115,10 @@ async fn create_article(
     Ok((StatusCode::CREATED, Json(article)))
 }
 
-async fn get_article(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Article>, ApiError> {
+async fn get_article(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Article>, ApiError> {
     let id = article_id(&id)?;
     let client = state.client().await?;
-    articles::find(&client, id)
-        .await?
-        .map(Json)
-        .ok_or(ApiError::ArticleNotFound(id))
+    articles::find(&client, id).await?.map(Json).ok_or(ApiError::ArticleNotFound(id))
 }
 
 async fn replace_article(
@@ -138,9 +130,7 @@ async fn replace_article(
     let fields = body?.0.validate()?;
     let mut client = state.client().await?;
     let transaction = client.transaction().await?;
-    let article = articles::update(&transaction, id, &fields)
-        .await?
-        .ok_or(ApiError::ArticleNotFound(id))?;
+    let article = articles::update(&transaction, id, &fields).await?.ok_or(ApiError::ArticleNotFound(id))?;
     commit_with_event(&state, transaction, EventType::Updated, &article).await?;
     Ok(Json(article))
 }
@@ -154,21 +144,14 @@ async fn patch_article(
     let patch = body?.0;
     let mut client = state.client().await?;
     let transaction = client.transaction().await?;
-    let current = articles::find_for_update(&transaction, id)
-        .await?
-        .ok_or(ApiError::ArticleNotFound(id))?;
+    let current = articles::find_for_update(&transaction, id).await?.ok_or(ApiError::ArticleNotFound(id))?;
     let fields = patch.apply_to(&current)?;
-    let article = articles::update(&transaction, id, &fields)
-        .await?
-        .ok_or(ApiError::ArticleNotFound(id))?;
+    let article = articles::update(&transaction, id, &fields).await?.ok_or(ApiError::ArticleNotFound(id))?;
     commit_with_event(&state, transaction, EventType::Updated, &article).await?;
     Ok(Json(article))
 }
 
-async fn publish_article(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Article>, ApiError> {
+async fn publish_article(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Article>, ApiError> {
     let id = article_id(&id)?;
     let mut client = state.client().await?;
     let transaction = client.transaction().await?;
@@ -182,16 +165,11 @@ async fn publish_article(
     Ok(Json(article))
 }
 
-async fn delete_article(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+async fn delete_article(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let id = article_id(&id)?;
     let mut client = state.client().await?;
     let transaction = client.transaction().await?;
-    let article = articles::delete(&transaction, id)
-        .await?
-        .ok_or(ApiError::ArticleNotFound(id))?;
+    let article = articles::delete(&transaction, id).await?.ok_or(ApiError::ArticleNotFound(id))?;
     commit_with_event(&state, transaction, EventType::Deleted, &article).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -243,20 +221,10 @@ async fn list_articles(
             message: format!("status must be \"draft\" or \"published\", got {status:?}"),
         });
     }
-    let filter = ListFilter {
-        status: params.status,
-        author: params.author,
-        category: params.category,
-    };
+    let filter = ListFilter { status: params.status, author: params.author, category: params.category };
     let client = state.client().await?;
     let (items, total) = articles::list(&client, &filter, per_page, (page - 1) * per_page).await?;
-    Ok(Json(ArticlePage {
-        items,
-        page,
-        per_page,
-        total,
-        pages: (total + per_page - 1) / per_page,
-    }))
+    Ok(Json(ArticlePage { items, page, per_page, total, pages: (total + per_page - 1) / per_page }))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

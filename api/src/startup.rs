@@ -49,41 +49,26 @@ pub struct Application {
 impl Application {
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
         let listener = shared::ops::bind(config.listen_addr).await?;
-        let pool = shared::db::pool(&config.database_url, config.db_pool_size)
-            .context("cannot create the DB1 pool")?;
+        let pool = shared::db::pool(&config.database_url, config.db_pool_size).context("cannot create the DB1 pool")?;
         let state = AppState {
             pool,
             metrics: ApiMetrics::new().context("cannot register metrics")?,
             request_timeout: Duration::from_secs(config.request_timeout_secs),
             schema_ready: Arc::new(AtomicBool::new(false)),
         };
-        Ok(Self {
-            listener,
-            state,
-            config,
-        })
+        Ok(Self { listener, state, config })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|addr| addr.port())
-            .unwrap_or(0)
+        self.listener.local_addr().map(|addr| addr.port()).unwrap_or(0)
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            state,
-            config,
-        } = self;
+        let Self { listener, state, config } = self;
         tracing::info!(listen_addr = %listener.local_addr()?, database = %config.database_url, "api starting");
         let migrations = {
-            let (url, schema_ready, shutdown) = (
-                config.database_url.clone(),
-                state.schema_ready.clone(),
-                shutdown.clone(),
-            );
+            let (url, schema_ready, shutdown) =
+                (config.database_url.clone(), state.schema_ready.clone(), shutdown.clone());
             tokio::spawn(async move {
                 if shared::db::migrate_when_available(&url, Schema::Primary, &shutdown).await {
                     schema_ready.store(true, Ordering::Release);

@@ -39,9 +39,7 @@ pub struct ArticlePatch {
 }
 
 /// Tells a field that is absent (`None`) from one that is `null` (`Some(None)`).
-fn present_or_null<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<String>>, D::Error> {
+fn present_or_null<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(deserializer).map(Some)
 }
 
@@ -93,28 +91,17 @@ fn invalid(field: &'static str, message: String) -> ApiError {
 
 /// Trims `value` and checks it is non-empty, at most `max` characters and free of NUL bytes
 /// (PostgreSQL cannot store them in text).
-fn clean_text(
-    field: &'static str,
-    value: &str,
-    max: usize,
-    trim: bool,
-) -> Result<String, ApiError> {
+fn clean_text(field: &'static str, value: &str, max: usize, trim: bool) -> Result<String, ApiError> {
     let value = if trim { value.trim() } else { value };
     if value.trim().is_empty() {
         return Err(invalid(field, format!("{field} must not be empty")));
     }
     if value.contains('\0') {
-        return Err(invalid(
-            field,
-            format!("{field} must not contain NUL characters"),
-        ));
+        return Err(invalid(field, format!("{field} must not contain NUL characters")));
     }
     let length = value.chars().count();
     if length > max {
-        return Err(invalid(
-            field,
-            format!("{field} must be at most {max} characters (got {length})"),
-        ));
+        return Err(invalid(field, format!("{field} must be at most {max} characters (got {length})")));
     }
     Ok(value.to_owned())
 }
@@ -122,13 +109,7 @@ fn clean_text(
 impl ArticleFields {
     fn validate(self) -> Result<Self, ApiError> {
         if self.tags.len() > MAX_TAGS {
-            return Err(invalid(
-                "tags",
-                format!(
-                    "at most {MAX_TAGS} tags are allowed (got {})",
-                    self.tags.len()
-                ),
-            ));
+            return Err(invalid("tags", format!("at most {MAX_TAGS} tags are allowed (got {})", self.tags.len())));
         }
         Ok(Self {
             title: clean_text("title", &self.title, MAX_TITLE_CHARS, true)?,
@@ -138,11 +119,7 @@ impl ArticleFields {
                 .category
                 .map(|category| clean_text("category", &category, MAX_CATEGORY_CHARS, true))
                 .transpose()?,
-            tags: self
-                .tags
-                .iter()
-                .map(|tag| clean_text("tags", tag, MAX_TAG_CHARS, true))
-                .collect::<Result<_, _>>()?,
+            tags: self.tags.iter().map(|tag| clean_text("tags", tag, MAX_TAG_CHARS, true)).collect::<Result<_, _>>()?,
         })
     }
 }
@@ -178,23 +155,11 @@ mod tests {
 
     #[test]
     fn names_the_broken_field() {
-        assert_eq!(
-            field_of(input(None).validate().expect_err("missing")),
-            "title"
-        );
-        assert_eq!(
-            field_of(input(Some("   ")).validate().expect_err("blank")),
-            "title"
-        );
-        assert_eq!(
-            field_of(input(Some("a\0b")).validate().expect_err("nul")),
-            "title"
-        );
+        assert_eq!(field_of(input(None).validate().expect_err("missing")), "title");
+        assert_eq!(field_of(input(Some("   ")).validate().expect_err("blank")), "title");
+        assert_eq!(field_of(input(Some("a\0b")).validate().expect_err("nul")), "title");
         let long = "x".repeat(MAX_TITLE_CHARS + 1);
-        assert_eq!(
-            field_of(input(Some(&long)).validate().expect_err("long")),
-            "title"
-        );
+        assert_eq!(field_of(input(Some(&long)).validate().expect_err("long")), "title");
         let mut many_tags = input(Some("ok"));
         many_tags.tags = Some(vec!["t".into(); MAX_TAGS + 1]);
         assert_eq!(field_of(many_tags.validate().expect_err("tags")), "tags");

@@ -25,32 +25,21 @@ pub struct Record {
 
 impl Record {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
     }
 
     pub fn value_text(&self) -> String {
-        self.value.as_deref().map_or_else(
-            || "null".to_owned(),
-            |value| String::from_utf8_lossy(value).into_owned(),
-        )
+        self.value.as_deref().map_or_else(|| "null".to_owned(), |value| String::from_utf8_lossy(value).into_owned())
     }
 
     /// `CreateTime:… key=… headers=k:v,… value`, tab-separated, like the console consumer.
     pub fn display_line(&self) -> String {
-        let headers: Vec<String> = self
-            .headers
-            .iter()
-            .map(|(key, value)| format!("{key}:{value}"))
-            .collect();
+        let headers: Vec<String> = self.headers.iter().map(|(key, value)| format!("{key}:{value}")).collect();
         format!(
             "partition={} offset={}\tCreateTime:{}\tkey={}\theaders={}\t{}",
             self.partition,
             self.offset,
-            self.timestamp_ms
-                .map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
+            self.timestamp_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
             self.key.as_deref().unwrap_or("null"),
             headers.join(","),
             self.value_text()
@@ -66,11 +55,7 @@ impl Record {
                     .map(|header| {
                         (
                             header.key.to_owned(),
-                            header
-                                .value
-                                .map(String::from_utf8_lossy)
-                                .unwrap_or_default()
-                                .into_owned(),
+                            header.value.map(String::from_utf8_lossy).unwrap_or_default().into_owned(),
                         )
                     })
                     .collect()
@@ -80,9 +65,7 @@ impl Record {
             partition: message.partition(),
             offset: message.offset(),
             timestamp_ms: message.timestamp().to_millis(),
-            key: message
-                .key()
-                .map(|key| String::from_utf8_lossy(key).into_owned()),
+            key: message.key().map(|key| String::from_utf8_lossy(key).into_owned()),
             headers,
             value: message.payload().map(<[u8]>::to_vec),
         }
@@ -133,16 +116,12 @@ pub fn consume(
             Start::Beginning => Offset::Offset(low),
             Start::End => Offset::Offset(high),
         };
-        assignment
-            .add_partition_offset(topic, partition, offset)
-            .context("cannot assign partition")?;
+        assignment.add_partition_offset(topic, partition, offset).context("cannot assign partition")?;
         if start == Start::Beginning && high > low {
             remaining.insert(partition, high);
         }
     }
-    consumer
-        .assign(&assignment)
-        .context("cannot assign partitions")?;
+    consumer.assign(&assignment).context("cannot assign partitions")?;
     let mut read = 0;
     loop {
         if until_caught_up && remaining.is_empty() {
@@ -162,10 +141,7 @@ pub fn consume(
         };
         let message = result.context("cannot read from the topic")?;
         let record = Record::from_message(&message);
-        if remaining
-            .get(&record.partition)
-            .is_some_and(|&end| record.offset + 1 >= end)
-        {
+        if remaining.get(&record.partition).is_some_and(|&end| record.offset + 1 >= end) {
             remaining.remove(&record.partition);
         }
         read += 1;
@@ -174,11 +150,7 @@ pub fn consume(
 }
 
 /// Every record of `topic` present when called, in partition then offset order.
-pub fn read_all(
-    bootstrap_servers: &str,
-    topic: &str,
-    timeout: Duration,
-) -> anyhow::Result<Vec<Record>> {
+pub fn read_all(bootstrap_servers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<Record>> {
     let mut records = Vec::new();
     shared::kafka::read_to_end(
         bootstrap_servers,
@@ -204,11 +176,7 @@ pub struct PartitionLag {
 }
 
 /// The lag of `group` on each partition of `topic` (like `kafka-consumer-groups --describe`).
-pub fn group_lag(
-    bootstrap_servers: &str,
-    topic: &str,
-    group: &str,
-) -> anyhow::Result<Vec<PartitionLag>> {
+pub fn group_lag(bootstrap_servers: &str, topic: &str, group: &str) -> anyhow::Result<Vec<PartitionLag>> {
     let consumer: BaseConsumer = client_config(bootstrap_servers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -219,26 +187,18 @@ pub fn group_lag(
     for &partition in &partitions {
         wanted.add_partition(topic, partition);
     }
-    let committed = consumer
-        .committed_offsets(wanted, METADATA_TIMEOUT)
-        .context("cannot read committed offsets")?;
+    let committed = consumer.committed_offsets(wanted, METADATA_TIMEOUT).context("cannot read committed offsets")?;
     partitions
         .into_iter()
         .map(|partition| {
             let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-            let current_offset = committed
-                .find_partition(topic, partition)
-                .and_then(|element| match element.offset() {
+            let current_offset =
+                committed.find_partition(topic, partition).and_then(|element| match element.offset() {
                     Offset::Offset(offset) => Some(offset),
                     _ => None,
                 });
             let lag = high - current_offset.unwrap_or(low);
-            Ok(PartitionLag {
-                partition,
-                current_offset,
-                log_end_offset: high,
-                lag,
-            })
+            Ok(PartitionLag { partition, current_offset, log_end_offset: high, lag })
         })
         .collect()
 }
@@ -261,14 +221,8 @@ pub async fn produce(
     if let Some(key) = key {
         record = record.key(key);
     }
-    let delivery = producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(error, _)| error)?;
-    Ok(Produced {
-        partition: delivery.partition,
-        offset: delivery.offset,
-    })
+    let delivery = producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| error)?;
+    Ok(Produced { partition: delivery.partition, offset: delivery.offset })
 }
 
 /// A producer with acknowledgement from all replicas.

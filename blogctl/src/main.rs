@@ -12,12 +12,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "blogctl", version)]
 struct Cli {
     /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        global = true,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "localhost:9092"
-    )]
+    #[arg(long, global = true, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "localhost:9092")]
     bootstrap_servers: String,
     /// Topic.
     #[arg(long, global = true, env = "KAFKA_TOPIC", default_value = "articles")]
@@ -58,27 +53,12 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Consume {
-            from_beginning,
-            max_messages,
-            until_caught_up,
-        } => {
-            let start = if from_beginning {
-                Start::Beginning
-            } else {
-                Start::End
-            };
-            let read = consume(
-                &cli.bootstrap_servers,
-                &cli.topic,
-                start,
-                max_messages,
-                until_caught_up,
-                None,
-                |record| {
+        Command::Consume { from_beginning, max_messages, until_caught_up } => {
+            let start = if from_beginning { Start::Beginning } else { Start::End };
+            let read =
+                consume(&cli.bootstrap_servers, &cli.topic, start, max_messages, until_caught_up, None, |record| {
                     println!("{}", record.display_line());
-                },
-            )?;
+                })?;
             eprintln!("Processed a total of {read} messages");
         }
         Command::Produce { key } => {
@@ -91,16 +71,10 @@ async fn main() -> anyhow::Result<()> {
                     continue;
                 }
                 let at = produce(&producer, &cli.topic, key.as_deref(), &line).await?;
-                eprintln!(
-                    "produced to {} partition {} offset {}",
-                    cli.topic, at.partition, at.offset
-                );
+                eprintln!("produced to {} partition {} offset {}", cli.topic, at.partition, at.offset);
                 produced += 1;
             }
-            eprintln!(
-                "{produced} records produced in {:?}",
-                started.elapsed().max(Duration::ZERO)
-            );
+            eprintln!("{produced} records produced in {:?}", started.elapsed().max(Duration::ZERO));
         }
         Command::Lag { group } => {
             let lags = group_lag(&cli.bootstrap_servers, &cli.topic, &group)?;
@@ -109,9 +83,7 @@ async fn main() -> anyhow::Result<()> {
                 "GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG"
             );
             for lag in lags {
-                let current = lag
-                    .current_offset
-                    .map_or_else(|| "-".to_owned(), |offset| offset.to_string());
+                let current = lag.current_offset.map_or_else(|| "-".to_owned(), |offset| offset.to_string());
                 println!(
                     "{:<20} {:<12} {:>9} {:>15} {:>15} {:>8}",
                     group, cli.topic, lag.partition, current, lag.log_end_offset, lag.lag

@@ -28,30 +28,21 @@ pub enum Published<'a> {
 }
 
 /// Makes this relay the leader of a new epoch and returns it. Called once the advisory lock is held.
-pub async fn begin_epoch(
-    client: &tokio_postgres::Client,
-    holder: &str,
-) -> Result<i64, tokio_postgres::Error> {
+pub async fn begin_epoch(client: &tokio_postgres::Client, holder: &str) -> Result<i64, tokio_postgres::Error> {
     let row = client
-        .query_one("UPDATE relay_leader SET epoch = epoch + 1, holder = $1, since = now() WHERE id = 1 RETURNING epoch", &[&holder])
+        .query_one(
+            "UPDATE relay_leader SET epoch = epoch + 1, holder = $1, since = now() WHERE id = 1 RETURNING epoch",
+            &[&holder],
+        )
         .await?;
     row.try_get(0)
 }
 
 /// The checkpoints of `topic`: partition → next offset to read back from.
-pub async fn load(
-    client: &impl GenericClient,
-    topic: &str,
-) -> Result<BTreeMap<i32, i64>, tokio_postgres::Error> {
-    let statement = client
-        .prepare_cached("SELECT partition, next_offset FROM relay_checkpoints WHERE topic = $1")
-        .await?;
-    client
-        .query(&statement, &[&topic])
-        .await?
-        .iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect()
+pub async fn load(client: &impl GenericClient, topic: &str) -> Result<BTreeMap<i32, i64>, tokio_postgres::Error> {
+    let statement =
+        client.prepare_cached("SELECT partition, next_offset FROM relay_checkpoints WHERE topic = $1").await?;
+    client.query(&statement, &[&topic]).await?.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
 }
 
 /// In one transaction, fenced by `epoch`: removes the `published` rows and sets the checkpoints.
@@ -63,28 +54,17 @@ pub async fn settle(
     checkpoints: &BTreeMap<i32, i64>,
 ) -> Result<u64, SettleError> {
     let transaction = client.transaction().await?;
-    let current_epoch = transaction
-        .prepare_cached("SELECT epoch FROM relay_leader WHERE id = 1 FOR SHARE")
-        .await?;
-    let current: i64 = transaction
-        .query_one(&current_epoch, &[])
-        .await?
-        .try_get(0)?;
+    let current_epoch = transaction.prepare_cached("SELECT epoch FROM relay_leader WHERE id = 1 FOR SHARE").await?;
+    let current: i64 = transaction.query_one(&current_epoch, &[]).await?.try_get(0)?;
     if current != epoch {
-        return Err(SettleError::Fenced {
-            mine: epoch,
-            current,
-        });
+        return Err(SettleError::Fenced { mine: epoch, current });
     }
     let deleted = match published {
         Published::Rows(ids) => shared::outbox::delete_published(&transaction, ids).await?,
-        Published::Events(event_ids) => {
-            shared::outbox::delete_by_event_ids(&transaction, event_ids).await?
-        }
+        Published::Events(event_ids) => shared::outbox::delete_by_event_ids(&transaction, event_ids).await?,
     };
     if !checkpoints.is_empty() {
-        let (partitions, offsets): (Vec<i32>, Vec<i64>) =
-            checkpoints.iter().map(|(&p, &o)| (p, o)).unzip();
+        let (partitions, offsets): (Vec<i32>, Vec<i64>) = checkpoints.iter().map(|(&p, &o)| (p, o)).unzip();
         let upsert = transaction
             .prepare_cached(
                 "INSERT INTO relay_checkpoints (topic, partition, next_offset) \
@@ -92,9 +72,7 @@ pub async fn settle(
                  ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
             )
             .await?;
-        transaction
-            .execute(&upsert, &[&topic, &partitions, &offsets])
-            .await?;
+        transaction.execute(&upsert, &[&topic, &partitions, &offsets]).await?;
     }
     transaction.commit().await?;
     Ok(deleted)

@@ -27,11 +27,7 @@ pub struct RelayConfig {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrlParser)]
     pub database_url: DatabaseUrl,
     /// Kafka bootstrap servers, comma-separated.
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "localhost:9092"
-    )]
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "localhost:9092")]
     pub kafka_bootstrap_servers: String,
     /// Topic the events are published to.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "articles")]

@@ -37,11 +37,7 @@ pub struct Leadership {
 
 impl Leadership {
     /// Waits until this relay holds the lock (or `shutdown`), then starts a new epoch.
-    pub async fn acquire(
-        url: &DatabaseUrl,
-        holder: &str,
-        shutdown: &CancellationToken,
-    ) -> Option<Self> {
+    pub async fn acquire(url: &DatabaseUrl, holder: &str, shutdown: &CancellationToken) -> Option<Self> {
         let mut backoff = Backoff::default();
         let mut announced_standby = false;
         while !shutdown.is_cancelled() {
@@ -86,19 +82,12 @@ impl Leadership {
         };
         let client = Arc::new(client);
         loop {
-            let locked: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
-                .await?
-                .try_get(0)?;
+            let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]).await?.try_get(0)?;
             if locked {
                 let epoch = crate::checkpoint::begin_epoch(&client, holder).await?;
                 let heartbeat = tokio::spawn(heartbeat(client, lost.clone()));
                 tracing::info!(epoch, holder, "this relay is now the leader");
-                return Ok(Some(Self {
-                    epoch,
-                    lost,
-                    tasks: vec![connection_task, heartbeat],
-                }));
+                return Ok(Some(Self { epoch, lost, tasks: vec![connection_task, heartbeat] }));
             }
             if !*announced_standby {
                 tracing::info!("another relay holds the leader lock; standing by");

@@ -41,13 +41,7 @@ async fn listen_until_lost(
     let mut config = url.config().clone();
     config.connect_timeout(shared::db::POOL_TIMEOUT);
     let (client, mut connection) =
-        config
-            .connect(NoTls)
-            .await
-            .map_err(|source| DbError::Connect {
-                database: url.redacted(),
-                source,
-            })?;
+        config.connect(NoTls).await.map_err(|source| DbError::Connect { database: url.redacted(), source })?;
     let notifications = wake.clone();
     let mut driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -58,13 +52,8 @@ async fn listen_until_lost(
         }
         Ok::<(), tokio_postgres::Error>(())
     });
-    client
-        .batch_execute(&format!("LISTEN {}", shared::outbox::NOTIFY_CHANNEL))
-        .await?;
-    tracing::info!(
-        channel = shared::outbox::NOTIFY_CHANNEL,
-        "listening for outbox notifications"
-    );
+    client.batch_execute(&format!("LISTEN {}", shared::outbox::NOTIFY_CHANNEL)).await?;
+    tracing::info!(channel = shared::outbox::NOTIFY_CHANNEL, "listening for outbox notifications");
     backoff.reset();
     wake.notify_one();
     tokio::select! {

@@ -1,8 +1,6 @@
 //! The relay's Prometheus metrics, served at `/metrics`.
 
-use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use shared::EventType;
 
 #[derive(Debug, Clone)]
@@ -30,35 +28,21 @@ impl RelayMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let messages_sent = IntCounterVec::new(
-            Opts::new(
-                "kafka_messages_sent_total",
-                "Total Kafka messages sent (acknowledged by the broker)",
-            ),
+            Opts::new("kafka_messages_sent_total", "Total Kafka messages sent (acknowledged by the broker)"),
             &["event_type"],
         )?;
-        let publish_errors = IntCounter::new(
-            "outbox_publish_errors_total",
-            "Records the broker refused or that timed out",
-        )?;
+        let publish_errors =
+            IntCounter::new("outbox_publish_errors_total", "Records the broker refused or that timed out")?;
         let backlog = IntGauge::new("outbox_backlog_rows", "Outbox rows not yet published")?;
-        let oldest_age = Gauge::new(
-            "outbox_oldest_age_seconds",
-            "Age of the oldest unpublished outbox row",
-        )?;
+        let oldest_age = Gauge::new("outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row")?;
         let commit_to_ack = Histogram::with_opts(
             HistogramOpts::new(
                 "outbox_commit_to_ack_seconds",
                 "Time from outbox row creation to broker acknowledgement",
             )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                60.0,
-            ]),
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
         )?;
-        let leader = IntGauge::new(
-            "outbox_relay_leader",
-            "1 while this relay holds the leader lock",
-        )?;
+        let leader = IntGauge::new("outbox_relay_leader", "1 while this relay holds the leader lock")?;
         let epoch = IntGauge::new("outbox_relay_epoch", "Fencing epoch this relay last led")?;
         let reconciled = IntCounter::new(
             "outbox_reconciled_total",

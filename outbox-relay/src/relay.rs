@@ -13,7 +13,7 @@
 //! leader's delivery timeout, and after an error in its own session a leader drops that producer
 //! and waits [`SESSION_END_GRACE`]. The assumptions are spelled out in docs/guarantees.md.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,10 +106,7 @@ pub fn create_producer(settings: &RelaySettings) -> Result<FutureProducer, Relay
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set(
-            "message.timeout.ms",
-            settings.delivery_timeout.as_millis().to_string(),
-        )
+        .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
         .set("queue.buffering.max.messages", "200000")
         .create()
         .map_err(RelayError::Producer)
@@ -126,9 +123,7 @@ pub struct Relay {
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
+        f.debug_struct("Relay").field("settings", &self.settings).finish_non_exhaustive()
     }
 }
 
@@ -140,14 +135,7 @@ impl Relay {
         settings: RelaySettings,
         metrics: RelayMetrics,
     ) -> Self {
-        Self {
-            pool,
-            database_url,
-            producer,
-            settings,
-            metrics,
-            wake: Arc::new(Notify::new()),
-        }
+        Self { pool, database_url, producer, settings, metrics, wake: Arc::new(Notify::new()) }
     }
 
     /// The handle the NOTIFY listener wakes the relay through.
@@ -159,8 +147,7 @@ impl Relay {
     pub async fn run(mut self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             self.metrics.leader.set(0);
-            let Some(leadership) =
-                Leadership::acquire(&self.database_url, &self.settings.instance, &shutdown).await
+            let Some(leadership) = Leadership::acquire(&self.database_url, &self.settings.instance, &shutdown).await
             else {
                 break;
             };
@@ -168,14 +155,10 @@ impl Relay {
             self.metrics.epoch.set(leadership.epoch);
             self.lead(&leadership, &shutdown).await;
             // Whatever is still queued or in flight must not go out once we stop leading.
-            self.producer
-                .purge(PurgeConfig::default().queue().inflight());
+            self.producer.purge(PurgeConfig::default().queue().inflight());
             self.replace_producer();
             if !shutdown.is_cancelled() {
-                tracing::warn!(
-                    epoch = leadership.epoch,
-                    "stepped down as leader; standing by"
-                );
+                tracing::warn!(epoch = leadership.epoch, "stepped down as leader; standing by");
             }
         }
         self.metrics.leader.set(0);
@@ -188,11 +171,7 @@ impl Relay {
         let lost = leadership.lost();
         if epoch > 1 {
             let wait = self.settings.delivery_timeout + TAKEOVER_MARGIN;
-            tracing::info!(
-                epoch,
-                ?wait,
-                "waiting out the previous leader's delivery timeout before reading back"
-            );
+            tracing::info!(epoch, ?wait, "waiting out the previous leader's delivery timeout before reading back");
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = lost.cancelled() => return,
@@ -269,11 +248,8 @@ impl Relay {
     pub async fn reconcile(&self, epoch: i64) -> Result<u64, RelayError> {
         let started = Instant::now();
         let checkpoints = checkpoint::load(&self.pool.get().await?, &self.settings.topic).await?;
-        let (bootstrap, topic, from) = (
-            self.settings.bootstrap_servers.clone(),
-            self.settings.topic.clone(),
-            checkpoints.clone(),
-        );
+        let (bootstrap, topic, from) =
+            (self.settings.bootstrap_servers.clone(), self.settings.topic.clone(), checkpoints.clone());
         let (found, ends, records) = tokio::task::spawn_blocking(move || {
             let (mut found, mut records) = (Vec::new(), 0_u64);
             let ends = shared::kafka::read_to_end(
@@ -323,39 +299,51 @@ impl Relay {
             return Ok(Outcome::Empty);
         }
         let mut deliveries = Vec::with_capacity(rows.len());
+        let mut spans = Vec::with_capacity(rows.len());
         for row in &rows {
-            tracing::info!(
-                article_id = row.article_id,
-                event_id = %row.event_id,
-                "Publishing to Kafka: topic={}, event_type={}",
-                self.settings.topic,
-                row.event_type
-            );
-            deliveries.push(self.send(row).await?);
+            let span = publish_span(&self.settings.topic, row);
+            span.in_scope(|| {
+                tracing::info!(
+                    article_id = row.article_id,
+                    event_id = %row.event_id,
+                    "Publishing to Kafka: topic={}, event_type={}",
+                    self.settings.topic,
+                    row.event_type
+                );
+            });
+            // The record carries the publish span's context; when this relay does not trace, the
+            // request's context passes through unchanged.
+            let mut trace_headers = shared::telemetry::context_of(&span);
+            if trace_headers.is_empty() {
+                trace_headers.clone_from(&row.trace_context);
+            }
+            deliveries.push(self.send(row, &trace_headers).await?);
+            spans.push(span);
         }
         let results = futures_util::future::join_all(deliveries).await;
         let mut acknowledged = Vec::with_capacity(rows.len());
         let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut first_failure = None;
         let mut failed = 0;
-        for (row, result) in rows.iter().zip(results) {
+        for ((row, result), span) in rows.iter().zip(results).zip(&spans) {
             match result {
                 Ok(Ok(delivery)) => {
+                    span.record("messaging.destination.partition.id", delivery.partition);
+                    span.record("messaging.kafka.offset", delivery.offset);
                     acknowledged.push(row.id);
                     let next = next_offsets.entry(delivery.partition).or_insert(0);
                     *next = (*next).max(delivery.offset + 1);
-                    self.metrics
-                        .messages_sent
-                        .with_label_values(&[&row.event_type])
-                        .inc();
+                    self.metrics.messages_sent.with_label_values(&[&row.event_type]).inc();
                     let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
                     self.metrics.commit_to_ack.observe(age.as_secs_f64());
                 }
                 Ok(Err((error, _message))) => {
+                    span.record("otel.status_code", "error");
                     failed += 1;
                     first_failure.get_or_insert(error);
                 }
                 Err(_canceled) => {
+                    span.record("otel.status_code", "error");
                     failed += 1;
                     first_failure.get_or_insert(KafkaError::Canceled);
                 }
@@ -368,46 +356,31 @@ impl Relay {
         if first_failure.is_some() {
             next_offsets.clear();
         }
-        checkpoint::settle(
-            &mut client,
-            epoch,
-            &self.settings.topic,
-            Published::Rows(&acknowledged),
-            &next_offsets,
-        )
-        .await?;
+        checkpoint::settle(&mut client, epoch, &self.settings.topic, Published::Rows(&acknowledged), &next_offsets)
+            .await?;
         if let Some(first) = first_failure {
-            return Err(RelayError::Delivery {
-                failed,
-                attempted: rows.len(),
-                first,
-            });
+            return Err(RelayError::Delivery { failed, attempted: rows.len(), first });
         }
-        tracing::debug!(
-            published = acknowledged.len(),
-            "batch acknowledged and settled"
-        );
+        tracing::debug!(published = acknowledged.len(), "batch acknowledged and settled");
         Ok(Outcome::Published(acknowledged.len()))
     }
 
     /// Hands one row to the producer, waiting while its queue is full (back-pressure, not failure).
-    async fn send(&self, row: &OutboxRow) -> Result<DeliveryFuture, RelayError> {
+    async fn send(
+        &self,
+        row: &OutboxRow,
+        trace_headers: &HashMap<String, String>,
+    ) -> Result<DeliveryFuture, RelayError> {
         let key = row.article_id.to_string();
         let event_id = row.event_id.to_string();
         loop {
-            let headers = OwnedHeaders::new_with_capacity(2)
-                .insert(Header {
-                    key: EVENT_ID_HEADER,
-                    value: Some(event_id.as_str()),
-                })
-                .insert(Header {
-                    key: EVENT_TYPE_HEADER,
-                    value: Some(row.event_type.as_str()),
-                });
-            let record = FutureRecord::to(&self.settings.topic)
-                .key(&key)
-                .payload(&row.payload)
-                .headers(headers);
+            let mut headers = OwnedHeaders::new_with_capacity(2 + trace_headers.len())
+                .insert(Header { key: EVENT_ID_HEADER, value: Some(event_id.as_str()) })
+                .insert(Header { key: EVENT_TYPE_HEADER, value: Some(row.event_type.as_str()) });
+            for (name, value) in trace_headers {
+                headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
+            }
+            let record = FutureRecord::to(&self.settings.topic).key(&key).payload(&row.payload).headers(headers);
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -452,4 +425,26 @@ impl Relay {
             Err(error) => tracing::debug!(%error, "cannot measure the outbox backlog"),
         }
     }
+}
+
+/// The producer span of one row: a child of the request that wrote it (`SpanKind::Producer`).
+fn publish_span(topic: &str, row: &OutboxRow) -> tracing::Span {
+    let span = tracing::info_span!(
+        "outbox.publish",
+        otel.name = %format!("outbox.publish {topic}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.destination.name = %topic,
+        messaging.message.id = %row.event_id,
+        messaging.kafka.message.key = %row.article_id,
+        messaging.destination.partition.id = tracing::field::Empty,
+        messaging.kafka.offset = tracing::field::Empty,
+        event_type = %row.event_type,
+        article.id = row.article_id,
+        trace_id = tracing::field::Empty,
+    );
+    shared::telemetry::continue_trace(&span, &shared::telemetry::MapCarrier(&row.trace_context));
+    span
 }

@@ -26,18 +26,14 @@ pub struct Application {
 impl Application {
     pub async fn build(config: RelayConfig) -> anyhow::Result<Self> {
         let listener = shared::ops::bind(config.listen_addr).await?;
-        let pool = shared::db::pool(&config.database_url, config.db_pool_size)
-            .context("cannot create the DB1 pool")?;
+        let pool = shared::db::pool(&config.database_url, config.db_pool_size).context("cannot create the DB1 pool")?;
         let settings = RelaySettings {
             bootstrap_servers: config.kafka_bootstrap_servers.clone(),
             topic: config.kafka_topic.clone(),
             batch_size: config.batch_size,
             poll_interval: Duration::from_millis(config.poll_interval_ms),
             delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
-            instance: config
-                .instance_id
-                .clone()
-                .unwrap_or_else(default_instance_id),
+            instance: config.instance_id.clone().unwrap_or_else(default_instance_id),
         };
         let producer = create_producer(&settings)?;
         let metrics = RelayMetrics::new().context("cannot register metrics")?;
@@ -47,46 +43,23 @@ impl Application {
                 let (pool, producer, topic) = (pool.clone(), producer.clone(), topic.clone());
                 async move {
                     shared::ops::database_answers(&pool).await?;
-                    tokio::task::spawn_blocking(move || {
-                        shared::kafka::topic_reachable(producer.client(), &topic)
-                    })
-                    .await
-                    .map_err(|error| error.to_string())?
+                    tokio::task::spawn_blocking(move || shared::kafka::topic_reachable(producer.client(), &topic))
+                        .await
+                        .map_err(|error| error.to_string())?
                 }
                 .boxed()
             })
         };
-        let relay = Relay::new(
-            pool,
-            config.database_url.clone(),
-            producer,
-            settings,
-            metrics.clone(),
-        );
-        Ok(Self {
-            listener,
-            config,
-            relay,
-            readiness,
-            metrics,
-        })
+        let relay = Relay::new(pool, config.database_url.clone(), producer, settings, metrics.clone());
+        Ok(Self { listener, config, relay, readiness, metrics })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|addr| addr.port())
-            .unwrap_or(0)
+        self.listener.local_addr().map(|addr| addr.port()).unwrap_or(0)
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            config,
-            relay,
-            readiness,
-            metrics,
-        } = self;
+        let Self { listener, config, relay, readiness, metrics } = self;
         tracing::info!(
             listen_addr = %listener.local_addr()?,
             database = %config.database_url,
@@ -99,21 +72,14 @@ impl Application {
             shared::ops::router(metrics.registry.clone(), readiness),
             shutdown.clone(),
         ));
-        if shared::db::migrate_when_available(&config.database_url, Schema::Primary, &shutdown)
-            .await
-        {
-            let listener = tokio::spawn(crate::listener::listen(
-                config.database_url.clone(),
-                relay.wake(),
-                shutdown.clone(),
-            ));
+        if shared::db::migrate_when_available(&config.database_url, Schema::Primary, &shutdown).await {
+            let listener =
+                tokio::spawn(crate::listener::listen(config.database_url.clone(), relay.wake(), shutdown.clone()));
             relay.run(shutdown.clone()).await;
             listener.abort();
         }
         shutdown.cancel();
-        ops.await
-            .context("the ops server panicked")?
-            .context("the ops server failed")?;
+        ops.await.context("the ops server panicked")?.context("the ops server failed")?;
         Ok(())
     }
 }

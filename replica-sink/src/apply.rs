@@ -36,21 +36,14 @@ pub async fn apply(
                 upsert(&transaction, &event.event.data).await?
             }
         };
-        if changed {
-            ApplyOutcome::Applied
-        } else {
-            ApplyOutcome::Stale
-        }
+        if changed { ApplyOutcome::Applied } else { ApplyOutcome::Stale }
     };
     transaction.commit().await?;
     Ok(outcome)
 }
 
 /// Inserts the event id into `processed_events`; false if it was there already.
-async fn record_processed(
-    transaction: &Transaction<'_>,
-    event: &DecodedEvent,
-) -> Result<bool, tokio_postgres::Error> {
+async fn record_processed(transaction: &Transaction<'_>, event: &DecodedEvent) -> Result<bool, tokio_postgres::Error> {
     let statement = transaction
         .prepare_cached(
             "INSERT INTO processed_events (event_id, event_type, article_id) VALUES ($1, $2, $3) \
@@ -58,23 +51,13 @@ async fn record_processed(
         )
         .await?;
     let inserted = transaction
-        .execute(
-            &statement,
-            &[
-                &event.event_id,
-                &event.event.event_type.as_str(),
-                &event.event.data.id,
-            ],
-        )
+        .execute(&statement, &[&event.event_id, &event.event.event_type.as_str(), &event.event.data.id])
         .await?;
     Ok(inserted == 1)
 }
 
 /// Writes the article unless DB2 holds a newer version or a deletion at least as new.
-async fn upsert(
-    transaction: &Transaction<'_>,
-    article: &Article,
-) -> Result<bool, tokio_postgres::Error> {
+async fn upsert(transaction: &Transaction<'_>, article: &Article) -> Result<bool, tokio_postgres::Error> {
     let statement = transaction
         .prepare_cached(
             "INSERT INTO articles (id, title, content, author, category, tags, status, views_count, \
@@ -113,16 +96,9 @@ async fn upsert(
 }
 
 /// Deletes the article unless DB2 holds a newer version, and leaves a tombstone.
-async fn delete(
-    transaction: &Transaction<'_>,
-    article: &Article,
-) -> Result<bool, tokio_postgres::Error> {
-    let delete = transaction
-        .prepare_cached("DELETE FROM articles WHERE id = $1 AND version <= $2")
-        .await?;
-    let deleted = transaction
-        .execute(&delete, &[&article.id, &article.version])
-        .await?;
+async fn delete(transaction: &Transaction<'_>, article: &Article) -> Result<bool, tokio_postgres::Error> {
+    let delete = transaction.prepare_cached("DELETE FROM articles WHERE id = $1 AND version <= $2").await?;
+    let deleted = transaction.execute(&delete, &[&article.id, &article.version]).await?;
     let tombstone = transaction
         .prepare_cached(
             "INSERT INTO article_tombstones (id, version) VALUES ($1, $2) \
@@ -130,8 +106,6 @@ async fn delete(
                  deleted_at = now()",
         )
         .await?;
-    transaction
-        .execute(&tombstone, &[&article.id, &article.version])
-        .await?;
+    transaction.execute(&tombstone, &[&article.id, &article.version]).await?;
     Ok(deleted == 1)
 }

@@ -15,6 +15,8 @@ pub struct Cli {
     pub config: SinkConfig,
 }
 
+// Parsed once per process; boxing the URL would fight clap's typed value parser.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply DB2's migrations and exit (the sink also applies them at start-up).
@@ -23,7 +25,7 @@ pub enum Command {
     Verify {
         /// DB1 (primary) connection string.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrlParser)]
-        primary_database_url: Box<DatabaseUrl>,
+        primary_database_url: DatabaseUrl,
     },
 }
 
@@ -33,11 +35,7 @@ pub struct SinkConfig {
     #[arg(long, env = "REPLICA_DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrlParser)]
     pub replica_database_url: DatabaseUrl,
     /// Kafka bootstrap servers, comma-separated.
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "localhost:9092"
-    )]
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "localhost:9092")]
     pub kafka_bootstrap_servers: String,
     /// Topic to consume.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "articles")]

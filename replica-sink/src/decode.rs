@@ -64,45 +64,22 @@ mod tests {
         let decoded = decode(Some(SEED_EVENT), None).expect("valid");
         assert_eq!(decoded.event_id, format!("{:x}", Md5::digest(SEED_EVENT)));
         assert_eq!(decoded.event_id.len(), 32);
-        assert_eq!(
-            decode(Some(SEED_EVENT), None).expect("valid").event_id,
-            decoded.event_id
-        );
+        assert_eq!(decode(Some(SEED_EVENT), None).expect("valid").event_id, decoded.event_id);
     }
 
     #[test]
     fn body_event_id_wins_over_header() {
         let with_id = String::from_utf8_lossy(SEED_EVENT).replacen('{', r#"{"event_id":"abc","#, 1);
-        assert_eq!(
-            decode(Some(with_id.as_bytes()), Some("header"))
-                .expect("valid")
-                .event_id,
-            "abc"
-        );
-        assert_eq!(
-            decode(Some(SEED_EVENT), Some("header"))
-                .expect("valid")
-                .event_id,
-            "header"
-        );
+        assert_eq!(decode(Some(with_id.as_bytes()), Some("header")).expect("valid").event_id, "abc");
+        assert_eq!(decode(Some(SEED_EVENT), Some("header")).expect("valid").event_id, "header");
     }
 
     #[test]
     fn poison_is_classified() {
         assert!(matches!(decode(None, None), Err(Poison::NoValue)));
-        assert!(matches!(
-            decode(Some(b"\xff\xfe"), None),
-            Err(Poison::NotUtf8)
-        ));
-        assert!(matches!(
-            decode(Some(b"not json"), None),
-            Err(Poison::Invalid(_))
-        ));
-        let unknown_type =
-            String::from_utf8_lossy(SEED_EVENT).replace("article.created", "article.exploded");
-        assert!(matches!(
-            decode(Some(unknown_type.as_bytes()), None),
-            Err(Poison::Invalid(_))
-        ));
+        assert!(matches!(decode(Some(b"\xff\xfe"), None), Err(Poison::NotUtf8)));
+        assert!(matches!(decode(Some(b"not json"), None), Err(Poison::Invalid(_))));
+        let unknown_type = String::from_utf8_lossy(SEED_EVENT).replace("article.created", "article.exploded");
+        assert!(matches!(decode(Some(unknown_type.as_bytes()), None), Err(Poison::Invalid(_))));
     }
 }

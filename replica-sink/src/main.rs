@@ -8,19 +8,11 @@ use shared::db::Schema;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    shared::telemetry::init("replica-sink");
+    let _telemetry = shared::telemetry::init("replica-sink");
     match cli.command {
-        Some(Command::Migrate) => {
-            Ok(shared::db::migrate(&cli.config.replica_database_url, Schema::Replica).await?)
-        }
-        Some(Command::Verify {
-            primary_database_url,
-        }) => {
-            let drift = replica_sink::verify::compare(
-                &primary_database_url,
-                &cli.config.replica_database_url,
-            )
-            .await?;
+        Some(Command::Migrate) => Ok(shared::db::migrate(&cli.config.replica_database_url, Schema::Replica).await?),
+        Some(Command::Verify { primary_database_url }) => {
+            let drift = replica_sink::verify::compare(&primary_database_url, &cli.config.replica_database_url).await?;
             println!("{drift}");
             if !drift.is_identical() {
                 std::process::exit(1);
@@ -29,9 +21,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             let application = Application::build(cli.config).await?;
-            application
-                .run_until_stopped(shared::shutdown::token_cancelled_on_signal())
-                .await
+            application.run_until_stopped(shared::shutdown::token_cancelled_on_signal()).await
         }
     }
 }

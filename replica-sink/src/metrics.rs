@@ -1,6 +1,6 @@
 //! The sink's Prometheus metrics, served at `/metrics`.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 use shared::EventType;
 
 #[derive(Debug, Clone)]
@@ -16,43 +16,37 @@ pub struct SinkMetrics {
     pub poison: IntCounterVec,
     /// Seconds spent applying one event (DB2 transaction), by type.
     pub apply_duration: HistogramVec,
+    /// Seconds from the event's timestamp (its commit in DB1) to its change being applied in DB2.
+    pub end_to_end_latency: Histogram,
 }
 
 impl SinkMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let applied = IntCounterVec::new(
-            Opts::new(
-                "sink_events_applied_total",
-                "Events applied to DB2, by event type",
-            ),
+            Opts::new("sink_events_applied_total", "Events applied to DB2, by event type"),
             &["event_type"],
         )?;
-        let duplicates = IntCounter::new(
-            "sink_events_duplicate_total",
-            "Events skipped because they were already processed",
-        )?;
-        let stale = IntCounter::new(
-            "sink_events_stale_total",
-            "Events older than the replica's state (no change)",
-        )?;
+        let duplicates =
+            IntCounter::new("sink_events_duplicate_total", "Events skipped because they were already processed")?;
+        let stale = IntCounter::new("sink_events_stale_total", "Events older than the replica's state (no change)")?;
         let poison = IntCounterVec::new(
-            Opts::new(
-                "sink_events_poison_total",
-                "Records that cannot be applied, by reason",
-            ),
+            Opts::new("sink_events_poison_total", "Records that cannot be applied, by reason"),
             &["reason"],
         )?;
         let apply_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "sink_apply_duration_seconds",
-                "Time to apply one event to DB2",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            ]),
+            HistogramOpts::new("sink_apply_duration_seconds", "Time to apply one event to DB2")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
             &["event_type"],
         )?;
+        let end_to_end_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "sink_end_to_end_latency_seconds",
+                "Time from the event timestamp (DB1 commit) to the change applied in DB2",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )?;
+        registry.register(Box::new(end_to_end_latency.clone()))?;
         registry.register(Box::new(applied.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(stale.clone()))?;
@@ -61,13 +55,6 @@ impl SinkMetrics {
         for kind in EventType::ALL {
             applied.with_label_values(&[kind.as_str()]);
         }
-        Ok(Self {
-            registry,
-            applied,
-            duplicates,
-            stale,
-            poison,
-            apply_duration,
-        })
+        Ok(Self { registry, applied, duplicates, stale, poison, apply_duration, end_to_end_latency })
     }
 }

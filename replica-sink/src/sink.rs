@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{ApplyOutcome, apply};
 use crate::decode::{DecodedEvent, Poison, decode};
 use crate::metrics::SinkMetrics;
+use tracing::Instrument as _;
 
 /// Whether a record is done with (its offset may be stored) or the sink is stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +39,7 @@ impl std::fmt::Debug for Sink {
 
 impl Sink {
     pub fn new(pool: Pool, consumer: Arc<StreamConsumer>, metrics: SinkMetrics) -> Self {
-        Self {
-            pool,
-            consumer,
-            metrics,
-        }
+        Self { pool, consumer, metrics }
     }
 
     /// Consumes until `shutdown`, then commits the stored offsets and leaves the group.
@@ -56,19 +53,14 @@ impl Sink {
                 Ok(message) => message,
                 Err(error) => {
                     tracing::warn!(%error, "consumer error");
-                    shared::shutdown::sleep_unless_cancelled(&shutdown, Duration::from_millis(200))
-                        .await;
+                    shared::shutdown::sleep_unless_cancelled(&shutdown, Duration::from_millis(200)).await;
                     continue;
                 }
             };
             if self.handle(&message, &shutdown).await == Handled::Interrupted {
                 break;
             }
-            tracing::debug!(
-                partition = message.partition(),
-                offset = message.offset(),
-                "Committing offset..."
-            );
+            tracing::debug!(partition = message.partition(), offset = message.offset(), "Committing offset...");
             if let Err(error) = self.consumer.store_offset_from_message(&message) {
                 // The partition was revoked meanwhile; its new owner skips the event by its id.
                 tracing::warn!(%error, "cannot store the offset");
@@ -82,36 +74,61 @@ impl Sink {
         tracing::info!("sink stopped");
     }
 
+    /// Handles one record inside a consumer span that continues the producer's trace.
     async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> Handled {
         let header_event_id = shared::kafka::header_str(message, shared::kafka::EVENT_ID_HEADER);
-        let decoded = match decode(message.payload(), header_event_id) {
-            Ok(decoded) => decoded,
-            Err(poison) => {
-                self.skip_poison(message, &poison);
-                return Handled::Done;
+        let decoded = decode(message.payload(), header_event_id);
+        let event_type = decoded.as_ref().map_or("poison", |decoded| decoded.event.event_type.as_str());
+        let span = tracing::info_span!(
+            "sink.apply",
+            otel.name = %format!("sink.apply {event_type}"),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = %message.topic(),
+            messaging.destination.partition.id = message.partition(),
+            messaging.kafka.offset = message.offset(),
+            messaging.message.id = tracing::field::Empty,
+            article.id = tracing::field::Empty,
+            event_type,
+            trace_id = tracing::field::Empty,
+        );
+        shared::telemetry::continue_trace(&span, &shared::telemetry::MapCarrier(&shared::kafka::headers_map(message)));
+        match decoded {
+            Ok(decoded) => {
+                span.record("messaging.message.id", decoded.event_id.as_str());
+                span.record("article.id", decoded.event.data.id);
+                self.apply_until_done(message, &decoded, shutdown).instrument(span).await
             }
-        };
+            Err(poison) => {
+                span.record("otel.status_code", "error");
+                span.in_scope(|| self.skip_poison(message, &poison));
+                Handled::Done
+            }
+        }
+    }
+
+    /// Applies the event, retrying while DB2 is unavailable; poison is skipped.
+    async fn apply_until_done(
+        &self,
+        message: &BorrowedMessage<'_>,
+        decoded: &DecodedEvent,
+        shutdown: &CancellationToken,
+    ) -> Handled {
         let (event_type, article_id) = (decoded.event.event_type, decoded.event.data.id);
         tracing::info!("Received event: {event_type} for article ID: {article_id}");
-        tracing::info!(
-            partition = message.partition(),
-            offset = message.offset(),
-            "Event ID: {}",
-            decoded.event_id
-        );
+        tracing::info!(partition = message.partition(), offset = message.offset(), "Event ID: {}", decoded.event_id);
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            match self.apply(&decoded).await {
+            match self.apply(decoded).await {
                 Ok(outcome) => {
-                    self.report(&decoded, outcome);
+                    self.report(decoded, outcome);
                     return Handled::Done;
                 }
                 Err(ApplyError::Permanent(error)) => {
                     tracing::error!(event_id = %decoded.event_id, error = %error_chain(&error), "DB2 refuses this event; skipping it");
-                    self.metrics
-                        .poison
-                        .with_label_values(&["rejected_by_db"])
-                        .inc();
+                    self.metrics.poison.with_label_values(&["rejected_by_db"]).inc();
                     return Handled::Done;
                 }
                 Err(ApplyError::Transient(error)) => {
@@ -127,49 +144,29 @@ impl Sink {
 
     async fn apply(&self, decoded: &DecodedEvent) -> Result<ApplyOutcome, ApplyError> {
         let started = Instant::now();
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|error| ApplyError::Transient(error_chain(&error)))?;
+        let mut client = self.pool.get().await.map_err(|error| ApplyError::Transient(error_chain(&error)))?;
         tracing::info!("Checking idempotency for event ID: {}", decoded.event_id);
         let outcome = apply(&mut client, decoded).await.map_err(|error| {
-            if is_transient(&error) {
-                ApplyError::Transient(error_chain(&error))
-            } else {
-                ApplyError::Permanent(error)
-            }
+            if is_transient(&error) { ApplyError::Transient(error_chain(&error)) } else { ApplyError::Permanent(error) }
         })?;
         let event_type = decoded.event.event_type.as_str();
-        self.metrics
-            .apply_duration
-            .with_label_values(&[event_type])
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.apply_duration.with_label_values(&[event_type]).observe(started.elapsed().as_secs_f64());
         Ok(outcome)
     }
 
     fn report(&self, decoded: &DecodedEvent, outcome: ApplyOutcome) {
-        let (event_type, article_id, event_id) = (
-            decoded.event.event_type,
-            decoded.event.data.id,
-            &decoded.event_id,
-        );
+        let (event_type, article_id, event_id) = (decoded.event.event_type, decoded.event.data.id, &decoded.event_id);
         match outcome {
             ApplyOutcome::Applied => {
-                self.metrics
-                    .applied
-                    .with_label_values(&[event_type.as_str()])
-                    .inc();
-                tracing::info!(
-                    "Successfully processed event: {event_type} for article {article_id}"
-                );
+                self.metrics.applied.with_label_values(&[event_type.as_str()]).inc();
+                let latency = (chrono::Utc::now() - decoded.event.timestamp).to_std().unwrap_or_default();
+                self.metrics.end_to_end_latency.observe(latency.as_secs_f64());
+                tracing::info!("Successfully processed event: {event_type} for article {article_id}");
             }
             ApplyOutcome::AlreadyProcessed => {
                 self.metrics.duplicates.inc();
                 tracing::warn!("Event already processed: {event_id}. Skipping...");
-                tracing::info!(
-                    "Successfully processed event (already done): {event_type} for article {article_id}"
-                );
+                tracing::info!("Successfully processed event (already done): {event_type} for article {article_id}");
             }
             ApplyOutcome::Stale => {
                 self.metrics.stale.inc();
@@ -182,10 +179,7 @@ impl Sink {
     }
 
     fn skip_poison(&self, message: &BorrowedMessage<'_>, poison: &Poison) {
-        self.metrics
-            .poison
-            .with_label_values(&[poison.reason()])
-            .inc();
+        self.metrics.poison.with_label_values(&[poison.reason()]).inc();
         tracing::error!(
             partition = message.partition(),
             offset = message.offset(),

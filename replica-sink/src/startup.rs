@@ -26,9 +26,7 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Application").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -44,48 +42,28 @@ impl Application {
         );
         let metrics = SinkMetrics::new().context("cannot register metrics")?;
         let readiness = {
-            let (pool, consumer, topic) =
-                (pool.clone(), consumer.clone(), config.kafka_topic.clone());
+            let (pool, consumer, topic) = (pool.clone(), consumer.clone(), config.kafka_topic.clone());
             shared::ops::ReadinessCheck::new(move || {
                 let (pool, consumer, topic) = (pool.clone(), consumer.clone(), topic.clone());
                 async move {
                     shared::ops::database_answers(&pool).await?;
-                    tokio::task::spawn_blocking(move || {
-                        shared::kafka::topic_reachable(consumer.client(), &topic)
-                    })
-                    .await
-                    .map_err(|error| error.to_string())?
+                    tokio::task::spawn_blocking(move || shared::kafka::topic_reachable(consumer.client(), &topic))
+                        .await
+                        .map_err(|error| error.to_string())?
                 }
                 .boxed()
             })
         };
         let sink = Sink::new(pool, consumer.clone(), metrics.clone());
-        Ok(Self {
-            listener,
-            config,
-            sink,
-            consumer,
-            readiness,
-            metrics,
-        })
+        Ok(Self { listener, config, sink, consumer, readiness, metrics })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|addr| addr.port())
-            .unwrap_or(0)
+        self.listener.local_addr().map(|addr| addr.port()).unwrap_or(0)
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            config,
-            sink,
-            consumer,
-            readiness,
-            metrics,
-        } = self;
+        let Self { listener, config, sink, consumer, readiness, metrics } = self;
         tracing::info!(
             listen_addr = %listener.local_addr()?,
             database = %config.replica_database_url,
@@ -99,22 +77,12 @@ impl Application {
             shared::ops::router(metrics.registry.clone(), readiness),
             shutdown.clone(),
         ));
-        if shared::db::migrate_when_available(
-            &config.replica_database_url,
-            Schema::Replica,
-            &shutdown,
-        )
-        .await
-        {
-            consumer
-                .subscribe(&[&config.kafka_topic])
-                .context("cannot subscribe")?;
+        if shared::db::migrate_when_available(&config.replica_database_url, Schema::Replica, &shutdown).await {
+            consumer.subscribe(&[&config.kafka_topic]).context("cannot subscribe")?;
             sink.run(shutdown.clone()).await;
         }
         shutdown.cancel();
-        ops.await
-            .context("the ops server panicked")?
-            .context("the ops server failed")?;
+        ops.await.context("the ops server panicked")?.context("the ops server failed")?;
         Ok(())
     }
 }

@@ -37,35 +37,11 @@ impl Drift {
 
 impl std::fmt::Display for Drift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "primary (DB1): {} articles, replica (DB2): {} articles",
-            self.primary_rows, self.replica_rows
-        )?;
-        writeln!(
-            f,
-            "missing in the replica: {} {:?}",
-            self.missing.0, self.missing.1
-        )?;
-        writeln!(
-            f,
-            "extra in the replica:   {} {:?}",
-            self.extra.0, self.extra.1
-        )?;
-        writeln!(
-            f,
-            "differing:              {} {:?}",
-            self.differing.0, self.differing.1
-        )?;
-        write!(
-            f,
-            "verdict: {}",
-            if self.is_identical() {
-                "IDENTICAL"
-            } else {
-                "DRIFT"
-            }
-        )
+        writeln!(f, "primary (DB1): {} articles, replica (DB2): {} articles", self.primary_rows, self.replica_rows)?;
+        writeln!(f, "missing in the replica: {} {:?}", self.missing.0, self.missing.1)?;
+        writeln!(f, "extra in the replica:   {} {:?}", self.extra.0, self.extra.1)?;
+        writeln!(f, "differing:              {} {:?}", self.differing.0, self.differing.1)?;
+        write!(f, "verdict: {}", if self.is_identical() { "IDENTICAL" } else { "DRIFT" })
     }
 }
 
@@ -101,11 +77,7 @@ impl DigestReader {
             let rows = self
                 .client
                 .query(
-                    concat!(
-                        "SELECT ",
-                        article_columns!(),
-                        " FROM articles WHERE id > $1 ORDER BY id LIMIT $2"
-                    ),
+                    concat!("SELECT ", article_columns!(), " FROM articles WHERE id > $1 ORDER BY id LIMIT $2"),
                     &[&self.after, &CHUNK],
                 )
                 .await?;
@@ -139,10 +111,7 @@ pub enum VerifyError {
 
 /// Compares every article of `primary` (DB1) with `replica` (DB2).
 pub async fn compare(primary: &DatabaseUrl, replica: &DatabaseUrl) -> Result<Drift, VerifyError> {
-    let (mut left, mut right) = (
-        DigestReader::open(primary).await?,
-        DigestReader::open(replica).await?,
-    );
+    let (mut left, mut right) = (DigestReader::open(primary).await?, DigestReader::open(replica).await?);
     let mut drift = Drift::default();
     let (mut a, mut b) = (left.next().await?, right.next().await?);
     loop {

@@ -160,23 +160,14 @@ pub mod timestamp {
         DateTime::parse_from_rfc3339(value)
             .map(|parsed| parsed.with_timezone(&Utc))
             .ok()
-            .or_else(|| {
-                NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f")
-                    .ok()
-                    .map(|naive| naive.and_utc())
-            })
+            .or_else(|| NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|naive| naive.and_utc()))
     }
 
-    pub fn serialize<S: Serializer>(
-        value: &DateTime<Utc>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&format(value))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<DateTime<Utc>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(deserializer)?;
         parse(&text).ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {text:?}")))
     }
@@ -186,19 +177,14 @@ pub mod timestamp {
 pub mod optional_timestamp {
     use super::*;
 
-    pub fn serialize<S: Serializer>(
-        value: &Option<DateTime<Utc>>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &Option<DateTime<Utc>>, serializer: S) -> Result<S::Ok, S::Error> {
         match value {
             Some(value) => timestamp::serialize(value, serializer),
             None => serializer.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<DateTime<Utc>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
         match Option::<String>::deserialize(deserializer)? {
             None => Ok(None),
             Some(text) => timestamp::parse(&text)
@@ -221,10 +207,7 @@ mod tests {
         assert_eq!(event.event_id, None);
         assert_eq!(event.data.id, 999);
         assert_eq!(event.data.version, 0);
-        assert_eq!(
-            timestamp::format(&event.data.created_at),
-            "2024-12-02T10:00:00.000000Z"
-        );
+        assert_eq!(timestamp::format(&event.data.created_at), "2024-12-02T10:00:00.000000Z");
     }
 
     #[test]

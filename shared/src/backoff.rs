@@ -13,11 +13,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            current: initial,
-        }
+        Self { initial, max, current: initial }
     }
 
     /// The delay to wait now; the next one is twice as long, up to the cap.

@@ -54,24 +54,16 @@ impl FromStr for DatabaseUrl {
     type Err = String;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        let config = raw.parse::<tokio_postgres::Config>().map_err(|error| {
-            format!(
-                "invalid PostgreSQL connection string {}: {error}",
-                redact_password(raw)
-            )
-        })?;
-        Ok(Self {
-            raw: raw.to_owned(),
-            config,
-        })
+        let config = raw
+            .parse::<tokio_postgres::Config>()
+            .map_err(|error| format!("invalid PostgreSQL connection string {}: {error}", redact_password(raw)))?;
+        Ok(Self { raw: raw.to_owned(), config })
     }
 }
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("DatabaseUrl")
-            .field(&self.redacted())
-            .finish()
+        f.debug_tuple("DatabaseUrl").field(&self.redacted()).finish()
     }
 }
 
@@ -87,28 +79,16 @@ mod tests {
 
     #[test]
     fn never_prints_the_password() {
-        let url: DatabaseUrl = "postgres://bloguser:blogpass@localhost:5432/blogdb"
-            .parse()
-            .expect("valid");
-        assert_eq!(
-            url.to_string(),
-            "postgres://bloguser:***@localhost:5432/blogdb"
-        );
+        let url: DatabaseUrl = "postgres://bloguser:blogpass@localhost:5432/blogdb".parse().expect("valid");
+        assert_eq!(url.to_string(), "postgres://bloguser:***@localhost:5432/blogdb");
         assert!(!format!("{url:?}").contains("blogpass"));
-        let pairs: DatabaseUrl = "host=localhost password=blogpass dbname=blogdb"
-            .parse()
-            .expect("valid");
-        assert_eq!(
-            pairs.to_string(),
-            "host=localhost password=*** dbname=blogdb"
-        );
+        let pairs: DatabaseUrl = "host=localhost password=blogpass dbname=blogdb".parse().expect("valid");
+        assert_eq!(pairs.to_string(), "host=localhost password=*** dbname=blogdb");
     }
 
     #[test]
     fn rejects_garbage_without_echoing_secrets() {
-        let error = "postgres://u:secret@host:notaport/db"
-            .parse::<DatabaseUrl>()
-            .expect_err("invalid");
+        let error = "postgres://u:secret@host:notaport/db".parse::<DatabaseUrl>().expect_err("invalid");
         assert!(error.contains("invalid PostgreSQL connection string"));
         assert!(!error.contains("secret"));
     }
@@ -130,17 +110,11 @@ impl clap::builder::TypedValueParser for DatabaseUrlParser {
     ) -> Result<DatabaseUrl, clap::Error> {
         use clap::error::ErrorKind;
         let name = arg.map_or_else(|| "the database URL".to_owned(), ToString::to_string);
-        let text = value.to_str().ok_or_else(|| {
-            clap::Error::raw(
-                ErrorKind::InvalidUtf8,
-                format!("{name} is not valid UTF-8\n"),
-            )
-        })?;
+        let text = value
+            .to_str()
+            .ok_or_else(|| clap::Error::raw(ErrorKind::InvalidUtf8, format!("{name} is not valid UTF-8\n")))?;
         text.parse().map_err(|error: String| {
-            clap::Error::raw(
-                ErrorKind::ValueValidation,
-                format!("invalid value for {name}: {error}\n"),
-            )
+            clap::Error::raw(ErrorKind::ValueValidation, format!("invalid value for {name}: {error}\n"))
         })
     }
 }

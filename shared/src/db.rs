@@ -72,13 +72,7 @@ pub const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn pool(url: &DatabaseUrl, max_size: usize) -> Result<Pool, DbError> {
     let mut config = url.config().clone();
     config.connect_timeout(POOL_TIMEOUT);
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
@@ -92,13 +86,8 @@ pub fn pool(url: &DatabaseUrl, max_size: usize) -> Result<Pool, DbError> {
 pub async fn connect(url: &DatabaseUrl) -> Result<tokio_postgres::Client, DbError> {
     let mut config = url.config().clone();
     config.connect_timeout(POOL_TIMEOUT);
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|source| DbError::Connect {
-            database: url.redacted(),
-            source,
-        })?;
+    let (client, connection) =
+        config.connect(NoTls).await.map_err(|source| DbError::Connect { database: url.redacted(), source })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "database connection closed");
@@ -111,14 +100,10 @@ pub async fn connect(url: &DatabaseUrl) -> Result<tokio_postgres::Client, DbErro
 /// starters apply them once.
 pub async fn migrate(url: &DatabaseUrl, schema: Schema) -> Result<(), DbError> {
     let mut client = connect(url).await?;
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&schema.lock_key()])
-        .await?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&schema.lock_key()]).await?;
     let report = schema.runner().run_async(&mut client).await;
     // The lock also goes with the connection; unlocking explicitly just frees it sooner.
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&schema.lock_key()])
-        .await;
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&schema.lock_key()]).await;
     let report = report?;
     for migration in report.applied_migrations() {
         tracing::info!(migration = %migration, "applied migration");
@@ -128,11 +113,7 @@ pub async fn migrate(url: &DatabaseUrl, schema: Schema) -> Result<(), DbError> {
 
 /// Retries [`migrate`] with capped backoff until it succeeds; returns false if cancelled first.
 /// Services call this at start-up so that they may start before their database.
-pub async fn migrate_when_available(
-    url: &DatabaseUrl,
-    schema: Schema,
-    shutdown: &CancellationToken,
-) -> bool {
+pub async fn migrate_when_available(url: &DatabaseUrl, schema: Schema, shutdown: &CancellationToken) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         match migrate(url, schema).await {

@@ -87,21 +87,11 @@ pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
     let topic_metadata = metadata
         .topics()
         .first()
-        .ok_or_else(|| ReadBackError::Topic {
-            topic: topic.to_owned(),
-            reason: "no metadata".to_owned(),
-        })?;
+        .ok_or_else(|| ReadBackError::Topic { topic: topic.to_owned(), reason: "no metadata".to_owned() })?;
     if let Some(error) = topic_metadata.error() {
-        return Err(ReadBackError::Topic {
-            topic: topic.to_owned(),
-            reason: format!("{error:?}"),
-        });
+        return Err(ReadBackError::Topic { topic: topic.to_owned(), reason: format!("{error:?}") });
     }
-    let mut partitions: Vec<i32> = topic_metadata
-        .partitions()
-        .iter()
-        .map(|partition| partition.id())
-        .collect();
+    let mut partitions: Vec<i32> = topic_metadata.partitions().iter().map(|partition| partition.id()).collect();
     partitions.sort_unstable();
     Ok(partitions)
 }
@@ -143,9 +133,7 @@ pub fn read_to_end(
     consumer.assign(&assignment)?;
     while !unfinished.is_empty() {
         if std::time::Instant::now() >= deadline {
-            return Err(ReadBackError::Timeout {
-                partitions: unfinished.keys().copied().collect(),
-            });
+            return Err(ReadBackError::Timeout { partitions: unfinished.keys().copied().collect() });
         }
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             continue;
@@ -163,4 +151,17 @@ pub fn read_to_end(
         }
     }
     Ok(ends)
+}
+
+/// The record's UTF-8 headers as a map (trace context extraction).
+pub fn headers_map<M: Message>(message: &M) -> std::collections::HashMap<String, String> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .filter_map(|header| Some((header.key.to_owned(), std::str::from_utf8(header.value?).ok()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
 }

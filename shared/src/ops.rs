@@ -18,9 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub struct ReadinessCheck(Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>);
 
 impl ReadinessCheck {
-    pub fn new(
-        check: impl Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
-    ) -> Self {
+    pub fn new(check: impl Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static) -> Self {
         Self(Arc::new(check))
     }
 
@@ -88,33 +86,19 @@ pub fn metrics_response(registry: &Registry) -> Response {
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 /// Binds `addr`, naming it in the error (a taken port is the usual start-up failure).
 pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// A readiness check that runs `SELECT 1` on a pooled connection.
 pub async fn database_answers(pool: &deadpool_postgres::Pool) -> Result<(), String> {
-    let client = pool
-        .get()
-        .await
-        .map_err(|error| format!("database unavailable: {error}"))?;
-    client
-        .simple_query("SELECT 1")
-        .await
-        .map_err(|error| format!("database unavailable: {error}"))?;
+    let client = pool.get().await.map_err(|error| format!("database unavailable: {error}"))?;
+    client.simple_query("SELECT 1").await.map_err(|error| format!("database unavailable: {error}"))?;
     Ok(())
 }

@@ -40,10 +40,7 @@ pub fn token_cancelled_on_signal() -> CancellationToken {
 }
 
 /// Sleeps for `duration` unless `token` is cancelled first; returns false when cancelled.
-pub async fn sleep_unless_cancelled(
-    token: &CancellationToken,
-    duration: std::time::Duration,
-) -> bool {
+pub async fn sleep_unless_cancelled(token: &CancellationToken, duration: std::time::Duration) -> bool {
     tokio::select! {
         () = tokio::time::sleep(duration) => true,
         () = token.cancelled() => false,

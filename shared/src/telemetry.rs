@@ -1,27 +1,211 @@
-//! Logging set-up: `tracing` with `RUST_LOG` filtering (default `info`), human-readable lines by
-//! default and one JSON object per line with `LOG_FORMAT=json` for log shippers.
+//! Logging and tracing set-up.
+//!
+//! Logs: `tracing` with `RUST_LOG` filtering (default `info`), human-readable lines by default and
+//! one JSON object per line with `LOG_FORMAT=json`. Root spans carry a `trace_id` field, so log
+//! lines written inside them name the trace they belong to.
+//!
+//! Traces: exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (`OTEL_EXPORTER_OTLP_PROTOCOL`
+//! `grpc`, the default, or `http/protobuf`; `OTEL_SERVICE_NAME` defaults to the binary's name). Export
+//! is batched on a background thread: it never blocks a request, and a dead collector costs a
+//! warning. Unset endpoint → no exporter at all. W3C trace context and baggage are always
+//! propagated, so a trace continues through services even when this one does not export.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use opentelemetry::propagation::{Extractor, TextMapCompositePropagator};
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// Installs the global subscriber. Call once, first thing in `main`.
-pub fn init(service_name: &str) {
+/// Flushes and stops the trace exporter when dropped (at the end of `main`).
+#[derive(Debug)]
+#[must_use = "traces are flushed when the guard is dropped"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("warning: cannot flush traces: {error}");
+        }
+    }
+}
+
+/// Installs the global subscriber and, when configured, the OTLP exporter. Call once, first thing
+/// in `main`, and keep the guard until the end.
+pub fn init(default_service_name: &str) -> TelemetryGuard {
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_span_events(FmtSpan::NONE)
-        .with_target(false);
-    let result = if json {
-        builder
+    let fmt_layer = if json {
+        tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
-            .with_current_span(false)
-            .try_init()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed()
     } else {
-        builder.try_init()
+        tracing_subscriber::fmt::layer().with_target(false).boxed()
     };
-    if result.is_ok() {
-        tracing::debug!(service = service_name, "logging initialised");
+    let (provider, export_error) = match tracer_provider(default_service_name) {
+        Ok(provider) => (provider, None),
+        Err(error) => (None, Some(error)),
+    };
+    let otel_layer = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(default_service_name.to_owned())));
+    let _ = tracing_subscriber::registry().with(fmt_layer).with(otel_layer).with(filter).try_init();
+    if let Some(error) = export_error {
+        tracing::warn!(%error, "traces will not be exported");
+    } else if provider.is_some() {
+        tracing::info!(
+            endpoint = %std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default(),
+            protocol = %otlp_protocol(),
+            "exporting traces over OTLP"
+        );
+    }
+    TelemetryGuard { provider }
+}
+
+fn otlp_protocol() -> String {
+    std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|_| "grpc".to_owned())
+}
+
+/// The tracer provider for the `OTEL_*` variables, or `None` when no endpoint is set.
+fn tracer_provider(default_service_name: &str) -> Result<Option<SdkTracerProvider>, String> {
+    if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").map_or(true, |endpoint| endpoint.trim().is_empty()) {
+        return Ok(None);
+    }
+    let service_name = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| default_service_name.to_owned());
+    let resource = Resource::builder().with_service_name(service_name).build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let provider = match otlp_protocol().as_str() {
+        "grpc" => builder.with_batch_exporter(GrpcOnOwnRuntime::build()?).build(),
+        "http/protobuf" => {
+            // The blocking HTTP client works on the batch processor's plain thread.
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+                .map_err(|error| format!("cannot build the OTLP/HTTP exporter: {error}"))?;
+            builder.with_batch_exporter(exporter).build()
+        }
+        other => {
+            return Err(format!("unsupported OTEL_EXPORTER_OTLP_PROTOCOL {other:?} (supported: grpc, http/protobuf)"));
+        }
+    };
+    Ok(Some(provider))
+}
+
+/// The OTLP/gRPC exporter needs a Tokio reactor, which the SDK's batch thread does not have; this
+/// adapter gives it a one-worker runtime of its own (see opentelemetry-rust issue #2673).
+#[derive(Debug)]
+struct GrpcOnOwnRuntime {
+    inner: opentelemetry_otlp::SpanExporter,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl GrpcOnOwnRuntime {
+    fn build() -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("otlp-export")
+            .enable_all()
+            .build()
+            .map_err(|error| format!("cannot start the OTLP export runtime: {error}"))?;
+        let inner = {
+            let _context = runtime.enter();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|error| format!("cannot build the OTLP/gRPC exporter: {error}"))?
+        };
+        Ok(Self { inner, runtime: Arc::new(runtime) })
+    }
+}
+
+impl SpanExporter for GrpcOnOwnRuntime {
+    fn export(&self, batch: Vec<SpanData>) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        // Called on the batch processor's own thread, never inside a Tokio runtime.
+        std::future::ready(self.runtime.block_on(self.inner.export(batch)))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// W3C trace context (`traceparent`, `tracestate`, `baggage`) of `span`, for an outbox row or
+/// Kafka headers. Empty when the span is not traced.
+pub fn context_of(span: &tracing::Span) -> HashMap<String, String> {
+    let mut carrier = HashMap::new();
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut carrier));
+    carrier
+}
+
+/// Makes the context in `carrier` the parent of `span`, and records its trace id on the span.
+pub fn continue_trace(span: &tracing::Span, carrier: &dyn Extractor) {
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(carrier));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    record_trace_id(span);
+}
+
+/// Records the span's trace id in its `trace_id` field, so log lines inside it name the trace.
+pub fn record_trace_id(span: &tracing::Span) {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", tracing::field::display(span_context.trace_id()));
+    }
+}
+
+/// A string map as a propagation carrier.
+#[derive(Debug)]
+pub struct MapCarrier<'a>(pub &'a HashMap<String, String>);
+
+impl Extractor for MapCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// HTTP request headers as a propagation carrier.
+#[derive(Debug)]
+pub struct HeaderCarrier<'a>(pub &'a axum::http::HeaderMap);
+
+impl Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(axum::http::HeaderName::as_str).collect()
     }
 }

@@ -43,11 +43,7 @@ impl Broker {
             log: dir.join("broker.log"),
             stop_signal: "TERM",
         })?;
-        let broker = Self {
-            port,
-            process,
-            dir: dir.to_path_buf(),
-        };
+        let broker = Self { port, process, dir: dir.to_path_buf() };
         broker.wait_until_up().await?;
         Ok(broker)
     }
@@ -58,30 +54,18 @@ impl Broker {
 
     async fn wait_until_up(&self) -> anyhow::Result<()> {
         let bootstrap = self.bootstrap_servers();
-        crate::wait::until(
-            "the broker to answer metadata requests",
-            Duration::from_secs(30),
-            || {
-                let bootstrap = bootstrap.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
-                        let consumer: BaseConsumer =
-                            shared::kafka::client_config(&bootstrap).create()?;
-                        Ok(consumer
-                            .fetch_metadata(None, Duration::from_secs(2))
-                            .is_ok())
-                    })
-                    .await?
-                }
-            },
-        )
+        crate::wait::until("the broker to answer metadata requests", Duration::from_secs(30), || {
+            let bootstrap = bootstrap.clone();
+            async move {
+                tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+                    let consumer: BaseConsumer = shared::kafka::client_config(&bootstrap).create()?;
+                    Ok(consumer.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+                })
+                .await?
+            }
+        })
         .await
-        .with_context(|| {
-            format!(
-                "broker did not start; its log:\n{}",
-                self.process.log_tail(20)
-            )
-        })?;
+        .with_context(|| format!("broker did not start; its log:\n{}", self.process.log_tail(20)))?;
         self.index_headers().await
     }
 

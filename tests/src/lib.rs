@@ -5,6 +5,7 @@
 
 pub mod api_client;
 pub mod broker;
+pub mod otelite;
 pub mod postgres;
 pub mod process;
 pub mod stack;

@@ -28,10 +28,7 @@ pub struct PgOptions {
 }
 
 fn bindir() -> anyhow::Result<PathBuf> {
-    let output = Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-        .context("cannot run pg_config")?;
+    let output = Command::new("pg_config").arg("--bindir").output().context("cannot run pg_config")?;
     if !output.status.success() {
         bail!("pg_config --bindir failed");
     }
@@ -40,21 +37,12 @@ fn bindir() -> anyhow::Result<PathBuf> {
 
 impl PgCluster {
     /// Initialises `dir` if it holds no cluster yet, starts the server and waits until it answers.
-    pub async fn start(
-        name: &str,
-        dir: &Path,
-        port: u16,
-        options: PgOptions,
-    ) -> anyhow::Result<Self> {
+    pub async fn start(name: &str, dir: &Path, port: u16, options: PgOptions) -> anyhow::Result<Self> {
         let bin = bindir()?;
         let data = dir.join("data");
         let socket_dir = dir.join("socket");
         std::fs::create_dir_all(&socket_dir)?;
-        let run_as = if running_as_root() {
-            Some(user_ids("postgres")?)
-        } else {
-            None
-        };
+        let run_as = if running_as_root() { Some(user_ids("postgres")?) } else { None };
         for path in [dir, socket_dir.as_path()] {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
             if let Some((uid, gid)) = run_as {
@@ -63,15 +51,7 @@ impl PgCluster {
         }
         if !data.join("PG_VERSION").exists() {
             let mut initdb = Command::new(bin.join("initdb"));
-            initdb.args(["-D"]).arg(&data).args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ]);
+            initdb.args(["-D"]).arg(&data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
             if let Some((uid, gid)) = run_as {
                 std::os::unix::process::CommandExt::uid(&mut initdb, uid);
                 std::os::unix::process::CommandExt::gid(&mut initdb, gid);
@@ -107,66 +87,36 @@ impl PgCluster {
             log: dir.join("postgres.log"),
             stop_signal: "INT",
         })?;
-        let cluster = Self {
-            name: name.to_owned(),
-            port,
-            process,
-        };
+        let cluster = Self { name: name.to_owned(), port, process };
         cluster.wait_until_up().await?;
         Ok(cluster)
     }
 
     async fn wait_until_up(&self) -> anyhow::Result<()> {
         let url = self.url("postgres", "postgres");
-        crate::wait::until(
-            &format!("{} to accept connections", self.name),
-            Duration::from_secs(30),
-            || async { Ok(shared::db::connect(&url).await.is_ok()) },
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "{} did not start; its log:\n{}",
-                self.name,
-                self.process.log_tail(20)
-            )
+        crate::wait::until(&format!("{} to accept connections", self.name), Duration::from_secs(30), || async {
+            Ok(shared::db::connect(&url).await.is_ok())
         })
+        .await
+        .with_context(|| format!("{} did not start; its log:\n{}", self.name, self.process.log_tail(20)))
     }
 
     /// A URL for `user` on `database`.
     pub fn url(&self, user: &str, database: &str) -> DatabaseUrl {
-        format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
-            .parse()
-            .expect("a well-formed URL")
+        format!("postgres://{user}@127.0.0.1:{}/{database}", self.port).parse().expect("a well-formed URL")
     }
 
     /// Creates `role` (with `password`) and a database it owns, unless they exist.
-    pub async fn create_database(
-        &self,
-        database: &str,
-        role: &str,
-        password: &str,
-    ) -> anyhow::Result<()> {
+    pub async fn create_database(&self, database: &str, role: &str, password: &str) -> anyhow::Result<()> {
         let admin = shared::db::connect(&self.url("postgres", "postgres")).await?;
-        let role_exists = admin
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
-            .await?
-            .is_some();
+        let role_exists = admin.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role]).await?.is_some();
         if !role_exists {
-            admin
-                .batch_execute(&format!(
-                    "CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"
-                ))
-                .await?;
+            admin.batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")).await?;
         }
-        let database_exists = admin
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
-            .await?
-            .is_some();
+        let database_exists =
+            admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database]).await?.is_some();
         if !database_exists {
-            admin
-                .batch_execute(&format!("CREATE DATABASE \"{database}\" OWNER \"{role}\""))
-                .await?;
+            admin.batch_execute(&format!("CREATE DATABASE \"{database}\" OWNER \"{role}\"")).await?;
         }
         Ok(())
     }

@@ -64,11 +64,7 @@ impl ManagedProcess {
             .open(&spec.log)
             .with_context(|| format!("cannot open log {}", spec.log.display()))?;
         let mut command = Command::new(&spec.program);
-        command
-            .args(&spec.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        command.args(&spec.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         for name in SCRUBBED_ENV {
             command.env_remove(name);
         }
@@ -79,9 +75,8 @@ impl ManagedProcess {
         if let Some((uid, gid)) = spec.run_as {
             command.uid(uid).gid(gid);
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {} ({})", spec.name, spec.program.display()))?;
+        let child =
+            command.spawn().with_context(|| format!("cannot start {} ({})", spec.name, spec.program.display()))?;
         self.child = Some(child);
         Ok(())
     }
@@ -126,17 +121,12 @@ impl ManagedProcess {
     /// exit code of a clean exit.
     pub async fn stop(&mut self, timeout: Duration) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg(format!("-{}", self.spec.stop_signal))
-            .arg(child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg(format!("-{}", self.spec.stop_signal)).arg(child.id().to_string()).status();
         let deadline = Instant::now() + timeout;
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => return status.code(),
-                Ok(None) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
+                Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -177,10 +167,7 @@ pub fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("Uid:"))
-                .map(|line| line.split_whitespace().nth(1) == Some("0"))
+            status.lines().find(|line| line.starts_with("Uid:")).map(|line| line.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
 }
@@ -189,19 +176,13 @@ pub fn running_as_root() -> bool {
 /// `target/<profile>/deps`, the `stack` binary from `target/<profile>`).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the running executable")?;
-    let mut dir = exe
-        .parent()
-        .context("executable has no directory")?
-        .to_path_buf();
+    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
     let path = dir.join(name);
     if !path.exists() {
-        bail!(
-            "{} not found: build the services first (`cargo build --workspace --bins`)",
-            path.display()
-        );
+        bail!("{} not found: build the services first (`cargo build --workspace --bins`)", path.display());
     }
     Ok(path)
 }
@@ -209,11 +190,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 /// Finds `program` on PATH or in ~/.cargo/bin.
 pub fn find_program(program: &str) -> anyhow::Result<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(program))
-                .collect()
-        })
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join(program)).collect())
         .unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         candidates.push(Path::new(&home).join(".cargo/bin").join(program));

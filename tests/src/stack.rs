@@ -45,26 +45,12 @@ impl Ports {
     /// Free ports, for tests running side by side.
     pub fn free() -> Self {
         let free = crate::free_port;
-        Self {
-            db1: free(),
-            db2: free(),
-            broker: free(),
-            api: free(),
-            relay: free(),
-            sink: free(),
-        }
+        Self { db1: free(), db2: free(), broker: free(), api: free(), relay: free(), sink: free() }
     }
 
     /// The seed's ports: API 5000, Kafka 9092; DB1 5432 and DB2 5433.
     pub fn seed() -> Self {
-        Self {
-            db1: 5432,
-            db2: 5433,
-            broker: 9092,
-            api: 5000,
-            relay: 9101,
-            sink: 9102,
-        }
+        Self { db1: 5432, db2: 5433, broker: 9092, api: 5000, relay: 9101, sink: 9102 }
     }
 }
 
@@ -76,6 +62,9 @@ pub struct StackOptions {
     pub rust_log: String,
     /// Extra environment for the relay (e.g. a short delivery timeout in tests).
     pub relay_env: Vec<(String, String)>,
+    /// Extra environment for every service (e.g. `OTEL_*`), then per service.
+    pub service_env: Vec<(String, String)>,
+    pub service_env_by_name: Vec<(Service, String, String)>,
     /// Print every process's log tail when the stack is dropped (tests: shown on failure only).
     pub print_logs_on_drop: bool,
 }
@@ -118,30 +107,32 @@ impl Stack {
 
     /// Like [`Stack::start_for_test`] with extra relay environment.
     pub async fn start_for_test_with(relay_env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        Self::start_for_test_configured(|options| options.relay_env = relay_env).await
+    }
+
+    /// Like [`Stack::start_for_test`], with the options adjusted by `configure` first.
+    pub async fn start_for_test_configured(configure: impl FnOnce(&mut StackOptions)) -> anyhow::Result<Self> {
         let temp = tempfile::Builder::new().prefix("blog-e2e-").tempdir()?;
-        let options = StackOptions {
+        let mut options = StackOptions {
             root: temp.path().to_path_buf(),
             ports: Ports::free(),
             durable: false,
             rust_log: "info".to_owned(),
-            relay_env,
+            relay_env: Vec::new(),
+            service_env: Vec::new(),
+            service_env_by_name: Vec::new(),
             print_logs_on_drop: true,
         };
+        configure(&mut options);
         Self::start(options, Some(temp)).await
     }
 
     /// Starts every part and waits until each is ready.
-    pub async fn start(
-        options: StackOptions,
-        temp: Option<tempfile::TempDir>,
-    ) -> anyhow::Result<Self> {
+    pub async fn start(options: StackOptions, temp: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
         let root = &options.root;
         std::fs::create_dir_all(root.join("logs"))?;
-        let pg = PgOptions {
-            durable: options.durable,
-        };
-        let (db1_dir, db2_dir, broker_dir) =
-            (root.join("db1"), root.join("db2"), root.join("broker"));
+        let pg = PgOptions { durable: options.durable };
+        let (db1_dir, db2_dir, broker_dir) = (root.join("db1"), root.join("db2"), root.join("broker"));
         let (db1, db2, broker) = tokio::try_join!(
             PgCluster::start("db1", &db1_dir, options.ports.db1, pg),
             PgCluster::start("db2", &db2_dir, options.ports.db2, pg),
@@ -151,31 +142,10 @@ impl Stack {
         db2.create_database(DB2_NAME, DB_USER, DB_PASSWORD).await?;
         let start = |service| -> anyhow::Result<ManagedProcess> {
             let port = options.ports.of(service);
-            ManagedProcess::start(service_spec(
-                service,
-                port,
-                service.binary_name(),
-                &options,
-                &db1,
-                &db2,
-                &broker,
-            )?)
+            ManagedProcess::start(service_spec(service, port, service.binary_name(), &options, &db1, &db2, &broker)?)
         };
-        let (api, relay, sink) = (
-            start(Service::Api)?,
-            start(Service::Relay)?,
-            start(Service::Sink)?,
-        );
-        let stack = Self {
-            db1,
-            db2,
-            broker,
-            api,
-            relay,
-            sink,
-            options,
-            _temp: temp,
-        };
+        let (api, relay, sink) = (start(Service::Api)?, start(Service::Relay)?, start(Service::Sink)?);
+        let stack = Self { db1, db2, broker, api, relay, sink, options, _temp: temp };
         for service in [Service::Api, Service::Relay, Service::Sink] {
             stack.wait_ready(service).await?;
         }
@@ -205,28 +175,12 @@ impl Stack {
     /// Starts one more relay (a standby while the first leads), serving its ops endpoints on
     /// `port`, logging to `logs/<name>.log`; waits until it is ready.
     pub async fn start_extra_relay(&self, name: &str, port: u16) -> anyhow::Result<ManagedProcess> {
-        let spec = service_spec(
-            Service::Relay,
-            port,
-            name,
-            &self.options,
-            &self.db1,
-            &self.db2,
-            &self.broker,
-        )?;
+        let spec = service_spec(Service::Relay, port, name, &self.options, &self.db1, &self.db2, &self.broker)?;
         let process = ManagedProcess::start(spec)?;
         let client = ApiClient::new(&format!("http://127.0.0.1:{port}"));
-        crate::wait::until(
-            &format!("{name} to be ready"),
-            Duration::from_secs(60),
-            || async {
-                Ok(client
-                    .request(reqwest::Method::GET, "/ready", None)
-                    .await?
-                    .0
-                    == 200)
-            },
-        )
+        crate::wait::until(&format!("{name} to be ready"), Duration::from_secs(60), || async {
+            Ok(client.request(reqwest::Method::GET, "/ready", None).await?.0 == 200)
+        })
         .await?;
         Ok(process)
     }
@@ -250,17 +204,9 @@ impl Stack {
     /// Waits until `GET /ready` of `service` answers 200.
     pub async fn wait_ready(&self, service: Service) -> anyhow::Result<()> {
         let client = ApiClient::new(&self.url(service));
-        crate::wait::until(
-            &format!("{} to be ready", service.binary_name()),
-            Duration::from_secs(60),
-            || async {
-                Ok(client
-                    .request(reqwest::Method::GET, "/ready", None)
-                    .await?
-                    .0
-                    == 200)
-            },
-        )
+        crate::wait::until(&format!("{} to be ready", service.binary_name()), Duration::from_secs(60), || async {
+            Ok(client.request(reqwest::Method::GET, "/ready", None).await?.0 == 200)
+        })
         .await
     }
 
@@ -290,16 +236,8 @@ impl Stack {
 
     /// Every article of a database, in id order, every column.
     pub async fn articles(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Article>> {
-        let rows = client
-            .query(
-                concat!("SELECT ", article_columns!(), " FROM articles ORDER BY id"),
-                &[],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(Article::from_row)
-            .collect::<Result<_, _>>()?)
+        let rows = client.query(concat!("SELECT ", article_columns!(), " FROM articles ORDER BY id"), &[]).await?;
+        Ok(rows.iter().map(Article::from_row).collect::<Result<_, _>>()?)
     }
 
     /// Waits until the outbox is empty and DB2 holds exactly DB1's articles; returns them.
@@ -309,10 +247,7 @@ impl Stack {
         let synced = crate::wait::until("DB2 to match DB1", timeout, || {
             let (db1, db2, last) = (&db1, &db2, &last);
             async move {
-                let backlog: i64 = db1
-                    .query_one("SELECT count(*) FROM outbox", &[])
-                    .await?
-                    .get(0);
+                let backlog: i64 = db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0);
                 let primary = Self::articles(db1).await?;
                 let replica = Self::articles(db2).await?;
                 let equal = backlog == 0 && primary == replica;
@@ -347,18 +282,13 @@ impl Stack {
     /// Every record on the topic.
     pub async fn topic_records(&self) -> anyhow::Result<Vec<blogctl::Record>> {
         let bootstrap = self.bootstrap_servers();
-        tokio::task::spawn_blocking(move || {
-            blogctl::read_all(&bootstrap, TOPIC, Duration::from_secs(60))
-        })
-        .await?
+        tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, TOPIC, Duration::from_secs(60))).await?
     }
 
     /// The sink group's total lag over all partitions.
     pub async fn consumer_lag(&self) -> anyhow::Result<i64> {
         let bootstrap = self.bootstrap_servers();
-        let lags =
-            tokio::task::spawn_blocking(move || blogctl::group_lag(&bootstrap, TOPIC, GROUP))
-                .await??;
+        let lags = tokio::task::spawn_blocking(move || blogctl::group_lag(&bootstrap, TOPIC, GROUP)).await??;
         Ok(lags.iter().map(|lag| lag.lag).sum())
     }
 
@@ -388,14 +318,9 @@ impl Stack {
     fn write_pid_files(&self) -> anyhow::Result<()> {
         let dir = self.options.root.join("pids");
         std::fs::create_dir_all(&dir)?;
-        for process in [
-            self.db1.process(),
-            self.db2.process(),
-            self.broker.process(),
-            &self.api,
-            &self.relay,
-            &self.sink,
-        ] {
+        for process in
+            [self.db1.process(), self.db2.process(), self.broker.process(), &self.api, &self.relay, &self.sink]
+        {
             if let Some(pid) = process.pid() {
                 std::fs::write(dir.join(format!("{}.pid", process.name())), pid.to_string())?;
             }
@@ -415,25 +340,18 @@ impl Stack {
 
     /// The log tails of every process, for a failing test's report.
     pub fn log_tails(&self, lines: usize) -> String {
-        [
-            self.db1.process(),
-            self.db2.process(),
-            self.broker.process(),
-            &self.api,
-            &self.relay,
-            &self.sink,
-        ]
-        .iter()
-        .map(|process| {
-            format!(
-                "----- {} ({}) -----\n{}",
-                process.name(),
-                process.log_path().display(),
-                process.log_tail(lines)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+        [self.db1.process(), self.db2.process(), self.broker.process(), &self.api, &self.relay, &self.sink]
+            .iter()
+            .map(|process| {
+                format!(
+                    "----- {} ({}) -----\n{}",
+                    process.name(),
+                    process.log_path().display(),
+                    process.log_tail(lines)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -460,27 +378,26 @@ fn service_spec(
         ("LISTEN_ADDR".to_owned(), format!("127.0.0.1:{port}")),
         ("RUST_LOG".to_owned(), options.rust_log.clone()),
     ];
+    envs.extend(options.service_env.iter().cloned());
+    envs.extend(
+        options
+            .service_env_by_name
+            .iter()
+            .filter(|(target, _, _)| *target == service)
+            .map(|(_, key, value)| (key.clone(), value.clone())),
+    );
     let db1_url = db1.url(DB_USER, DB1_NAME).expose().to_owned();
     match service {
         Service::Api => envs.push(("DATABASE_URL".to_owned(), db1_url)),
         Service::Relay => {
             envs.push(("DATABASE_URL".to_owned(), db1_url));
-            envs.push((
-                "KAFKA_BOOTSTRAP_SERVERS".to_owned(),
-                broker.bootstrap_servers(),
-            ));
+            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), broker.bootstrap_servers()));
             envs.push(("KAFKA_TOPIC".to_owned(), TOPIC.to_owned()));
             envs.extend(options.relay_env.iter().cloned());
         }
         Service::Sink => {
-            envs.push((
-                "REPLICA_DATABASE_URL".to_owned(),
-                db2.url(DB_USER, DB2_NAME).expose().to_owned(),
-            ));
-            envs.push((
-                "KAFKA_BOOTSTRAP_SERVERS".to_owned(),
-                broker.bootstrap_servers(),
-            ));
+            envs.push(("REPLICA_DATABASE_URL".to_owned(), db2.url(DB_USER, DB2_NAME).expose().to_owned()));
+            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), broker.bootstrap_servers()));
             envs.push(("KAFKA_TOPIC".to_owned(), TOPIC.to_owned()));
             envs.push(("KAFKA_GROUP_ID".to_owned(), GROUP.to_owned()));
         }

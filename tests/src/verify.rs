@@ -30,10 +30,7 @@ impl TopicReport {
 
 /// Compares `records` (in partition, offset order) with the acknowledged `expected` changes.
 pub fn check_topic(records: &[blogctl::Record], expected: &BTreeSet<(i64, i64)>) -> TopicReport {
-    let mut report = TopicReport {
-        records: records.len(),
-        ..TopicReport::default()
-    };
+    let mut report = TopicReport { records: records.len(), ..TopicReport::default() };
     let mut seen_changes: HashMap<(i64, i64), usize> = HashMap::new();
     let mut seen_ids: HashMap<String, usize> = HashMap::new();
     let mut last_version: BTreeMap<i64, i64> = BTreeMap::new();
@@ -41,9 +38,7 @@ pub fn check_topic(records: &[blogctl::Record], expected: &BTreeSet<(i64, i64)>)
         let Some(event_id) = record.header(shared::kafka::EVENT_ID_HEADER) else {
             continue;
         };
-        let Ok(event) =
-            serde_json::from_slice::<ArticleEvent>(record.value.as_deref().unwrap_or_default())
-        else {
+        let Ok(event) = serde_json::from_slice::<ArticleEvent>(record.value.as_deref().unwrap_or_default()) else {
             continue;
         };
         report.events += 1;
@@ -65,10 +60,6 @@ pub fn check_topic(records: &[blogctl::Record], expected: &BTreeSet<(i64, i64)>)
         }
         last_version.insert(change.0, change.1);
     }
-    report.missing = expected
-        .iter()
-        .filter(|change| !seen_changes.contains_key(change))
-        .copied()
-        .collect();
+    report.missing = expected.iter().filter(|change| !seen_changes.contains_key(change)).copied().collect();
     report
 }

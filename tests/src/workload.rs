@@ -44,12 +44,7 @@ impl WorkloadReport {
 
 /// `workers` clients, each performing `changes_per_worker` changes with `pause` between them:
 /// creates, updates, publishes and deletes of its own articles.
-pub async fn run(
-    api: &ApiClient,
-    workers: u64,
-    changes_per_worker: usize,
-    pause: Duration,
-) -> WorkloadReport {
+pub async fn run(api: &ApiClient, workers: u64, changes_per_worker: usize, pause: Duration) -> WorkloadReport {
     let tasks: Vec<_> = (0..workers)
         .map(|worker| {
             let api = api.clone();
@@ -73,12 +68,7 @@ struct Live {
     published: bool,
 }
 
-async fn run_worker(
-    api: &ApiClient,
-    worker: u64,
-    changes: usize,
-    pause: Duration,
-) -> WorkloadReport {
+async fn run_worker(api: &ApiClient, worker: u64, changes: usize, pause: Duration) -> WorkloadReport {
     let mut report = WorkloadReport::default();
     let mut rng = fastrand::Rng::with_seed(worker);
     let mut live: Vec<Live> = Vec::new();
@@ -87,11 +77,7 @@ async fn run_worker(
         let result = if live.len() < 3 || roll < 30 {
             let body = json!({"title": format!("w{worker} #{change}"), "content": "chaos", "author": format!("worker-{worker}")});
             api.create(&body).await.map(|article| {
-                live.push(Live {
-                    id: article.id,
-                    version: article.version,
-                    published: false,
-                });
+                live.push(Live { id: article.id, version: article.version, published: false });
                 (article.id, article.version)
             })
         } else {

@@ -18,15 +18,8 @@ fn fast_takeover() -> Vec<(String, String)> {
 }
 
 /// Waits for the pipeline to drain, then checks the topic against what the API acknowledged.
-async fn assert_exactly_once(
-    stack: &Stack,
-    workload: &WorkloadReport,
-) -> anyhow::Result<TopicReport> {
-    assert_eq!(
-        workload.errors, 0,
-        "the API never fails: {:?}",
-        workload.error_samples
-    );
+async fn assert_exactly_once(stack: &Stack, workload: &WorkloadReport) -> anyhow::Result<TopicReport> {
+    assert_eq!(workload.errors, 0, "the API never fails: {:?}", workload.error_samples);
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
     let records = stack.topic_records().await?;
     let topic = check_topic(&records, &workload.expected);
@@ -39,11 +32,7 @@ async fn assert_exactly_once(
         topic.order_violations
     );
     assert!(topic.is_clean(), "not exactly once: {topic:?}");
-    assert_eq!(
-        topic.events,
-        workload.expected.len(),
-        "no event the API did not acknowledge"
-    );
+    assert_eq!(topic.events, workload.expected.len(), "no event the API did not acknowledge");
     Ok(topic)
 }
 
@@ -56,28 +45,21 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 async fn relay_metrics(port: u16) -> anyhow::Result<String> {
-    ApiClient::new(&format!("http://127.0.0.1:{port}"))
-        .text("/metrics")
-        .await
+    ApiClient::new(&format!("http://127.0.0.1:{port}")).text("/metrics").await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn relay_killed_at_random_points_publishes_each_change_exactly_once() -> anyhow::Result<()> {
     let mut stack = Stack::start_for_test_with(fast_takeover()).await?;
     let api = stack.api();
-    let writes =
-        tokio::spawn(async move { workload::run(&api, 4, 300, Duration::from_millis(15)).await });
+    let writes = tokio::spawn(async move { workload::run(&api, 4, 300, Duration::from_millis(15)).await });
     let mut rng = fastrand::Rng::new();
     let mut kills = 0;
     let relay_port = stack.port(Service::Relay);
     while kills < 3 || !writes.is_finished() {
         // Kill only a relay that is publishing (past its takeover wait), at a random moment.
         e2e::wait::until("the relay to publish", Duration::from_secs(60), || async {
-            Ok(writes.is_finished()
-                || metric(
-                    &relay_metrics(relay_port).await?,
-                    "kafka_messages_sent_total",
-                ) > 0.0)
+            Ok(writes.is_finished() || metric(&relay_metrics(relay_port).await?, "kafka_messages_sent_total") > 0.0)
         })
         .await?;
         tokio::time::sleep(Duration::from_millis(rng.u64(0..800))).await;
@@ -96,8 +78,7 @@ async fn relay_killed_at_random_points_publishes_each_change_exactly_once() -> a
 async fn broker_killed_mid_write_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     let mut stack = Stack::start_for_test_with(fast_takeover()).await?;
     let api = stack.api();
-    let writes =
-        tokio::spawn(async move { workload::run(&api, 4, 150, Duration::from_millis(15)).await });
+    let writes = tokio::spawn(async move { workload::run(&api, 4, 150, Duration::from_millis(15)).await });
     let mut rng = fastrand::Rng::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
@@ -107,67 +88,37 @@ async fn broker_killed_mid_write_loses_and_duplicates_nothing() -> anyhow::Resul
     }
     let report = writes.await?;
     let relay = relay_metrics(stack.port(Service::Relay)).await?;
-    println!(
-        "publish errors seen by the relay: {}",
-        metric(&relay, "outbox_publish_errors_total")
-    );
+    println!("publish errors seen by the relay: {}", metric(&relay, "outbox_publish_errors_total"));
     assert_exactly_once(&stack, &report).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
--> anyhow::Result<()> {
+async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing() -> anyhow::Result<()> {
     let mut stack = Stack::start_for_test_with(fast_takeover()).await?;
     let (first_port, second_port) = (stack.port(Service::Relay), e2e::free_port());
-    let mut second = stack
-        .start_extra_relay("outbox-relay-2", second_port)
-        .await?;
-    assert_eq!(
-        metric(&relay_metrics(first_port).await?, "outbox_relay_leader"),
-        1.0,
-        "the first relay leads"
-    );
-    assert_eq!(
-        metric(&relay_metrics(second_port).await?, "outbox_relay_leader"),
-        0.0,
-        "the second stands by"
-    );
+    let mut second = stack.start_extra_relay("outbox-relay-2", second_port).await?;
+    assert_eq!(metric(&relay_metrics(first_port).await?, "outbox_relay_leader"), 1.0, "the first relay leads");
+    assert_eq!(metric(&relay_metrics(second_port).await?, "outbox_relay_leader"), 0.0, "the second stands by");
 
     let api = stack.api();
-    let writes =
-        tokio::spawn(async move { workload::run(&api, 3, 200, Duration::from_millis(20)).await });
+    let writes = tokio::spawn(async move { workload::run(&api, 3, 200, Duration::from_millis(20)).await });
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     // 1. The leader dies: the standby leads within seconds and publishes the backlog.
     stack.kill(Service::Relay);
     let killed_at = Instant::now();
-    e2e::wait::until(
-        "the standby to take the lock",
-        Duration::from_secs(30),
-        || async { Ok(metric(&relay_metrics(second_port).await?, "outbox_relay_leader") == 1.0) },
-    )
+    e2e::wait::until("the standby to take the lock", Duration::from_secs(30), || async {
+        Ok(metric(&relay_metrics(second_port).await?, "outbox_relay_leader") == 1.0)
+    })
     .await?;
     let took_lock = killed_at.elapsed();
-    let sent_before = metric(
-        &relay_metrics(second_port).await?,
-        "kafka_messages_sent_total",
-    );
-    e2e::wait::until(
-        "the new leader to publish",
-        Duration::from_secs(60),
-        || async {
-            Ok(metric(
-                &relay_metrics(second_port).await?,
-                "kafka_messages_sent_total",
-            ) > sent_before)
-        },
-    )
+    let sent_before = metric(&relay_metrics(second_port).await?, "kafka_messages_sent_total");
+    e2e::wait::until("the new leader to publish", Duration::from_secs(60), || async {
+        Ok(metric(&relay_metrics(second_port).await?, "kafka_messages_sent_total") > sent_before)
+    })
     .await?;
-    println!(
-        "standby took the lock {took_lock:?} and published {:?} after the leader was killed",
-        killed_at.elapsed()
-    );
+    println!("standby took the lock {took_lock:?} and published {:?} after the leader was killed", killed_at.elapsed());
 
     // 2. The first relay comes back as a standby; then the leader's lock connection is cut.
     stack.restart(Service::Relay).await?;
@@ -181,55 +132,28 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
         )
         .await?;
     assert_eq!(cut, 1, "exactly one relay holds a lock connection");
-    e2e::wait::until(
-        "a new epoch with exactly one leader",
-        Duration::from_secs(30),
-        || async {
-            let (first, second) = (
-                relay_metrics(first_port).await?,
-                relay_metrics(second_port).await?,
-            );
-            let leaders =
-                metric(&first, "outbox_relay_leader") + metric(&second, "outbox_relay_leader");
-            let epoch =
-                metric(&first, "outbox_relay_epoch").max(metric(&second, "outbox_relay_epoch"));
-            Ok(leaders == 1.0 && epoch > epoch_before)
-        },
-    )
+    e2e::wait::until("a new epoch with exactly one leader", Duration::from_secs(30), || async {
+        let (first, second) = (relay_metrics(first_port).await?, relay_metrics(second_port).await?);
+        let leaders = metric(&first, "outbox_relay_leader") + metric(&second, "outbox_relay_leader");
+        let epoch = metric(&first, "outbox_relay_epoch").max(metric(&second, "outbox_relay_epoch"));
+        Ok(leaders == 1.0 && epoch > epoch_before)
+    })
     .await?;
     let report = writes.await?;
     let topic = assert_exactly_once(&stack, &report).await?;
-    let (first, second_text) = (
-        relay_metrics(first_port).await?,
-        relay_metrics(second_port).await?,
-    );
-    let (first_sent, second_sent) = (
-        metric(&first, "kafka_messages_sent_total"),
-        metric(&second_text, "kafka_messages_sent_total"),
-    );
-    println!(
-        "events: {}, sent by the first relay: {first_sent}, by the second: {second_sent}",
-        topic.events
-    );
+    let (first, second_text) = (relay_metrics(first_port).await?, relay_metrics(second_port).await?);
+    let (first_sent, second_sent) =
+        (metric(&first, "kafka_messages_sent_total"), metric(&second_text, "kafka_messages_sent_total"));
+    println!("events: {}, sent by the first relay: {first_sent}, by the second: {second_sent}", topic.events);
 
     // The relay that does not lead now publishes nothing while more writes come in.
-    let idle_port = if metric(&first, "outbox_relay_leader") == 1.0 {
-        second_port
-    } else {
-        first_port
-    };
-    let idle_sent = metric(
-        &relay_metrics(idle_port).await?,
-        "kafka_messages_sent_total",
-    );
+    let idle_port = if metric(&first, "outbox_relay_leader") == 1.0 { second_port } else { first_port };
+    let idle_sent = metric(&relay_metrics(idle_port).await?, "kafka_messages_sent_total");
     let more = workload::run(&stack.api(), 1, 20, Duration::ZERO).await;
     assert_eq!(more.errors, 0);
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
     assert_eq!(
-        metric(
-            &relay_metrics(idle_port).await?,
-            "kafka_messages_sent_total"
-        ),
+        metric(&relay_metrics(idle_port).await?, "kafka_messages_sent_total"),
         idle_sent,
         "a standby never produces"
     );
@@ -241,8 +165,7 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
 async fn sink_killed_mid_batch_leaves_an_identical_replica() -> anyhow::Result<()> {
     let mut stack = Stack::start_for_test().await?;
     let api = stack.api();
-    let writes =
-        tokio::spawn(async move { workload::run(&api, 4, 150, Duration::from_millis(10)).await });
+    let writes = tokio::spawn(async move { workload::run(&api, 4, 150, Duration::from_millis(10)).await });
     let mut rng = fastrand::Rng::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.u64(300..1200))).await;
@@ -253,14 +176,8 @@ async fn sink_killed_mid_batch_leaves_an_identical_replica() -> anyhow::Result<(
     let report = writes.await?;
     let topic = assert_exactly_once(&stack, &report).await?;
     let db2 = stack.db2_client().await?;
-    let processed: i64 = db2
-        .query_one("SELECT count(*) FROM processed_events", &[])
-        .await?
-        .get(0);
-    assert_eq!(
-        processed as usize, topic.events,
-        "each event recorded once in processed_events"
-    );
+    let processed: i64 = db2.query_one("SELECT count(*) FROM processed_events", &[]).await?.get(0);
+    assert_eq!(processed as usize, topic.events, "each event recorded once in processed_events");
     Ok(())
 }
 
@@ -268,17 +185,10 @@ async fn sink_killed_mid_batch_leaves_an_identical_replica() -> anyhow::Result<(
 /// and must end with a PASS verdict.
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_script_short_mode_passes() -> anyhow::Result<()> {
-    let output = tokio::process::Command::new(e2e::process::binary("chaos")?)
-        .arg("--short")
-        .output()
-        .await?;
+    let output = tokio::process::Command::new(e2e::process::binary("chaos")?).arg("--short").output().await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "chaos failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "chaos failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("RESULT: PASS"));
     assert!(stdout.contains("duplicates                 0"));
     Ok(())
@@ -292,13 +202,7 @@ async fn replica_verifier_reports_missing_extra_and_differing_articles() -> anyh
     let api = stack.api();
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(
-            api.create(
-                &serde_json::json!({"title": format!("v{i}"), "content": "c", "author": "a"}),
-            )
-            .await?
-            .id,
-        );
+        ids.push(api.create(&serde_json::json!({"title": format!("v{i}"), "content": "c", "author": "a"})).await?.id);
     }
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
     let verify = || {
@@ -309,11 +213,8 @@ async fn replica_verifier_reports_missing_extra_and_differing_articles() -> anyh
             .output()
     };
     let clean = verify().await?;
-    assert!(
-        clean.status.success(),
-        "{}",
-        String::from_utf8_lossy(&clean.stdout)
-    );
+    let stderr = String::from_utf8_lossy(&clean.stderr);
+    assert!(clean.status.success(), "{}\n{stderr}", String::from_utf8_lossy(&clean.stdout));
     assert!(String::from_utf8_lossy(&clean.stdout).contains("verdict: IDENTICAL"));
 
     tamper(&stack, ids[0], ids[1]).await?;
@@ -321,18 +222,9 @@ async fn replica_verifier_reports_missing_extra_and_differing_articles() -> anyh
     let report = String::from_utf8_lossy(&drift.stdout);
     println!("{report}");
     assert_eq!(drift.status.code(), Some(1));
-    assert!(
-        report.contains(&format!("missing in the replica: 1 [{}]", ids[0])),
-        "{report}"
-    );
-    assert!(
-        report.contains(&format!("differing:              1 [{}]", ids[1])),
-        "{report}"
-    );
-    assert!(
-        report.contains("extra in the replica:   1 [424242]"),
-        "{report}"
-    );
+    assert!(report.contains(&format!("missing in the replica: 1 [{}]", ids[0])), "{report}");
+    assert!(report.contains(&format!("differing:              1 [{}]", ids[1])), "{report}");
+    assert!(report.contains("extra in the replica:   1 [424242]"), "{report}");
     assert!(report.contains("verdict: DRIFT"));
     Ok(())
 }
@@ -340,13 +232,8 @@ async fn replica_verifier_reports_missing_extra_and_differing_articles() -> anyh
 /// Changes DB2 behind the sink's back: one article deleted, one changed, one added.
 async fn tamper(stack: &Stack, delete: i64, change: i64) -> anyhow::Result<()> {
     let db2 = stack.db2_client().await?;
-    db2.execute("DELETE FROM articles WHERE id = $1", &[&delete])
-        .await?;
-    db2.execute(
-        "UPDATE articles SET title = 'tampered' WHERE id = $1",
-        &[&change],
-    )
-    .await?;
+    db2.execute("DELETE FROM articles WHERE id = $1", &[&delete]).await?;
+    db2.execute("UPDATE articles SET title = 'tampered' WHERE id = $1", &[&change]).await?;
     db2.execute(
             "INSERT INTO articles (id, title, content, author, created_at, updated_at) VALUES (424242, 't', 'c', 'a', now(), now())",
             &[],

@@ -24,8 +24,7 @@ async fn topic_events(stack: &Stack) -> anyhow::Result<Vec<(blogctl::Record, Art
     records
         .into_iter()
         .map(|record| {
-            let event: ArticleEvent =
-                serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
+            let event: ArticleEvent = serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
             Ok((record, event))
         })
         .collect()
@@ -65,25 +64,14 @@ async fn lifecycle_create_update_publish_delete_reaches_the_replica() -> anyhow:
         )
         .await?;
     assert_eq!(updated.version, created.version + 1);
-    assert_eq!(
-        stack.wait_for_replica(SYNC_TIMEOUT).await?,
-        vec![updated.clone()]
-    );
+    assert_eq!(stack.wait_for_replica(SYNC_TIMEOUT).await?, vec![updated.clone()]);
 
     let published = api.publish(created.id).await?;
     assert_eq!(published.status, ArticleStatus::Published);
     assert!(published.published_at.is_some());
-    assert_eq!(
-        stack.wait_for_replica(SYNC_TIMEOUT).await?,
-        vec![published.clone()]
-    );
-    let (status, body) = api
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/articles/{}/publish", created.id),
-            None,
-        )
-        .await?;
+    assert_eq!(stack.wait_for_replica(SYNC_TIMEOUT).await?, vec![published.clone()]);
+    let (status, body) =
+        api.request(reqwest::Method::POST, &format!("/api/v1/articles/{}/publish", created.id), None).await?;
     assert_eq!(status, 409, "publishing twice is a conflict: {body}");
 
     api.delete(created.id).await?;
@@ -92,15 +80,7 @@ async fn lifecycle_create_update_publish_delete_reaches_the_replica() -> anyhow:
 
     let events = topic_events(&stack).await?;
     let kinds: Vec<EventType> = events.iter().map(|(_, event)| event.event_type).collect();
-    assert_eq!(
-        kinds,
-        [
-            EventType::Created,
-            EventType::Updated,
-            EventType::Published,
-            EventType::Deleted
-        ]
-    );
+    assert_eq!(kinds, [EventType::Created, EventType::Updated, EventType::Published, EventType::Deleted]);
     for (record, event) in &events {
         assert_eq!(record.key.as_deref(), Some(created.id.to_string().as_str()));
         assert_eq!(record.header("event_id"), event.event_id.as_deref());
@@ -108,25 +88,14 @@ async fn lifecycle_create_update_publish_delete_reaches_the_replica() -> anyhow:
         assert_eq!(event.data.id, created.id);
     }
     let deleted = &events[3].1.data;
-    assert_eq!(
-        deleted.title, published.title,
-        "the deletion carries the last state"
-    );
+    assert_eq!(deleted.title, published.title, "the deletion carries the last state");
     assert_eq!(deleted.version, published.version + 1);
 
     let db2 = stack.db2_client().await?;
-    let processed: i64 = db2
-        .query_one("SELECT count(*) FROM processed_events", &[])
-        .await?
-        .get(0);
+    let processed: i64 = db2.query_one("SELECT count(*) FROM processed_events", &[]).await?.get(0);
     assert_eq!(processed, 4);
-    let metrics = e2e::ApiClient::new(&stack.url(Service::Relay))
-        .text("/metrics")
-        .await?;
-    assert!(
-        metrics.contains("kafka_messages_sent_total{event_type=\"article.created\"} 1"),
-        "{metrics}"
-    );
+    let metrics = e2e::ApiClient::new(&stack.url(Service::Relay)).text("/metrics").await?;
+    assert!(metrics.contains("kafka_messages_sent_total{event_type=\"article.created\"} 1"), "{metrics}");
     Ok(())
 }
 
@@ -148,32 +117,18 @@ async fn the_same_hand_written_event_twice_is_applied_once() -> anyhow::Result<(
     }
     let sink = ApiClient::new(&stack.url(Service::Sink));
     e2e::wait::until("the sink to skip the second copy", SYNC_TIMEOUT, || async {
-        Ok(sink
-            .text("/metrics")
-            .await?
-            .contains("sink_events_duplicate_total 1"))
+        Ok(sink.text("/metrics").await?.contains("sink_events_duplicate_total 1"))
     })
     .await?;
-    assert_eq!(
-        db2_count(&stack, "SELECT count(*) FROM articles WHERE id = 999").await?,
-        1
-    );
+    assert_eq!(db2_count(&stack, "SELECT count(*) FROM articles WHERE id = 999").await?, 1);
     let md5 = format!("{:x}", Md5::digest(SEED_EVENT.as_bytes()));
     let db2 = stack.db2_client().await?;
-    let rows = db2
-        .query(
-            "SELECT event_id, event_type, article_id FROM processed_events",
-            &[],
-        )
-        .await?;
+    let rows = db2.query("SELECT event_id, event_type, article_id FROM processed_events", &[]).await?;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, String>(0), md5);
     assert_eq!(rows[0].get::<_, String>(1), "article.created");
     assert_eq!(rows[0].get::<_, i64>(2), 999);
-    let title: String = db2
-        .query_one("SELECT title FROM articles WHERE id = 999", &[])
-        .await?
-        .get(0);
+    let title: String = db2.query_one("SELECT title FROM articles WHERE id = 999", &[]).await?.get(0);
     assert_eq!(title, "Duplicate Test");
     Ok(())
 }
@@ -184,50 +139,24 @@ async fn the_same_hand_written_event_twice_is_applied_once() -> anyhow::Result<(
 async fn events_wait_on_the_topic_while_the_sink_is_stopped() -> anyhow::Result<()> {
     let mut stack = Stack::start_for_test().await?;
     let api = stack.api();
-    api.create(&article_body("Before the stop", "Someone"))
-        .await?;
+    api.create(&article_body("Before the stop", "Someone")).await?;
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
-    e2e::wait::until("lag 0 before the stop", SYNC_TIMEOUT, || async {
-        Ok(stack.consumer_lag().await? == 0)
-    })
-    .await?;
+    e2e::wait::until("lag 0 before the stop", SYNC_TIMEOUT, || async { Ok(stack.consumer_lag().await? == 0) }).await?;
 
-    assert_eq!(
-        stack.stop(Service::Sink).await,
-        Some(0),
-        "the sink exits cleanly on SIGTERM"
-    );
+    assert_eq!(stack.stop(Service::Sink).await, Some(0), "the sink exits cleanly on SIGTERM");
     for i in 1..=5 {
-        api.create(&article_body(&format!("Article {i}"), "Test"))
-            .await?;
+        api.create(&article_body(&format!("Article {i}"), "Test")).await?;
     }
     e2e::wait::until("lag 5 while the sink is stopped", SYNC_TIMEOUT, || async {
         Ok(stack.consumer_lag().await? == 5)
     })
     .await?;
-    assert_eq!(
-        db2_count(
-            &stack,
-            "SELECT count(*) FROM articles WHERE author = 'Test'"
-        )
-        .await?,
-        0
-    );
+    assert_eq!(db2_count(&stack, "SELECT count(*) FROM articles WHERE author = 'Test'").await?, 0);
 
     stack.restart(Service::Sink).await?;
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
-    assert_eq!(
-        db2_count(
-            &stack,
-            "SELECT count(*) FROM articles WHERE author = 'Test'"
-        )
-        .await?,
-        5
-    );
-    e2e::wait::until("lag back to 0", SYNC_TIMEOUT, || async {
-        Ok(stack.consumer_lag().await? == 0)
-    })
-    .await?;
+    assert_eq!(db2_count(&stack, "SELECT count(*) FROM articles WHERE author = 'Test'").await?, 5);
+    e2e::wait::until("lag back to 0", SYNC_TIMEOUT, || async { Ok(stack.consumer_lag().await? == 0) }).await?;
     let lags = blogctl::group_lag(&stack.bootstrap_servers(), TOPIC, GROUP)?;
     assert!(lags.iter().all(|lag| lag.lag == 0), "{lags:?}");
     Ok(())
@@ -239,25 +168,11 @@ async fn a_hundred_creates_all_reach_the_replica() -> anyhow::Result<()> {
     let stack = Stack::start_for_test().await?;
     let api = stack.api();
     for i in 1..=100 {
-        api.create(&article_body(&format!("Perf Test {i}"), "PerfTest"))
-            .await?;
+        api.create(&article_body(&format!("Perf Test {i}"), "PerfTest")).await?;
     }
     let articles = stack.wait_for_replica(SYNC_TIMEOUT).await?;
-    assert_eq!(
-        articles
-            .iter()
-            .filter(|article| article.author == "PerfTest")
-            .count(),
-        100
-    );
-    assert_eq!(
-        db2_count(
-            &stack,
-            "SELECT count(*) FROM articles WHERE author = 'PerfTest'"
-        )
-        .await?,
-        100
-    );
+    assert_eq!(articles.iter().filter(|article| article.author == "PerfTest").count(), 100);
+    assert_eq!(db2_count(&stack, "SELECT count(*) FROM articles WHERE author = 'PerfTest'").await?, 100);
     Ok(())
 }
 
@@ -283,14 +198,11 @@ async fn random_operation(
     let id = own[rng.usize(..own.len())];
     match roll {
         25..=44 => {
-            api.replace(id, &json!({"title": title, "content": "replaced", "author": "replacer", "tags": ["x"]})).await?;
+            api.replace(id, &json!({"title": title, "content": "replaced", "author": "replacer", "tags": ["x"]}))
+                .await?;
         }
         45..=64 => {
-            let target = if shared.is_empty() || rng.bool() {
-                id
-            } else {
-                shared[rng.usize(..shared.len())]
-            };
+            let target = if shared.is_empty() || rng.bool() { id } else { shared[rng.usize(..shared.len())] };
             let (status, body) = api
                 .request(
                     Method::PATCH,
@@ -301,17 +213,8 @@ async fn random_operation(
             anyhow::ensure!(status == 200, "PATCH {target}: {status} {body}");
         }
         65..=79 => {
-            let (status, body) = api
-                .request(
-                    Method::POST,
-                    &format!("/api/v1/articles/{id}/publish"),
-                    None,
-                )
-                .await?;
-            anyhow::ensure!(
-                status == 200 || status == 409,
-                "publish {id}: {status} {body}"
-            );
+            let (status, body) = api.request(Method::POST, &format!("/api/v1/articles/{id}/publish"), None).await?;
+            anyhow::ensure!(status == 200 || status == 409, "publish {id}: {status} {body}");
         }
         80..=89 => {
             api.delete(id).await?;
@@ -319,13 +222,7 @@ async fn random_operation(
         }
         _ => {
             anyhow::ensure!(api.get(id).await?.is_some(), "article {id} vanished");
-            let (status, _) = api
-                .request(
-                    Method::GET,
-                    "/api/v1/articles?per_page=5&status=draft",
-                    None,
-                )
-                .await?;
+            let (status, _) = api.request(Method::GET, "/api/v1/articles?per_page=5&status=draft", None).await?;
             anyhow::ensure!(status == 200);
         }
     }
@@ -340,11 +237,7 @@ async fn random_mixed_operations_leave_identical_databases() -> anyhow::Result<(
     let api = stack.api();
     let mut shared_ids = Vec::new();
     for i in 0..5 {
-        shared_ids.push(
-            api.create(&article_body(&format!("Hot {i}"), "hot"))
-                .await?
-                .id,
-        );
+        shared_ids.push(api.create(&article_body(&format!("Hot {i}"), "hot")).await?.id);
     }
     let seed = fastrand::u64(..);
     println!("random operations seed: {seed}");
@@ -374,51 +267,29 @@ async fn random_mixed_operations_leave_identical_databases() -> anyhow::Result<(
 /// with deliveries timing out and being retried; once the broker is back every event arrives.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_succeed_while_kafka_is_down_and_arrive_once_it_is_back() -> anyhow::Result<()> {
-    let mut stack =
-        Stack::start_for_test_with(vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "2000".into())])
-            .await?;
+    let mut stack = Stack::start_for_test_with(vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "2000".into())]).await?;
     let api = stack.api();
-    api.create(&article_body("Before the outage", "ops"))
-        .await?;
+    api.create(&article_body("Before the outage", "ops")).await?;
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
 
     stack.broker.kill();
     let mut created = Vec::new();
     for i in 0..20 {
-        created.push(
-            api.create(&article_body(&format!("During the outage {i}"), "ops"))
-                .await?
-                .id,
-        );
+        created.push(api.create(&article_body(&format!("During the outage {i}"), "ops")).await?.id);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let db1 = stack.db1_client().await?;
-    let backlog: i64 = db1
-        .query_one("SELECT count(*) FROM outbox", &[])
-        .await?
-        .get(0);
-    assert!(
-        backlog > 0,
-        "events wait in the outbox while the broker is down"
-    );
-    let relay_ready = ApiClient::new(&stack.url(Service::Relay))
-        .request(Method::GET, "/ready", None)
-        .await?;
-    assert_eq!(
-        relay_ready.0, 503,
-        "the relay reports the broker unavailable: {}",
-        relay_ready.1
-    );
+    let backlog: i64 = db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0);
+    assert!(backlog > 0, "events wait in the outbox while the broker is down");
+    let relay_ready = ApiClient::new(&stack.url(Service::Relay)).request(Method::GET, "/ready", None).await?;
+    assert_eq!(relay_ready.0, 503, "the relay reports the broker unavailable: {}", relay_ready.1);
 
     stack.broker.restart().await?;
     let articles = stack.wait_for_replica(SYNC_TIMEOUT).await?;
     assert_eq!(articles.len(), 21);
     let events = topic_events(&stack).await?;
     let on_topic: HashSet<i64> = events.iter().map(|(_, event)| event.data.id).collect();
-    assert!(
-        created.iter().all(|id| on_topic.contains(id)),
-        "every write made during the outage is on the topic"
-    );
+    assert!(created.iter().all(|id| on_topic.contains(id)), "every write made during the outage is on the topic");
     Ok(())
 }
 
@@ -434,11 +305,8 @@ async fn killing_the_relay_mid_stream_loses_nothing() -> anyhow::Result<()> {
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 for i in 0..60 {
-                    let article = api
-                        .create(&article_body(&format!("w{writer}-{i}"), "stream"))
-                        .await?;
-                    api.patch(article.id, &json!({"content": "patched"}))
-                        .await?;
+                    let article = api.create(&article_body(&format!("w{writer}-{i}"), "stream")).await?;
+                    api.patch(article.id, &json!({"content": "patched"})).await?;
                     ids.push(article.id);
                 }
                 anyhow::Ok(ids)
@@ -457,30 +325,17 @@ async fn killing_the_relay_mid_stream_loses_nothing() -> anyhow::Result<()> {
     }
     let articles = stack.wait_for_replica(SYNC_TIMEOUT).await?;
     assert_eq!(articles.len(), written.len());
-    assert!(
-        articles
-            .iter()
-            .all(|article| article.content == "patched" && article.version == 2)
-    );
+    assert!(articles.iter().all(|article| article.content == "patched" && article.version == 2));
     let events = topic_events(&stack).await?;
     let mut per_article: HashMap<i64, Vec<EventType>> = HashMap::new();
     for (_, event) in &events {
-        per_article
-            .entry(event.data.id)
-            .or_default()
-            .push(event.event_type);
+        per_article.entry(event.data.id).or_default().push(event.event_type);
     }
     for id in &written {
         let kinds = per_article.get(id).map(Vec::as_slice).unwrap_or_default();
-        assert!(
-            kinds.contains(&EventType::Created) && kinds.contains(&EventType::Updated),
-            "article {id}: {kinds:?}"
-        );
+        assert!(kinds.contains(&EventType::Created) && kinds.contains(&EventType::Updated), "article {id}: {kinds:?}");
     }
-    let distinct: HashSet<&str> = events
-        .iter()
-        .filter_map(|(record, _)| record.header("event_id"))
-        .collect();
+    let distinct: HashSet<&str> = events.iter().filter_map(|(record, _)| record.header("event_id")).collect();
     println!(
         "{} events on the topic, {} distinct (at-least-once: resends after a kill are allowed here)",
         events.len(),
@@ -495,28 +350,10 @@ async fn api_errors_are_json_with_the_right_status() -> anyhow::Result<()> {
     let stack = Stack::start_for_test().await?;
     let api = stack.api();
     let cases: Vec<(Method, &str, Option<serde_json::Value>, u16, &str)> = vec![
-        (
-            Method::GET,
-            "/api/v1/articles/424242",
-            None,
-            404,
-            "not_found",
-        ),
-        (
-            Method::GET,
-            "/api/v1/articles/abc",
-            None,
-            400,
-            "bad_request",
-        ),
+        (Method::GET, "/api/v1/articles/424242", None, 404, "not_found"),
+        (Method::GET, "/api/v1/articles/abc", None, 400, "bad_request"),
         (Method::GET, "/api/v1/articles/-1", None, 400, "bad_request"),
-        (
-            Method::POST,
-            "/api/v1/articles",
-            Some(json!({"title": "t", "content": "c"})),
-            422,
-            "validation_failed",
-        ),
+        (Method::POST, "/api/v1/articles", Some(json!({"title": "t", "content": "c"})), 422, "validation_failed"),
         (
             Method::POST,
             "/api/v1/articles",
@@ -545,28 +382,10 @@ async fn api_errors_are_json_with_the_right_status() -> anyhow::Result<()> {
             422,
             "validation_failed",
         ),
-        (
-            Method::GET,
-            "/api/v1/articles?per_page=1000",
-            None,
-            400,
-            "bad_request",
-        ),
-        (
-            Method::GET,
-            "/api/v1/articles?page=zero",
-            None,
-            400,
-            "bad_request",
-        ),
+        (Method::GET, "/api/v1/articles?per_page=1000", None, 400, "bad_request"),
+        (Method::GET, "/api/v1/articles?page=zero", None, 400, "bad_request"),
         (Method::GET, "/api/v1/nothing", None, 404, "not_found"),
-        (
-            Method::DELETE,
-            "/api/v1/articles",
-            None,
-            405,
-            "method_not_allowed",
-        ),
+        (Method::DELETE, "/api/v1/articles", None, 405, "method_not_allowed"),
     ];
     for (method, path, body, status, code) in cases {
         let (got, json) = api.request(method.clone(), path, body.as_ref()).await?;
@@ -575,20 +394,11 @@ async fn api_errors_are_json_with_the_right_status() -> anyhow::Result<()> {
         assert!(json["error"]["message"].is_string());
     }
     let created = api.create(&article_body("Listed", "lister")).await?;
-    let (status, page) = api
-        .request(
-            Method::GET,
-            "/api/v1/articles?author=lister&per_page=10",
-            None,
-        )
-        .await?;
+    let (status, page) = api.request(Method::GET, "/api/v1/articles?author=lister&per_page=10", None).await?;
     assert_eq!(status, 200);
     assert_eq!(page["total"], 1);
     assert_eq!(page["items"][0]["id"], created.id);
     let metrics = api.text("/api/v1/metrics").await?;
-    assert!(
-        metrics.contains("article_writes_total{event_type=\"article.created\"} 1"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("article_writes_total{event_type=\"article.created\"} 1"), "{metrics}");
     Ok(())
 }

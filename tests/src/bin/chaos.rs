@@ -116,9 +116,7 @@ impl Victims {
             }
             Self::Local { pids } => {
                 let pid = std::fs::read_to_string(pids.join(format!("{}.pid", part.name())))
-                    .with_context(|| {
-                        format!("no pid file for {} in {}", part.name(), pids.display())
-                    })?;
+                    .with_context(|| format!("no pid file for {} in {}", part.name(), pids.display()))?;
                 run(Command::new("kill").args(["-KILL", pid.trim()]))?;
                 // The stack's supervisor restarts it within a second.
                 tokio::time::sleep(down_for).await;
@@ -139,9 +137,7 @@ impl Victims {
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("cannot run {command:?}"))?;
+    let status = command.status().with_context(|| format!("cannot run {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed: {status}");
     }
@@ -151,9 +147,7 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
 fn seed_endpoints() -> Endpoints {
     let ports = Ports::seed();
     let url = |port: u16, database: &str| -> DatabaseUrl {
-        format!("postgres://{DB_USER}:blogpass@127.0.0.1:{port}/{database}")
-            .parse()
-            .expect("a well-formed URL")
+        format!("postgres://{DB_USER}:blogpass@127.0.0.1:{port}/{database}").parse().expect("a well-formed URL")
     };
     Endpoints {
         api: format!("http://127.0.0.1:{}", ports.api),
@@ -164,17 +158,11 @@ fn seed_endpoints() -> Endpoints {
 }
 
 /// Waits until DB1's outbox is empty and DB2 equals DB1.
-async fn wait_drained(
-    endpoints: &Endpoints,
-    timeout: Duration,
-) -> anyhow::Result<replica_sink::verify::Drift> {
+async fn wait_drained(endpoints: &Endpoints, timeout: Duration) -> anyhow::Result<replica_sink::verify::Drift> {
     let deadline = Instant::now() + timeout;
     loop {
         let backlog: i64 = match shared::db::connect(&endpoints.db1).await {
-            Ok(client) => client
-                .query_one("SELECT count(*) FROM outbox", &[])
-                .await?
-                .get(0),
+            Ok(client) => client.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0),
             Err(_) => i64::MAX,
         };
         let drift = replica_sink::verify::compare(&endpoints.db1, &endpoints.db2).await;
@@ -199,11 +187,8 @@ async fn main() -> anyhow::Result<()> {
     let (mut victims, endpoints) = match cli.target {
         Target::SelfContained => {
             println!("starting a stack of its own ...");
-            let mut stack = Stack::start_for_test_with(vec![(
-                "KAFKA_DELIVERY_TIMEOUT_MS".into(),
-                "3000".into(),
-            )])
-            .await?;
+            let mut stack =
+                Stack::start_for_test_with(vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "3000".into())]).await?;
             // Logs are printed below only when the verdict is a failure.
             stack.options.print_logs_on_drop = false;
             let endpoints = Endpoints {
@@ -214,18 +199,8 @@ async fn main() -> anyhow::Result<()> {
             };
             (Victims::Own(Box::new(stack)), endpoints)
         }
-        Target::Local => (
-            Victims::Local {
-                pids: cli.stack_dir.join("pids"),
-            },
-            seed_endpoints(),
-        ),
-        Target::Compose => (
-            Victims::Compose {
-                file: cli.compose_file.clone(),
-            },
-            seed_endpoints(),
-        ),
+        Target::Local => (Victims::Local { pids: cli.stack_dir.join("pids") }, seed_endpoints()),
+        Target::Compose => (Victims::Compose { file: cli.compose_file.clone() }, seed_endpoints()),
     };
     let api = ApiClient::new(&endpoints.api);
     let workers = 4_u64;
@@ -248,10 +223,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rng = fastrand::Rng::new();
     let mut turn = 0;
     while !writes.is_finished() {
-        tokio::time::sleep(Duration::from_millis(
-            cli.kill_every * 1000 / 2 + rng.u64(0..cli.kill_every * 1000),
-        ))
-        .await;
+        tokio::time::sleep(Duration::from_millis(cli.kill_every * 1000 / 2 + rng.u64(0..cli.kill_every * 1000))).await;
         if writes.is_finished() {
             break;
         }
@@ -259,11 +231,7 @@ async fn main() -> anyhow::Result<()> {
         let part = Part::ROTATION[index];
         turn += 1;
         let down_for = Duration::from_millis(rng.u64(300..2000));
-        println!(
-            "{:>6.1} s  SIGKILL {} (down ~{down_for:?})",
-            started.elapsed().as_secs_f64(),
-            part.name()
-        );
+        println!("{:>6.1} s  SIGKILL {} (down ~{down_for:?})", started.elapsed().as_secs_f64(), part.name());
         let killed_at = Instant::now();
         victims.kill_and_restart(part, down_for).await?;
         if part == Part::Broker {
@@ -272,26 +240,14 @@ async fn main() -> anyhow::Result<()> {
         kills[index] += 1;
     }
     let report = writes.await?;
-    println!(
-        "writes done after {:.1} s; waiting for the pipeline to drain ...",
-        started.elapsed().as_secs_f64()
-    );
+    println!("writes done after {:.1} s; waiting for the pipeline to drain ...", started.elapsed().as_secs_f64());
     let drift = wait_drained(&endpoints, Duration::from_secs(180)).await?;
     let bootstrap = endpoints.bootstrap.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        blogctl::read_all(&bootstrap, TOPIC, Duration::from_secs(120))
-    })
-    .await??;
+    let records =
+        tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, TOPIC, Duration::from_secs(120))).await??;
     let topic = check_topic(&records, &report.expected);
-    let errors_while_broker_down = report
-        .error_times
-        .iter()
-        .filter(|at| {
-            broker_down
-                .iter()
-                .any(|(from, to)| (from..=to).contains(at))
-        })
-        .count();
+    let errors_while_broker_down =
+        report.error_times.iter().filter(|at| broker_down.iter().any(|(from, to)| (from..=to).contains(at))).count();
     let pass = topic.is_clean() && drift.is_identical() && report.errors == 0;
     println!(
         "
@@ -323,11 +279,7 @@ RESULT: {}",
             format!(" e.g. {:?}", &topic.missing[..topic.missing.len().min(10)])
         },
         topic.order_violations,
-        if drift.is_identical() {
-            "identical"
-        } else {
-            "DIFFERENT"
-        },
+        if drift.is_identical() { "identical" } else { "DIFFERENT" },
         drift.primary_rows,
         drift.replica_rows,
         drift.missing.0,

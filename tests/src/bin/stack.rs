@@ -30,25 +30,19 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    std::fs::create_dir_all(&cli.dir)
-        .with_context(|| format!("cannot create {}", cli.dir.display()))?;
+    std::fs::create_dir_all(&cli.dir).with_context(|| format!("cannot create {}", cli.dir.display()))?;
     let root = cli.dir.canonicalize()?;
-    let ports = Ports {
-        db1: cli.db1_port,
-        db2: cli.db2_port,
-        ..Ports::seed()
-    };
-    println!(
-        "Starting the stack under {} (logs in {}/logs) ...",
-        root.display(),
-        root.display()
-    );
+    let ports = Ports { db1: cli.db1_port, db2: cli.db2_port, ..Ports::seed() };
+    println!("Starting the stack under {} (logs in {}/logs) ...", root.display(), root.display());
     let options = StackOptions {
         root: root.clone(),
         ports,
         durable: true,
         rust_log: cli.rust_log,
         relay_env: Vec::new(),
+        // The stack passes the OTEL_* variables of its own environment to the services.
+        service_env: std::env::vars().filter(|(key, _)| key.starts_with("OTEL_")).collect(),
+        service_env_by_name: Vec::new(),
         print_logs_on_drop: false,
     };
     let stack = Stack::start(options, None)

@@ -72,6 +72,8 @@ pub enum ReadBackError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("topic {topic}: {reason}")]
     Topic { topic: String, reason: String },
+    #[error("topic {0} does not exist")]
+    UnknownTopic(String),
     #[error("timed out before reaching the end of partitions {partitions:?}")]
     Timeout { partitions: Vec<i32> },
 }
@@ -89,6 +91,11 @@ pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
         .first()
         .ok_or_else(|| ReadBackError::Topic { topic: topic.to_owned(), reason: "no metadata".to_owned() })?;
     if let Some(error) = topic_metadata.error() {
+        if rdkafka::types::RDKafkaRespErr::from(error)
+            == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART
+        {
+            return Err(ReadBackError::UnknownTopic(topic.to_owned()));
+        }
         return Err(ReadBackError::Topic { topic: topic.to_owned(), reason: format!("{error:?}") });
     }
     let mut partitions: Vec<i32> = topic_metadata.partitions().iter().map(|partition| partition.id()).collect();
@@ -114,11 +121,17 @@ pub fn read_to_end(
         .set("group.id", "blog-read-back")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        .set("allow.auto.create.topics", "true")
         .create()?;
     let mut ends = std::collections::BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     let mut unfinished = std::collections::BTreeMap::new();
-    for partition in topic_partitions(&consumer, topic)? {
+    let partitions = match topic_partitions(&consumer, topic) {
+        // A topic that does not exist holds no record yet: nothing to read back.
+        Err(ReadBackError::UnknownTopic(_)) => return Ok(ends),
+        other => other?,
+    };
+    for partition in partitions {
         let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
         let from = start(partition).map_or(low, |offset| offset.max(low));
         ends.insert(partition, high);

@@ -4,10 +4,12 @@
 #   - PostgreSQL 15 server binaries (Debian packages; usually already on the machine)
 #   - sqlite3 (indexes the broker's header table, see docs/architecture.md)
 #   - nisshi, the Kafka-protocol broker, pinned (cargo install; ~11 minutes the first time)
+#   - otelite, an OTLP trace store with a query API, pinned (cargo install; ~7 minutes the first time)
 #   - cargo-nextest (the test runner)
 set -euo pipefail
 
 NISSHI_VERSION="0.7.0-pre.2"
+OTELITE_VERSION="0.1.156"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 say() { echo "[setup] $*" >&2; }
@@ -34,9 +36,16 @@ if [ "$(nisshi --version 2>/dev/null)" != "nisshi $NISSHI_VERSION" ]; then
     rm -rf "$build_dir"
 fi
 
+if ! otelite --version 2>/dev/null | grep -q "^otelite $OTELITE_VERSION"; then
+    say "installing the trace store: otelite $OTELITE_VERSION from crates.io (first time only; about 7 minutes) ..."
+    build_dir="${XDG_CACHE_HOME:-$HOME/.cache}/blog-outbox/otelite-build"
+    CARGO_TARGET_DIR="$build_dir" cargo install otelite --version "$OTELITE_VERSION" --locked --quiet
+    rm -rf "$build_dir"
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     say "installing cargo-nextest from crates.io ..."
     cargo install cargo-nextest --locked --quiet
 fi
 
-say "ready: $(nisshi --version), PostgreSQL $(pg_config --version | awk '{print $2}'), $(cargo nextest --version | head -1)"
+say "ready: $(nisshi --version), $(otelite --version | head -1), PostgreSQL $(pg_config --version | awk '{print $2}'), $(cargo nextest --version | head -1)"

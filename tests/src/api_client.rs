@@ -23,7 +23,21 @@ impl ApiClient {
 
     /// Sends a request and returns the status and the JSON body (`Null` when empty).
     pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+        self.request_with_headers(method, path, body, &[]).await
+    }
+
+    /// [`ApiClient::request`] with extra headers (e.g. `traceparent`, `authorization`).
+    pub async fn request_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

@@ -91,9 +91,7 @@ pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
         .first()
         .ok_or_else(|| ReadBackError::Topic { topic: topic.to_owned(), reason: "no metadata".to_owned() })?;
     if let Some(error) = topic_metadata.error() {
-        if rdkafka::types::RDKafkaRespErr::from(error)
-            == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART
-        {
+        if error == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART {
             return Err(ReadBackError::UnknownTopic(topic.to_owned()));
         }
         return Err(ReadBackError::Topic { topic: topic.to_owned(), reason: format!("{error:?}") });

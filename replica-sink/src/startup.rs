@@ -79,7 +79,9 @@ impl Application {
         ));
         if shared::db::migrate_when_available(&config.replica_database_url, Schema::Replica, &shutdown).await {
             consumer.subscribe(&[&config.kafka_topic]).context("cannot subscribe")?;
+            let lag = tokio::spawn(crate::sink::report_lag(consumer.clone(), metrics.clone(), shutdown.clone()));
             sink.run(shutdown.clone()).await;
+            lag.abort();
         }
         shutdown.cancel();
         ops.await.context("the ops server panicked")?.context("the ops server failed")?;

@@ -1,12 +1,13 @@
 //! DB2's tables — `articles`, `processed_events`, `article_tombstones` — and all of their SQL.
 //!
-//! One transaction per event: record the event id (a conflict means it was applied before, so
+//! One transaction per batch of events, each in order: record the event id (a conflict means it was applied before, so
 //! nothing else happens), then apply it. Versions make the replica converge whatever the order
 //! events arrive in: an upsert only replaces an older version, a deletion leaves a tombstone that
 //! refuses older upserts, so a stale or replayed event can neither roll back nor resurrect.
 
 use deadpool_postgres::Transaction;
 use shared::{Article, EventType};
+use tracing::Instrument as _;
 
 use crate::decode::DecodedEvent;
 
@@ -21,25 +22,32 @@ pub enum ApplyOutcome {
     Stale,
 }
 
-/// Applies `event` in one DB2 transaction.
-pub async fn apply(
+/// Applies `events` in order, in one DB2 transaction; each inside its own span.
+pub async fn apply_all(
     client: &mut deadpool_postgres::Object,
-    event: &DecodedEvent,
-) -> Result<ApplyOutcome, tokio_postgres::Error> {
+    events: &[(DecodedEvent, tracing::Span)],
+) -> Result<Vec<ApplyOutcome>, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
-    let outcome = if !record_processed(&transaction, event).await? {
-        ApplyOutcome::AlreadyProcessed
-    } else {
-        let changed = match event.event.event_type {
-            EventType::Deleted => delete(&transaction, &event.event.data).await?,
-            EventType::Created | EventType::Updated | EventType::Published => {
-                upsert(&transaction, &event.event.data).await?
-            }
-        };
-        if changed { ApplyOutcome::Applied } else { ApplyOutcome::Stale }
-    };
+    let mut outcomes = Vec::with_capacity(events.len());
+    for (event, span) in events {
+        outcomes.push(apply_in(&transaction, event).instrument(span.clone()).await?);
+    }
     transaction.commit().await?;
-    Ok(outcome)
+    Ok(outcomes)
+}
+
+/// Records the event id and, if it is new, applies the change; on the caller's transaction.
+async fn apply_in(transaction: &Transaction<'_>, event: &DecodedEvent) -> Result<ApplyOutcome, tokio_postgres::Error> {
+    if !record_processed(transaction, event).await? {
+        return Ok(ApplyOutcome::AlreadyProcessed);
+    }
+    let changed = match event.event.event_type {
+        EventType::Deleted => delete(transaction, &event.event.data).await?,
+        EventType::Created | EventType::Updated | EventType::Published => {
+            upsert(transaction, &event.event.data).await?
+        }
+    };
+    Ok(if changed { ApplyOutcome::Applied } else { ApplyOutcome::Stale })
 }
 
 /// Inserts the event id into `processed_events`; false if it was there already.

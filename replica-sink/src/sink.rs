@@ -13,10 +13,12 @@ use shared::backoff::Backoff;
 use shared::db::{error_chain, is_transient};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{ApplyOutcome, apply};
+use crate::apply::{ApplyOutcome, apply_all};
 use crate::decode::{DecodedEvent, Poison, decode};
 use crate::metrics::SinkMetrics;
-use tracing::Instrument as _;
+
+/// Most records applied in one DB2 transaction.
+pub const MAX_BATCH: usize = 500;
 
 /// Whether a record is done with (its offset may be stored) or the sink is stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,14 +44,15 @@ impl Sink {
         Self { pool, consumer, metrics }
     }
 
-    /// Consumes until `shutdown`, then commits the stored offsets and leaves the group.
+    /// Consumes until `shutdown`, then commits the stored offsets and leaves the group. Records
+    /// already waiting (up to [`MAX_BATCH`]) are applied together in one DB2 transaction.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let received = tokio::select! {
                 received = self.consumer.recv() => received,
                 () = shutdown.cancelled() => break,
             };
-            let message = match received {
+            let first = match received {
                 Ok(message) => message,
                 Err(error) => {
                     tracing::warn!(%error, "consumer error");
@@ -57,13 +60,26 @@ impl Sink {
                     continue;
                 }
             };
-            if self.handle(&message, &shutdown).await == Handled::Interrupted {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                    Ok(Ok(message)) => batch.push(message),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "consumer error");
+                        break;
+                    }
+                    Err(_nothing_waiting) => break,
+                }
+            }
+            if self.handle_batch(&batch, &shutdown).await == Handled::Interrupted {
                 break;
             }
-            tracing::debug!(partition = message.partition(), offset = message.offset(), "Committing offset...");
-            if let Err(error) = self.consumer.store_offset_from_message(&message) {
-                // The partition was revoked meanwhile; its new owner skips the event by its id.
-                tracing::warn!(%error, "cannot store the offset");
+            for message in &batch {
+                tracing::debug!(partition = message.partition(), offset = message.offset(), "Committing offset...");
+                if let Err(error) = self.consumer.store_offset_from_message(message) {
+                    // The partition was revoked meanwhile; its new owner skips the event by its id.
+                    tracing::warn!(%error, "cannot store the offset");
+                }
             }
         }
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
@@ -74,8 +90,9 @@ impl Sink {
         tracing::info!("sink stopped");
     }
 
-    /// Handles one record inside a consumer span that continues the producer's trace.
-    async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> Handled {
+    /// Decodes a record and opens its consumer span, continuing the producer's trace; poison is
+    /// counted and skipped here.
+    fn open(&self, message: &BorrowedMessage<'_>) -> Option<(DecodedEvent, tracing::Span)> {
         let header_event_id = shared::kafka::header_str(message, shared::kafka::EVENT_ID_HEADER);
         let decoded = decode(message.payload(), header_event_id);
         let event_type = decoded.as_ref().map_or("poison", |decoded| decoded.event.event_type.as_str());
@@ -99,59 +116,92 @@ impl Sink {
             Ok(decoded) => {
                 span.record("messaging.message.id", decoded.event_id.as_str());
                 span.record("article.id", decoded.event.data.id);
-                self.apply_until_done(message, &decoded, shutdown).instrument(span).await
+                span.in_scope(|| {
+                    let (event_type, article_id) = (decoded.event.event_type, decoded.event.data.id);
+                    tracing::info!("Received event: {event_type} for article ID: {article_id}");
+                    tracing::info!(
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "Event ID: {}",
+                        decoded.event_id
+                    );
+                    tracing::info!("Checking idempotency for event ID: {}", decoded.event_id);
+                });
+                Some((decoded, span))
             }
             Err(poison) => {
                 span.record("otel.status_code", "error");
                 span.in_scope(|| self.skip_poison(message, &poison));
-                Handled::Done
+                None
             }
         }
     }
 
-    /// Applies the event, retrying while DB2 is unavailable; poison is skipped.
-    async fn apply_until_done(
-        &self,
-        message: &BorrowedMessage<'_>,
-        decoded: &DecodedEvent,
-        shutdown: &CancellationToken,
-    ) -> Handled {
-        let (event_type, article_id) = (decoded.event.event_type, decoded.event.data.id);
-        tracing::info!("Received event: {event_type} for article ID: {article_id}");
-        tracing::info!(partition = message.partition(), offset = message.offset(), "Event ID: {}", decoded.event_id);
+    /// Applies the batch in one DB2 transaction, retrying with capped backoff while DB2 is
+    /// unavailable. If DB2 refuses one event's data, the batch is applied event by event so that
+    /// only that event is skipped.
+    async fn handle_batch(&self, messages: &[BorrowedMessage<'_>], shutdown: &CancellationToken) -> Handled {
+        let events: Vec<(DecodedEvent, tracing::Span)> =
+            messages.iter().filter_map(|message| self.open(message)).collect();
+        if events.is_empty() {
+            return Handled::Done;
+        }
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut one_by_one = events.len() == 1;
         loop {
-            match self.apply(decoded).await {
-                Ok(outcome) => {
-                    self.report(decoded, outcome);
-                    return Handled::Done;
-                }
-                Err(ApplyError::Permanent(error)) => {
-                    tracing::error!(event_id = %decoded.event_id, error = %error_chain(&error), "DB2 refuses this event; skipping it");
-                    self.metrics.poison.with_label_values(&["rejected_by_db"]).inc();
-                    return Handled::Done;
-                }
-                Err(ApplyError::Transient(error)) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(event_id = %decoded.event_id, error = %error, ?delay, "DB2 unavailable; retrying this event");
-                    if !shared::shutdown::sleep_unless_cancelled(shutdown, delay).await {
-                        return Handled::Interrupted;
+            let chunks: Vec<&[(DecodedEvent, tracing::Span)]> =
+                if one_by_one { events.chunks(1).collect() } else { vec![events.as_slice()] };
+            let mut retry = false;
+            for chunk in chunks {
+                match self.apply(chunk).await {
+                    Ok(outcomes) => {
+                        for ((decoded, span), outcome) in chunk.iter().zip(outcomes) {
+                            span.in_scope(|| self.report(decoded, outcome));
+                        }
+                    }
+                    Err(ApplyError::Permanent(error)) if !one_by_one => {
+                        tracing::warn!(error = %error_chain(&error), "DB2 refused an event of the batch; applying it event by event");
+                        one_by_one = true;
+                        retry = true;
+                        break;
+                    }
+                    Err(ApplyError::Permanent(error)) => {
+                        let (decoded, span) = &chunk[0];
+                        span.record("otel.status_code", "error");
+                        span.in_scope(|| {
+                            tracing::error!(event_id = %decoded.event_id, error = %error_chain(&error), "DB2 refuses this event; skipping it");
+                        });
+                        self.metrics.poison.with_label_values(&["rejected_by_db"]).inc();
+                    }
+                    Err(ApplyError::Transient(error)) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %error, ?delay, events = chunk.len(), "DB2 unavailable; retrying");
+                        if !shared::shutdown::sleep_unless_cancelled(shutdown, delay).await {
+                            return Handled::Interrupted;
+                        }
+                        retry = true;
+                        break;
                     }
                 }
             }
+            if !retry {
+                return Handled::Done;
+            }
+            // Events already applied one by one are found in processed_events on the retry.
         }
     }
 
-    async fn apply(&self, decoded: &DecodedEvent) -> Result<ApplyOutcome, ApplyError> {
+    async fn apply(&self, events: &[(DecodedEvent, tracing::Span)]) -> Result<Vec<ApplyOutcome>, ApplyError> {
         let started = Instant::now();
         let mut client = self.pool.get().await.map_err(|error| ApplyError::Transient(error_chain(&error)))?;
-        tracing::info!("Checking idempotency for event ID: {}", decoded.event_id);
-        let outcome = apply(&mut client, decoded).await.map_err(|error| {
+        let outcomes = apply_all(&mut client, events).await.map_err(|error| {
             if is_transient(&error) { ApplyError::Transient(error_chain(&error)) } else { ApplyError::Permanent(error) }
         })?;
-        let event_type = decoded.event.event_type.as_str();
-        self.metrics.apply_duration.with_label_values(&[event_type]).observe(started.elapsed().as_secs_f64());
-        Ok(outcome)
+        let per_event = started.elapsed().as_secs_f64() / events.len() as f64;
+        for (decoded, _) in events {
+            self.metrics.apply_duration.with_label_values(&[decoded.event.event_type.as_str()]).observe(per_event);
+        }
+        Ok(outcomes)
     }
 
     fn report(&self, decoded: &DecodedEvent, outcome: ApplyOutcome) {

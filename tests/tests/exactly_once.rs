@@ -241,3 +241,25 @@ async fn tamper(stack: &Stack, delete: i64, change: i64) -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+/// The benchmark's short mode runs to the end and writes its results (no speed is asserted:
+/// figures are for docs/performance.md, measured with `scripts/bench.sh`).
+#[tokio::test(flavor = "multi_thread")]
+async fn benchmark_short_mode_produces_results() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let output = tokio::process::Command::new(e2e::process::binary("bench")?)
+        .arg("--short")
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json"))?)?;
+    for key in ["api_writes", "relay_drain", "sink_apply", "end_to_end", "peak_rss_mib"] {
+        assert!(!results[key].is_null(), "results.json lacks {key}: {results}");
+    }
+    assert!(std::fs::read_to_string(out.path().join("latency.svg"))?.starts_with("<svg"));
+    Ok(())
+}

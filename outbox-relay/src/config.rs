@@ -36,7 +36,7 @@ pub struct RelayConfig {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:9101")]
     pub listen_addr: SocketAddr,
     /// Outbox rows read and published per round.
-    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 2000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub batch_size: i64,
     /// Milliseconds between checks of the outbox when no NOTIFY arrives (the fallback for lost
     /// notifications).

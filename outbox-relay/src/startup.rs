@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::FutureExt as _;
 use rdkafka::producer::Producer as _;
 use shared::db::Schema;
 use tokio::net::TcpListener;
@@ -38,16 +37,9 @@ impl Application {
         let producer = create_producer(&settings)?;
         let metrics = RelayMetrics::new().context("cannot register metrics")?;
         let readiness = {
-            let (pool, producer, topic) = (pool.clone(), producer.clone(), settings.topic.clone());
-            shared::ops::ReadinessCheck::new(move || {
-                let (pool, producer, topic) = (pool.clone(), producer.clone(), topic.clone());
-                async move {
-                    shared::ops::database_answers(&pool).await?;
-                    tokio::task::spawn_blocking(move || shared::kafka::topic_reachable(producer.client(), &topic))
-                        .await
-                        .map_err(|error| error.to_string())?
-                }
-                .boxed()
+            let (producer, topic) = (producer.clone(), settings.topic.clone());
+            shared::ops::database_and_broker(pool.clone(), move || {
+                shared::kafka::topic_reachable(producer.client(), &topic)
             })
         };
         let relay = Relay::new(pool, config.database_url.clone(), producer, settings, metrics.clone());

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use futures_util::FutureExt as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use shared::db::Schema;
 use tokio::net::TcpListener;
@@ -42,16 +41,9 @@ impl Application {
         );
         let metrics = SinkMetrics::new().context("cannot register metrics")?;
         let readiness = {
-            let (pool, consumer, topic) = (pool.clone(), consumer.clone(), config.kafka_topic.clone());
-            shared::ops::ReadinessCheck::new(move || {
-                let (pool, consumer, topic) = (pool.clone(), consumer.clone(), topic.clone());
-                async move {
-                    shared::ops::database_answers(&pool).await?;
-                    tokio::task::spawn_blocking(move || shared::kafka::topic_reachable(consumer.client(), &topic))
-                        .await
-                        .map_err(|error| error.to_string())?
-                }
-                .boxed()
+            let (consumer, topic) = (consumer.clone(), config.kafka_topic.clone());
+            shared::ops::database_and_broker(pool.clone(), move || {
+                shared::kafka::topic_reachable(consumer.client(), &topic)
             })
         };
         let sink = Sink::new(pool, consumer.clone(), metrics.clone());

@@ -102,3 +102,20 @@ pub async fn database_answers(pool: &deadpool_postgres::Pool) -> Result<(), Stri
     client.simple_query("SELECT 1").await.map_err(|error| format!("database unavailable: {error}"))?;
     Ok(())
 }
+
+/// The readiness of a service that needs its database and the broker: `SELECT 1` on a pooled
+/// connection, then `broker_probe` (a blocking metadata request) on a blocking thread.
+pub fn database_and_broker(
+    pool: deadpool_postgres::Pool,
+    broker_probe: impl Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
+) -> ReadinessCheck {
+    use futures_util::FutureExt as _;
+    ReadinessCheck::new(move || {
+        let (pool, broker_probe) = (pool.clone(), broker_probe.clone());
+        async move {
+            database_answers(&pool).await?;
+            tokio::task::spawn_blocking(broker_probe).await.map_err(|error| error.to_string())?
+        }
+        .boxed()
+    })
+}

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
-use shared::config::{DatabaseUrl, DatabaseUrlParser};
+use shared::config::{DatabaseUrl, DatabaseUrlParser, Secret};
 
 /// Blog articles REST API. Each change writes the article and its event (outbox row) in one DB1
 /// transaction; the outbox relay publishes the events to Kafka.
@@ -33,6 +33,10 @@ pub struct ApiConfig {
     /// Maximum DB1 connections.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+    /// When set, writes (POST, PUT, PATCH, DELETE) need `Authorization: Bearer <token>`; reads,
+    /// health and metrics stay open. Unset: writes are open (a warning is logged at start-up).
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<Secret>,
     /// A request taking longer than this many seconds is answered 503.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     pub request_timeout_secs: u64,

@@ -19,6 +19,8 @@ pub enum ApiError {
     /// axum refused the request before our code saw it: bad JSON, wrong content type, too large.
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
+    #[error("this request needs a valid `Authorization: Bearer <token>` header")]
+    Unauthorized,
     #[error("article {0} not found")]
     ArticleNotFound(i64),
     #[error("no route for this path")]
@@ -45,6 +47,7 @@ impl ApiError {
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
             Self::Rejected { status, .. } => *status,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::ArticleNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::AlreadyPublished(_) => StatusCode::CONFLICT,
@@ -68,6 +71,7 @@ impl ApiError {
 fn code(status: StatusCode) -> &'static str {
     match status {
         StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::CONFLICT => "conflict",
@@ -89,7 +93,13 @@ impl IntoResponse for ApiError {
         if let Some(field) = self.field() {
             body["field"] = json!(field);
         }
-        (status, axum::Json(json!({ "error": body }))).into_response()
+        let mut response = (status, axum::Json(json!({ "error": body }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 

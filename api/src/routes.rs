@@ -7,7 +7,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), require_token_for_writes))
         .layer(middleware::from_fn_with_state(state.clone(), observe_request))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -75,6 +76,24 @@ async fn observe_request(State(state): State<AppState>, request: Request, next: 
     metrics.requests.with_label_values(&[&method, &route, status.as_str()]).inc();
     metrics.request_duration.with_label_values(&[&method, &route]).observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// With `API_TOKEN` set, refuses writes (any method but GET, HEAD, OPTIONS) without
+/// `Authorization: Bearer <token>` (compared in constant time).
+async fn require_token_for_writes(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.api_token else { return next.run(request).await };
+    if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if token.matches(presented) => next.run(request).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
 }
 
 /// Parses `{id}`: a positive 64-bit integer, else 400.

@@ -22,6 +22,8 @@ pub struct AppState {
     pub pool: Pool,
     pub metrics: ApiMetrics,
     pub request_timeout: Duration,
+    /// Required for writes when set.
+    pub api_token: Option<shared::config::Secret>,
     schema_ready: Arc<AtomicBool>,
 }
 
@@ -54,6 +56,7 @@ impl Application {
             pool,
             metrics: ApiMetrics::new().context("cannot register metrics")?,
             request_timeout: Duration::from_secs(config.request_timeout_secs),
+            api_token: config.api_token.clone(),
             schema_ready: Arc::new(AtomicBool::new(false)),
         };
         Ok(Self { listener, state, config })
@@ -66,6 +69,9 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { listener, state, config } = self;
         tracing::info!(listen_addr = %listener.local_addr()?, database = %config.database_url, "api starting");
+        if config.api_token.is_none() {
+            tracing::warn!("API_TOKEN is not set: writes are open to anyone who can reach the API");
+        }
         let migrations = {
             let (url, schema_ready, shutdown) =
                 (config.database_url.clone(), state.schema_ready.clone(), shutdown.clone());

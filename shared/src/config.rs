@@ -118,3 +118,56 @@ impl clap::builder::TypedValueParser for DatabaseUrlParser {
         })
     }
 }
+
+/// A secret (a token) whose value never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares with `candidate` in time independent of where they differ.
+    pub fn matches(&self, candidate: &str) -> bool {
+        let (expected, given) = (self.0.as_bytes(), candidate.as_bytes());
+        let mut difference = expected.len() ^ given.len();
+        for (index, byte) in expected.iter().enumerate() {
+            difference |= usize::from(byte ^ given.get(index).copied().unwrap_or(0));
+        }
+        difference == 0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value.trim().is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn compares_whole_values_and_never_prints() {
+        let secret: Secret = "s3cret".parse().expect("valid");
+        assert!(secret.matches("s3cret"));
+        assert!(!secret.matches("s3cre"));
+        assert!(!secret.matches("s3cret!"));
+        assert!(!secret.matches(""));
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+        assert!("  ".parse::<Secret>().is_err());
+    }
+}

@@ -40,6 +40,9 @@ pub struct SinkConfig {
     /// Topic to consume.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "articles")]
     pub kafka_topic: String,
+    /// Topic for records that can never be applied (default: `<KAFKA_TOPIC>.dlq`).
+    #[arg(long, env = "KAFKA_DLQ_TOPIC")]
+    pub kafka_dlq_topic: Option<String>,
     /// Consumer group.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "blog-sync-group")]
     pub kafka_group_id: String,

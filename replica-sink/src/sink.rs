@@ -1,14 +1,16 @@
 //! The consume loop. For each record: decode it; apply it to DB2 (retrying with capped backoff
 //! while DB2 is unavailable, without moving on); then store its offset for the next auto-commit.
-//! A record that can never be applied (poison) is logged, counted and skipped, so it never stops
-//! the pipeline.
+//! A record that can never be applied (poison) is logged, counted and copied to the dead-letter
+//! topic (`articles.dlq`, with headers saying why and where it came from), and the sink moves on:
+//! poison never stops the pipeline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::backoff::Backoff;
 use shared::db::{error_chain, is_transient};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,9 @@ pub struct Sink {
     pool: Pool,
     consumer: Arc<StreamConsumer>,
     metrics: SinkMetrics,
+    /// Producer and topic for records that can never be applied.
+    dlq: FutureProducer,
+    dlq_topic: String,
 }
 
 impl std::fmt::Debug for Sink {
@@ -40,8 +45,14 @@ impl std::fmt::Debug for Sink {
 }
 
 impl Sink {
-    pub fn new(pool: Pool, consumer: Arc<StreamConsumer>, metrics: SinkMetrics) -> Self {
-        Self { pool, consumer, metrics }
+    pub fn new(
+        pool: Pool,
+        consumer: Arc<StreamConsumer>,
+        metrics: SinkMetrics,
+        dlq: FutureProducer,
+        dlq_topic: String,
+    ) -> Self {
+        Self { pool, consumer, metrics, dlq, dlq_topic }
     }
 
     /// Consumes until `shutdown`, then commits the stored offsets and leaves the group. Records
@@ -92,7 +103,7 @@ impl Sink {
 
     /// Decodes a record and opens its consumer span, continuing the producer's trace; poison is
     /// counted and skipped here.
-    fn open(&self, message: &BorrowedMessage<'_>) -> Option<(DecodedEvent, tracing::Span)> {
+    fn open(&self, message: &BorrowedMessage<'_>) -> Result<(DecodedEvent, tracing::Span), Poison> {
         let header_event_id = shared::kafka::header_str(message, shared::kafka::EVENT_ID_HEADER);
         let decoded = decode(message.payload(), header_event_id);
         let event_type = decoded.as_ref().map_or("poison", |decoded| decoded.event.event_type.as_str());
@@ -127,22 +138,37 @@ impl Sink {
                     );
                     tracing::info!("Checking idempotency for event ID: {}", decoded.event_id);
                 });
-                Some((decoded, span))
+                Ok((decoded, span))
             }
             Err(poison) => {
                 span.record("otel.status_code", "error");
                 span.in_scope(|| self.skip_poison(message, &poison));
-                None
+                Err(poison)
             }
         }
     }
 
-    /// Applies the batch in one DB2 transaction, retrying with capped backoff while DB2 is
-    /// unavailable. If DB2 refuses one event's data, the batch is applied event by event so that
-    /// only that event is skipped.
+    /// Dead-letters the poison records, then applies the others in one DB2 transaction, retrying
+    /// with capped backoff while DB2 is unavailable. If DB2 refuses one event's data, the batch is
+    /// applied event by event so that only that event is dead-lettered.
     async fn handle_batch(&self, messages: &[BorrowedMessage<'_>], shutdown: &CancellationToken) -> Handled {
-        let events: Vec<(DecodedEvent, tracing::Span)> =
-            messages.iter().filter_map(|message| self.open(message)).collect();
+        let mut events: Vec<(DecodedEvent, tracing::Span)> = Vec::with_capacity(messages.len());
+        let mut origins = Vec::with_capacity(messages.len());
+        for (index, message) in messages.iter().enumerate() {
+            match self.open(message) {
+                Ok(event) => {
+                    events.push(event);
+                    origins.push(index);
+                }
+                Err(poison) => {
+                    if self.dead_letter(message, poison.reason(), &poison.to_string(), shutdown).await
+                        == Handled::Interrupted
+                    {
+                        return Handled::Interrupted;
+                    }
+                }
+            }
+        }
         if events.is_empty() {
             return Handled::Done;
         }
@@ -152,7 +178,7 @@ impl Sink {
             let chunks: Vec<&[(DecodedEvent, tracing::Span)]> =
                 if one_by_one { events.chunks(1).collect() } else { vec![events.as_slice()] };
             let mut retry = false;
-            for chunk in chunks {
+            for (position, chunk) in chunks.into_iter().enumerate() {
                 match self.apply(chunk).await {
                     Ok(outcomes) => {
                         for ((decoded, span), outcome) in chunk.iter().zip(outcomes) {
@@ -172,6 +198,13 @@ impl Sink {
                             tracing::error!(event_id = %decoded.event_id, error = %error_chain(&error), "DB2 refuses this event; skipping it");
                         });
                         self.metrics.poison.with_label_values(&["rejected_by_db"]).inc();
+                        // One event per chunk here, so `position` is the event's index.
+                        let message = &messages[origins[position]];
+                        if self.dead_letter(message, "rejected_by_db", &error_chain(&error), shutdown).await
+                            == Handled::Interrupted
+                        {
+                            return Handled::Interrupted;
+                        }
                     }
                     Err(ApplyError::Transient(error)) => {
                         let delay = backoff.next_delay();
@@ -224,6 +257,57 @@ impl Sink {
                     version = decoded.event.data.version,
                     "Event {event_id} is older than the replica's state for article {article_id}; recorded, no change"
                 );
+            }
+        }
+    }
+
+    /// Copies a record that can never be applied to the dead-letter topic, with its key, value and
+    /// headers plus `dlq.reason`, `dlq.error` and its source (`dlq.source.topic`, `.partition`,
+    /// `.offset`). Retries until the broker acknowledges it: the offset only moves on after that.
+    async fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        error: &str,
+        shutdown: &CancellationToken,
+    ) -> Handled {
+        let (partition, offset) = (message.partition().to_string(), message.offset().to_string());
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header { key: header.key, value: header.value });
+            }
+        }
+        for (key, value) in [
+            ("dlq.reason", reason),
+            ("dlq.error", error),
+            ("dlq.source.topic", message.topic()),
+            ("dlq.source.partition", partition.as_str()),
+            ("dlq.source.offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.dlq_topic).headers(headers.clone());
+            if let Some(value) = message.payload() {
+                record = record.payload(value);
+            }
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            match self.dlq.send(record, Duration::from_secs(10)).await {
+                Ok(_) => {
+                    tracing::warn!(topic = %self.dlq_topic, reason, "record sent to the dead-letter topic");
+                    return Handled::Done;
+                }
+                Err((error, _)) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, ?delay, "cannot write to the dead-letter topic; retrying");
+                    if !shared::shutdown::sleep_unless_cancelled(shutdown, delay).await {
+                        return Handled::Interrupted;
+                    }
+                }
             }
         }
     }

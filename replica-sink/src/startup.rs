@@ -46,7 +46,13 @@ impl Application {
                 shared::kafka::topic_reachable(consumer.client(), &topic)
             })
         };
-        let sink = Sink::new(pool, consumer.clone(), metrics.clone());
+        let dlq = shared::kafka::client_config(&config.kafka_bootstrap_servers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .create()
+            .context("cannot create the dead-letter producer")?;
+        let dlq_topic = config.kafka_dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", config.kafka_topic));
+        let sink = Sink::new(pool, consumer.clone(), metrics.clone(), dlq, dlq_topic);
         Ok(Self { listener, config, sink, consumer, readiness, metrics })
     }
 

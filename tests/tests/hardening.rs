@@ -101,3 +101,62 @@ async fn db2_outage_loses_nothing() -> anyhow::Result<()> {
     assert_eq!(articles.len(), 11);
     Ok(())
 }
+
+/// Poison records (not UTF-8, not JSON, unknown event type, missing fields, wrong types) between
+/// good ones: the good ones are applied, the poison goes to `articles.dlq` with headers saying why
+/// and where from, and the pipeline keeps going.
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_goes_to_the_dead_letter_topic_and_good_events_are_applied() -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let stack = Stack::start_for_test().await?;
+    let good = |id: i64| {
+        format!(
+            r#"{{"event_type":"article.created","timestamp":"2024-12-02T10:00:00","data":{{"id":{id},"title":"Good {id}","content":"c","author":"a","category":null,"tags":[],"status":"draft","views_count":0,"created_at":"2024-12-02T10:00:00","updated_at":"2024-12-02T10:00:00","published_at":null}}}}"#
+        )
+        .into_bytes()
+    };
+    let records: Vec<Vec<u8>> = vec![
+        good(7001),
+        b"\xff\xfe not utf-8".to_vec(),
+        b"not json at all".to_vec(),
+        String::from_utf8(good(7002))?.replace("article.created", "article.exploded").into_bytes(),
+        br#"{"event_type":"article.created","timestamp":"2024-12-02T10:00:00","data":{"id":7003}}"#.to_vec(),
+        String::from_utf8(good(7004))?.replace(r#""id":7004"#, r#""id":"seven""#).into_bytes(),
+        good(7005),
+    ];
+    let producer: FutureProducer =
+        shared::kafka::client_config(&stack.bootstrap_servers()).set("acks", "all").create()?;
+    for value in &records {
+        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to("articles").key("poison-test").payload(value);
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| error)?;
+    }
+    let db2 = stack.db2_client().await?;
+    e2e::wait::until("the good events to be applied", TIMEOUT, || async {
+        let applied: i64 = db2.query_one("SELECT count(*) FROM articles WHERE id IN (7001, 7005)", &[]).await?.get(0);
+        Ok(applied == 2)
+    })
+    .await?;
+    let bootstrap = stack.bootstrap_servers();
+    let dead = e2e::wait::until_some("five records in the dead-letter topic", TIMEOUT, || {
+        let bootstrap = bootstrap.clone();
+        async move {
+            let dead = tokio::task::spawn_blocking(move || {
+                blogctl::read_all(&bootstrap, "articles.dlq", Duration::from_secs(20))
+            })
+            .await??;
+            Ok((dead.len() == 5).then_some(dead))
+        }
+    })
+    .await?;
+    let reasons: Vec<&str> = dead.iter().filter_map(|record| record.header("dlq.reason")).collect();
+    assert_eq!(reasons, ["not_utf8", "invalid_event", "invalid_event", "invalid_event", "invalid_event"], "{dead:?}");
+    for record in &dead {
+        assert_eq!(record.header("dlq.source.topic"), Some("articles"));
+        assert!(record.header("dlq.source.offset").is_some() && record.header("dlq.error").is_some());
+        assert_eq!(record.key.as_deref(), Some("poison-test"));
+    }
+    assert_eq!(dead[0].value.as_deref(), Some(&b"\xff\xfe not utf-8"[..]), "the original bytes are kept");
+    let metrics = e2e::ApiClient::new(&stack.url(Service::Sink)).text("/metrics").await?;
+    assert!(metrics.contains("sink_events_poison_total{reason=\"invalid_event\"} 4"), "{metrics}");
+    Ok(())
+}

@@ -393,6 +393,10 @@ async fn api_errors_are_json_with_the_right_status() -> anyhow::Result<()> {
         assert_eq!(json["error"]["code"], code, "{method} {path}: {json}");
         assert!(json["error"]["message"].is_string());
     }
+    let huge = json!({"title": "t", "author": "a", "content": "x".repeat(2 * 1024 * 1024)});
+    let (status, json) = api.request(Method::POST, "/api/v1/articles", Some(&huge)).await?;
+    assert_eq!(status, 413, "a body over 1 MiB: {json}");
+    assert_eq!(json["error"]["code"], "payload_too_large");
     let created = api.create(&article_body("Listed", "lister")).await?;
     let (status, page) = api.request(Method::GET, "/api/v1/articles?author=lister&per_page=10", None).await?;
     assert_eq!(status, 200);

@@ -63,12 +63,8 @@ impl Leadership {
         shutdown: &CancellationToken,
         announced_standby: &mut bool,
     ) -> Result<Option<Self>, tokio_postgres::Error> {
-        let mut config = url.config().clone();
-        config
-            .application_name(LOCK_CONNECTION_NAME)
-            .connect_timeout(shared::db::POOL_TIMEOUT)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(5));
+        let mut config = shared::db::connection_config(url);
+        config.application_name(LOCK_CONNECTION_NAME).keepalives(true).keepalives_idle(Duration::from_secs(5));
         let (client, connection) = config.connect(NoTls).await?;
         let lost = CancellationToken::new();
         let connection_task = {

@@ -38,10 +38,10 @@ async fn listen_until_lost(
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), DbError> {
-    let mut config = url.config().clone();
-    config.connect_timeout(shared::db::POOL_TIMEOUT);
-    let (client, mut connection) =
-        config.connect(NoTls).await.map_err(|source| DbError::Connect { database: url.redacted(), source })?;
+    let (client, mut connection) = shared::db::connection_config(url)
+        .connect(NoTls)
+        .await
+        .map_err(|source| DbError::Connect { database: url.redacted(), source })?;
     let notifications = wake.clone();
     let mut driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

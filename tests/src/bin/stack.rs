@@ -25,6 +25,9 @@ struct Cli {
     /// DB2 port.
     #[arg(long, env = "STACK_DB2_PORT", default_value_t = 5433)]
     db2_port: u16,
+    /// Bearer token the API requires for writes (unset: writes are open).
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
 }
 
 #[tokio::main]
@@ -42,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
         relay_env: Vec::new(),
         // The stack passes the OTEL_* variables of its own environment to the services.
         service_env: std::env::vars().filter(|(key, _)| key.starts_with("OTEL_")).collect(),
-        service_env_by_name: Vec::new(),
+        service_env_by_name: cli.api_token.map(|token| (Service::Api, "API_TOKEN".into(), token)).into_iter().collect(),
         print_logs_on_drop: false,
     };
     let stack = Stack::start(options, None)
@@ -52,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "
 The stack is up:
-  API            http://localhost:{api}/api/v1/articles   (metrics: /api/v1/metrics)
+  API            http://localhost:{api}/api/v1/articles   (metrics: /api/v1/metrics, OpenAPI: /api/v1/openapi.json)
   outbox-relay   http://localhost:{relay}/metrics   /ready
   replica-sink   http://localhost:{sink}/metrics   /ready
   Kafka broker   localhost:{broker} (nisshi), topic {TOPIC}, group {GROUP}

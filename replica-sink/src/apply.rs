@@ -1,12 +1,12 @@
 //! DB2's tables — `articles`, `processed_events`, `article_tombstones` — and all of their SQL.
 //!
-//! One transaction per batch of events, each in order: record the event id (a conflict means it was applied before, so
-//! nothing else happens), then apply it. Versions make the replica converge whatever the order
+//! One transaction per batch of events and one statement per event, in order: it records the
+//! event id (a conflict means it was applied before, so nothing else happens) and applies it. Versions make the replica converge whatever the order
 //! events arrive in: an upsert only replaces an older version, a deletion leaves a tombstone that
 //! refuses older upserts, so a stale or replayed event can neither roll back nor resurrect.
 
 use deadpool_postgres::Transaction;
-use shared::{Article, EventType};
+use shared::EventType;
 use tracing::Instrument as _;
 
 use crate::decode::DecodedEvent;
@@ -22,98 +22,114 @@ pub enum ApplyOutcome {
     Stale,
 }
 
-/// Applies `events` in order, in one DB2 transaction; each inside its own span.
+/// Applies `events` in one DB2 transaction, each inside its own span, with one statement per
+/// event. The statements are pipelined: all are sent before the first answer is awaited, so a
+/// batch costs about one round trip instead of one per event. tokio-postgres sends them in the
+/// order `try_join_all` first polls them, which is the events' order; PostgreSQL runs them one
+/// after the other, each seeing the effects of those before it.
 pub async fn apply_all(
     client: &mut deadpool_postgres::Object,
     events: &[(DecodedEvent, tracing::Span)],
 ) -> Result<Vec<ApplyOutcome>, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
-    let mut outcomes = Vec::with_capacity(events.len());
-    for (event, span) in events {
-        outcomes.push(apply_in(&transaction, event).instrument(span.clone()).await?);
-    }
+    let statements = Statements {
+        upsert: transaction.prepare_cached(UPSERT).await?,
+        delete: transaction.prepare_cached(DELETE).await?,
+    };
+    let applies =
+        events.iter().map(|(event, span)| apply_in(&transaction, &statements, event).instrument(span.clone()));
+    let outcomes = futures_util::future::try_join_all(applies).await?;
     transaction.commit().await?;
     Ok(outcomes)
 }
 
-/// Records the event id and, if it is new, applies the change; on the caller's transaction.
-async fn apply_in(transaction: &Transaction<'_>, event: &DecodedEvent) -> Result<ApplyOutcome, tokio_postgres::Error> {
-    if !record_processed(transaction, event).await? {
-        return Ok(ApplyOutcome::AlreadyProcessed);
-    }
-    let changed = match event.event.event_type {
-        EventType::Deleted => delete(transaction, &event.event.data).await?,
+#[derive(Debug)]
+struct Statements {
+    upsert: tokio_postgres::Statement,
+    delete: tokio_postgres::Statement,
+}
+
+/// Records the event id in `processed_events` and, only if it was not there, writes the article
+/// unless DB2 holds a newer version or a deletion at least as new. Answers (recorded, written).
+const UPSERT: &str = "\
+    WITH recorded AS ( \
+        INSERT INTO processed_events (event_id, event_type, article_id) VALUES ($13, $14, $1) \
+        ON CONFLICT (event_id) DO NOTHING RETURNING 1 \
+    ), written AS ( \
+        INSERT INTO articles (id, title, content, author, category, tags, status, views_count, \
+                              created_at, updated_at, published_at, version) \
+        SELECT $1::bigint, $2::text, $3::text, $4::text, $5::text, $6::text[], $7::text, $8::bigint, \
+               $9::timestamptz, $10::timestamptz, $11::timestamptz, $12::bigint \
+        WHERE EXISTS (SELECT 1 FROM recorded) \
+          AND NOT EXISTS (SELECT 1 FROM article_tombstones WHERE id = $1 AND version >= $12) \
+        ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, content = EXCLUDED.content, \
+            author = EXCLUDED.author, category = EXCLUDED.category, tags = EXCLUDED.tags, \
+            status = EXCLUDED.status, views_count = EXCLUDED.views_count, \
+            created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+            published_at = EXCLUDED.published_at, version = EXCLUDED.version \
+        WHERE articles.version <= EXCLUDED.version \
+        RETURNING 1 \
+    ) \
+    SELECT EXISTS (SELECT 1 FROM recorded), EXISTS (SELECT 1 FROM written)";
+
+/// Records the event id and, only if it was not there, deletes the article unless DB2 holds a
+/// newer version, and leaves a tombstone. Answers (recorded, deleted).
+const DELETE: &str = "\
+    WITH recorded AS ( \
+        INSERT INTO processed_events (event_id, event_type, article_id) VALUES ($3::text, $4::text, $1::bigint) \
+        ON CONFLICT (event_id) DO NOTHING RETURNING 1 \
+    ), deleted AS ( \
+        DELETE FROM articles WHERE id = $1 AND version <= $2 AND EXISTS (SELECT 1 FROM recorded) \
+        RETURNING 1 \
+    ), tombstone AS ( \
+        INSERT INTO article_tombstones (id, version) SELECT $1::bigint, $2::bigint WHERE EXISTS (SELECT 1 FROM recorded) \
+        ON CONFLICT (id) DO UPDATE SET version = GREATEST(article_tombstones.version, EXCLUDED.version), \
+            deleted_at = now() \
+        RETURNING 1 \
+    ) \
+    SELECT EXISTS (SELECT 1 FROM recorded), EXISTS (SELECT 1 FROM deleted)";
+
+/// Applies one event with its statement, on the caller's transaction.
+async fn apply_in(
+    transaction: &Transaction<'_>,
+    statements: &Statements,
+    event: &DecodedEvent,
+) -> Result<ApplyOutcome, tokio_postgres::Error> {
+    let (article, event_type) = (&event.event.data, event.event.event_type.as_str());
+    let row = match event.event.event_type {
+        EventType::Deleted => {
+            transaction
+                .query_one(&statements.delete, &[&article.id, &article.version, &event.event_id, &event_type])
+                .await?
+        }
         EventType::Created | EventType::Updated | EventType::Published => {
-            upsert(transaction, &event.event.data).await?
+            transaction
+                .query_one(
+                    &statements.upsert,
+                    &[
+                        &article.id,
+                        &article.title,
+                        &article.content,
+                        &article.author,
+                        &article.category,
+                        &article.tags,
+                        &article.status.as_str(),
+                        &article.views_count,
+                        &article.created_at,
+                        &article.updated_at,
+                        &article.published_at,
+                        &article.version,
+                        &event.event_id,
+                        &event_type,
+                    ],
+                )
+                .await?
         }
     };
-    Ok(if changed { ApplyOutcome::Applied } else { ApplyOutcome::Stale })
-}
-
-/// Inserts the event id into `processed_events`; false if it was there already.
-async fn record_processed(transaction: &Transaction<'_>, event: &DecodedEvent) -> Result<bool, tokio_postgres::Error> {
-    let statement = transaction
-        .prepare_cached(
-            "INSERT INTO processed_events (event_id, event_type, article_id) VALUES ($1, $2, $3) \
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .await?;
-    let inserted = transaction
-        .execute(&statement, &[&event.event_id, &event.event.event_type.as_str(), &event.event.data.id])
-        .await?;
-    Ok(inserted == 1)
-}
-
-/// Writes the article unless DB2 holds a newer version or a deletion at least as new.
-async fn upsert(transaction: &Transaction<'_>, article: &Article) -> Result<bool, tokio_postgres::Error> {
-    let statement = transaction
-        .prepare_cached(
-            "INSERT INTO articles (id, title, content, author, category, tags, status, views_count, \
-                                   created_at, updated_at, published_at, version) \
-             SELECT $1::bigint, $2::text, $3::text, $4::text, $5::text, $6::text[], $7::text, $8::bigint, \
-                    $9::timestamptz, $10::timestamptz, $11::timestamptz, $12::bigint \
-             WHERE NOT EXISTS (SELECT 1 FROM article_tombstones WHERE id = $1 AND version >= $12) \
-             ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, content = EXCLUDED.content, \
-                 author = EXCLUDED.author, category = EXCLUDED.category, tags = EXCLUDED.tags, \
-                 status = EXCLUDED.status, views_count = EXCLUDED.views_count, \
-                 created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-                 published_at = EXCLUDED.published_at, version = EXCLUDED.version \
-             WHERE articles.version <= EXCLUDED.version",
-        )
-        .await?;
-    let written = transaction
-        .execute(
-            &statement,
-            &[
-                &article.id,
-                &article.title,
-                &article.content,
-                &article.author,
-                &article.category,
-                &article.tags,
-                &article.status.as_str(),
-                &article.views_count,
-                &article.created_at,
-                &article.updated_at,
-                &article.published_at,
-                &article.version,
-            ],
-        )
-        .await?;
-    Ok(written == 1)
-}
-
-/// Deletes the article unless DB2 holds a newer version, and leaves a tombstone.
-async fn delete(transaction: &Transaction<'_>, article: &Article) -> Result<bool, tokio_postgres::Error> {
-    let delete = transaction.prepare_cached("DELETE FROM articles WHERE id = $1 AND version <= $2").await?;
-    let deleted = transaction.execute(&delete, &[&article.id, &article.version]).await?;
-    let tombstone = transaction
-        .prepare_cached(
-            "INSERT INTO article_tombstones (id, version) VALUES ($1, $2) \
-             ON CONFLICT (id) DO UPDATE SET version = GREATEST(article_tombstones.version, EXCLUDED.version), \
-                 deleted_at = now()",
-        )
-        .await?;
-    transaction.execute(&tombstone, &[&article.id, &article.version]).await?;
-    Ok(deleted == 1)
+    let (recorded, changed): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
+    Ok(match (recorded, changed) {
+        (false, _) => ApplyOutcome::AlreadyProcessed,
+        (true, true) => ApplyOutcome::Applied,
+        (true, false) => ApplyOutcome::Stale,
+    })
 }

@@ -51,7 +51,7 @@ struct Statements {
 
 /// Records the event id in `processed_events` and, only if it was not there, writes the article
 /// unless DB2 holds a newer version or a deletion at least as new. Answers (recorded, written).
-const UPSERT: &str = "\
+pub const UPSERT: &str = "\
     WITH recorded AS ( \
         INSERT INTO processed_events (event_id, event_type, article_id) VALUES ($13, $14, $1) \
         ON CONFLICT (event_id) DO NOTHING RETURNING 1 \

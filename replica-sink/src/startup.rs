@@ -36,6 +36,7 @@ impl Application {
             .context("cannot create the DB2 pool")?;
         let consumer: Arc<StreamConsumer> = Arc::new(
             shared::kafka::consumer_config(&config.kafka_bootstrap_servers, &config.kafka_group_id)
+                .set("fetch.wait.max.ms", config.kafka_fetch_wait_max_ms.to_string())
                 .create()
                 .context("cannot create the Kafka consumer")?,
         );

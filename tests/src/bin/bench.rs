@@ -12,14 +12,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use clap::Parser;
-use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, Service};
+use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, Service, TOPIC};
 use e2e::{ApiClient, Stack};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
@@ -335,47 +335,32 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     }
-    let backlog: Vec<(String, String)> = db1
-        .query("SELECT article_id::text, payload FROM outbox ORDER BY id", &[])
+    let backlog: Vec<BacklogRecord> = db1
+        .query("SELECT article_id::text, payload, event_id::text, event_type FROM outbox ORDER BY id", &[])
         .await?
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
+        .map(|row| BacklogRecord { key: row.get(0), payload: row.get(1), event_id: row.get(2), event_type: row.get(3) })
         .collect();
     let backlog_size = backlog.len() as i64;
     stack.restart(Service::Relay).await?;
     let (relay_rate, relay_time) =
         drain_rate(0, || async { Ok(db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0)) }).await?;
-    let producer: FutureProducer = shared::kafka::client_config(&stack.bootstrap_servers())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "200000")
-        .create()?;
-    let started = Instant::now();
-    let backlog = Arc::new(backlog);
-    let mut deliveries = Vec::with_capacity(backlog.len());
-    for (key, payload) in backlog.iter() {
-        loop {
-            match producer.send_result(FutureRecord::to("bench-bare").key(key).payload(payload)) {
-                Ok(delivery) => {
-                    deliveries.push(delivery);
-                    break;
-                }
-                Err((_, _)) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-    }
-    for delivery in futures_util_join(deliveries).await {
-        delivery.map_err(|_| anyhow::anyhow!("delivery canceled"))?.map_err(|(error, _)| error)?;
-    }
-    let bare_rate = backlog.len() as f64 / started.elapsed().as_secs_f64();
+    // The relay's ceiling: a bare producer sending the same records (key, payload and the
+    // `event_id` and `event_type` headers the relay adds) to another topic of the same broker. On
+    // nisshi every header is a row of its own, so the same payloads without headers are measured
+    // too, to show what the headers cost the broker.
+    let with_headers = bare_produce(&stack.bootstrap_servers(), &backlog, true).await?;
+    let without_headers = bare_produce(&stack.bootstrap_servers(), &backlog, false).await?;
     println!(
-        "relay drain of {backlog_size} events: {relay_rate:>8.0}/s ({relay_time:.1?})   bare producer: {bare_rate:>8.0}/s   ratio {:.2}",
-        relay_rate / bare_rate
+        "relay drain of {backlog_size} events: {relay_rate:>8.0}/s ({relay_time:.1?})   bare producer, same records: {with_headers:>8.0}/s   ratio {:.2}   (without headers: {without_headers:>8.0}/s, ratio {:.2})",
+        relay_rate / with_headers,
+        relay_rate / without_headers
     );
     results.insert(
         "relay_drain".into(),
-        json!({"events": backlog_size, "relay_per_s": relay_rate, "bare_producer_per_s": bare_rate, "ratio": relay_rate / bare_rate}),
+        json!({"events": backlog_size, "relay_per_s": relay_rate, "bare_producer_per_s": with_headers,
+               "ratio": relay_rate / with_headers, "bare_producer_without_headers_per_s": without_headers,
+               "ratio_without_headers": relay_rate / without_headers}),
     );
 
     // 3. Sink apply of the topic backlog vs pgbench running the sink's SQL.
@@ -388,20 +373,36 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let apply_script = scripts.path().join("apply.sql");
-    // The sink applies the records waiting for it in one transaction: the ceiling runs its two
-    // statements for APPLY_BATCH events per transaction.
-    let mut script = String::from("BEGIN;\n");
-    for event in 0..APPLY_BATCH {
-        script.push_str(&format!(
-            "\\set id{event} random(100000000, 900000000)\n\
-             INSERT INTO processed_events (event_id, event_type, article_id) VALUES (md5(random()::text), 'article.created', :id{event}) ON CONFLICT (event_id) DO NOTHING;\n\
-             INSERT INTO articles (id, title, content, author, category, tags, status, views_count, created_at, updated_at, published_at, version) \
-             SELECT :id{event}, 'bench', repeat('x', 300), 'bench', NULL, '{{}}', 'draft', 0, now(), now(), NULL, 1 \
-             WHERE NOT EXISTS (SELECT 1 FROM article_tombstones WHERE id = :id{event} AND version >= 1) \
-             ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, content = EXCLUDED.content, version = EXCLUDED.version WHERE articles.version <= EXCLUDED.version;\n"
-        ));
+    // The sink applies the records waiting for it in one transaction, one statement per event,
+    // pipelined: the ceiling runs the very same statement (`replica_sink::apply::UPSERT`) for
+    // APPLY_BATCH events per transaction in a pgbench pipeline.
+    let mut upsert = replica_sink::apply::UPSERT.to_owned();
+    // Highest parameter first, so that `$1` does not match the start of `$13`.
+    for (parameter, value) in [
+        (14, "'article.created'"),
+        (13, "md5(random()::text)"),
+        (12, "1"),
+        (11, "NULL"),
+        (10, "now()"),
+        (9, "now()"),
+        (8, "0"),
+        (7, "'draft'"),
+        (6, "'{}'"),
+        (5, "NULL"),
+        (4, "'bench'"),
+        (3, "repeat('x', 300)"),
+        (2, "'bench'"),
+        (1, ":id"),
+    ] {
+        upsert = upsert.replace(&format!("${parameter}"), value);
     }
-    script.push_str("COMMIT;\n");
+    let mut script = String::from("BEGIN;\n\\startpipeline\n");
+    for _ in 0..APPLY_BATCH {
+        script.push_str("\\set id random(100000000, 900000000)\n");
+        script.push_str(&upsert.split_whitespace().collect::<Vec<_>>().join(" "));
+        script.push_str(";\n");
+    }
+    script.push_str("\\endpipeline\nCOMMIT;\n");
     std::fs::write(&apply_script, script)?;
     let sink_ceiling = APPLY_BATCH as f64 * pgbench(stack.db2.port, DB2_NAME, 1, sizes.phase.as_secs(), &apply_script)?;
     // pgbench's rows are not replicas of anything: remove them so DB2 matches DB1 again.
@@ -409,13 +410,35 @@ async fn main() -> anyhow::Result<()> {
         "DELETE FROM articles WHERE id >= 100000000; DELETE FROM processed_events WHERE article_id >= 100000000",
     )
     .await?;
+    // The other side of the sink's ceiling: a bare consumer reading the same topic from the
+    // same broker, doing nothing with the records.
+    let bootstrap = stack.bootstrap_servers();
+    let started = Instant::now();
+    let consumed = tokio::task::spawn_blocking(move || {
+        let mut consumed = 0_u64;
+        shared::kafka::read_to_end(
+            &bootstrap,
+            TOPIC,
+            |_| None,
+            Instant::now() + Duration::from_secs(600),
+            |_| {
+                consumed += 1;
+            },
+        )
+        .map(|_| consumed)
+    })
+    .await??;
+    let bare_consumer_rate = consumed as f64 / started.elapsed().as_secs_f64();
     println!(
-        "sink apply of {backlog_size} events: {sink_rate:>8.0}/s ({sink_time:.1?})   pgbench same SQL ({APPLY_BATCH}/tx): {sink_ceiling:>8.0}/s   ratio {:.2}",
+        "sink apply of {backlog_size} events: {sink_rate:>8.0}/s ({sink_time:.1?})   bare consumer: {bare_consumer_rate:>8.0}/s   ratio {:.2}   pgbench same statement, pipelined ({APPLY_BATCH}/tx): {sink_ceiling:>8.0}/s   ratio {:.2}",
+        sink_rate / bare_consumer_rate,
         sink_rate / sink_ceiling
     );
     results.insert(
         "sink_apply".into(),
-        json!({"events": backlog_size, "sink_per_s": sink_rate, "pgbench_events_per_s": sink_ceiling, "events_per_transaction": APPLY_BATCH, "ratio": sink_rate / sink_ceiling}),
+        json!({"events": backlog_size, "sink_per_s": sink_rate, "bare_consumer_per_s": bare_consumer_rate,
+               "consumer_ratio": sink_rate / bare_consumer_rate, "pgbench_events_per_s": sink_ceiling,
+               "events_per_transaction": APPLY_BATCH, "ratio": sink_rate / sink_ceiling}),
     );
 
     // 4. End-to-end latency at two rates.
@@ -454,6 +477,54 @@ async fn main() -> anyhow::Result<()> {
     println!("results: {}, plot: {}", cli.out.join("results.json").display(), cli.out.join("latency.svg").display());
     stack.shutdown().await;
     Ok(())
+}
+
+/// One outbox row as the relay publishes it.
+#[derive(Debug)]
+struct BacklogRecord {
+    key: String,
+    payload: String,
+    event_id: String,
+    event_type: String,
+}
+
+/// Sends `backlog` to the topic `bench-bare` with an idempotent producer set up like the relay's
+/// (acks=all, linger 5 ms), all in flight at once; returns records acknowledged per second.
+async fn bare_produce(bootstrap_servers: &str, backlog: &[BacklogRecord], headers: bool) -> anyhow::Result<f64> {
+    let producer: FutureProducer = shared::kafka::client_config(bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "200000")
+        .create()?;
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(backlog.len());
+    for record in backlog {
+        let mut message = FutureRecord::to("bench-bare").key(&record.key).payload(&record.payload);
+        if headers {
+            message = message.headers(
+                OwnedHeaders::new()
+                    .insert(Header { key: shared::kafka::EVENT_ID_HEADER, value: Some(&record.event_id) })
+                    .insert(Header { key: shared::kafka::EVENT_TYPE_HEADER, value: Some(&record.event_type) }),
+            );
+        }
+        loop {
+            match producer.send_result(message) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    break;
+                }
+                Err((_, returned)) => {
+                    message = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    for delivery in futures_util_join(deliveries).await {
+        delivery.map_err(|_| anyhow::anyhow!("delivery canceled"))?.map_err(|(error, _)| error)?;
+    }
+    Ok(backlog.len() as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Awaits every delivery, in order.

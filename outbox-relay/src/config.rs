@@ -47,6 +47,10 @@ pub struct RelayConfig {
     /// (plus 2 s) before reading the topic back, so it bounds the takeover time.
     #[arg(long, env = "KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..))]
     pub delivery_timeout_ms: u64,
+    /// Milliseconds the producer waits to fill a request before sending it (Kafka's `linger.ms`):
+    /// lower answers sooner, higher sends fewer, larger requests to the broker.
+    #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub linger_ms: u32,
     /// Name of this relay in `relay_leader.holder` and the logs (default: host name and process id).
     #[arg(long, env = "RELAY_INSTANCE_ID")]
     pub instance_id: Option<String>,

@@ -96,6 +96,7 @@ pub struct RelaySettings {
     pub batch_size: i64,
     pub poll_interval: Duration,
     pub delivery_timeout: Duration,
+    pub linger: Duration,
     /// Names this relay in `relay_leader.holder` and the logs.
     pub instance: String,
 }
@@ -105,7 +106,7 @@ pub fn create_producer(settings: &RelaySettings) -> Result<FutureProducer, Relay
     shared::kafka::client_config(&settings.bootstrap_servers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", settings.linger.as_millis().to_string())
         .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
         .set("queue.buffering.max.messages", "200000")
         .create()

@@ -32,6 +32,7 @@ impl Application {
             batch_size: config.batch_size,
             poll_interval: Duration::from_millis(config.poll_interval_ms),
             delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
+            linger: Duration::from_millis(config.linger_ms.into()),
             instance: config.instance_id.clone().unwrap_or_else(default_instance_id),
         };
         let producer = create_producer(&settings)?;

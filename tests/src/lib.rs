@@ -16,8 +16,40 @@ pub mod workload;
 pub use api_client::ApiClient;
 pub use stack::{Ports, Stack, StackOptions};
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// Lowest port [`free_port`] hands out.
+const LOWEST_TEST_PORT: u16 = 10_000;
+
+/// A TCP port on 127.0.0.1 that is free now, below the kernel's ephemeral range, and not handed
+/// out before by this process.
+///
+/// Below the ephemeral range because that range also supplies the local ports of outgoing
+/// connections, which tests open all the time: a port the OS picked for `bind(0)` and released
+/// could be taken by a client connection before the service bound it, or while a killed service
+/// was down before its restart on the same port.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let ceiling = ephemeral_range_start().unwrap_or(32_768);
+    if ceiling <= LOWEST_TEST_PORT + 1_000 {
+        return os_assigned_port();
+    }
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = fastrand::u16(LOWEST_TEST_PORT..ceiling);
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+}
+
+/// The first port of `net.ipv4.ip_local_port_range`.
+fn ephemeral_range_start() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
+fn os_assigned_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

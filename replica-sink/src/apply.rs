@@ -1,9 +1,10 @@
 //! DB2's tables — `articles`, `processed_events`, `article_tombstones` — and all of their SQL.
 //!
 //! One transaction per batch of events and one statement per event, in order: it records the
-//! event id (a conflict means it was applied before, so nothing else happens) and applies it. Versions make the replica converge whatever the order
-//! events arrive in: an upsert only replaces an older version, a deletion leaves a tombstone that
-//! refuses older upserts, so a stale or replayed event can neither roll back nor resurrect.
+//! event id (a conflict means it was applied before, so nothing else happens) and applies it.
+//! Versions make the replica converge whatever the order events arrive in: an upsert only
+//! replaces an older version, a deletion leaves a tombstone that refuses older upserts, so a stale
+//! or replayed event can neither roll back nor resurrect.
 
 use deadpool_postgres::Transaction;
 use shared::EventType;
@@ -26,7 +27,8 @@ pub enum ApplyOutcome {
 /// event. The statements are pipelined: all are sent before the first answer is awaited, so a
 /// batch costs about one round trip instead of one per event. tokio-postgres sends them in the
 /// order `try_join_all` first polls them, which is the events' order; PostgreSQL runs them one
-/// after the other, each seeing the effects of those before it.
+/// after the other, each seeing the effects of those before it. (DB2's final state would not
+/// depend on that order anyway: versions decide.)
 pub async fn apply_all(
     client: &mut deadpool_postgres::Object,
     events: &[(DecodedEvent, tracing::Span)],

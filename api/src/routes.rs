@@ -14,6 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use deadpool_postgres::Transaction;
 use serde::{Deserialize, Serialize};
+use shared::ops::ProbeAnswer;
 use shared::telemetry::HeaderCarrier;
 use shared::{Article, EventType};
 use tracing::Instrument as _;
@@ -118,9 +119,15 @@ async fn require_token_for_writes(State(state): State<AppState>, request: Reques
     }
 }
 
-/// The `{id}` of `/articles/{id}`: a positive 64-bit integer, else a JSON 400 naming it.
-#[derive(Debug, Clone, Copy)]
-struct ArticleId(i64);
+/// The `{id}` of `/articles/{id}`: a positive 64-bit integer, else a JSON 400 naming it. Also
+/// its OpenAPI description (`params(ArticleId)`).
+#[derive(Debug, Clone, Copy, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ArticleId {
+    /// The article's id.
+    #[param(minimum = 1)]
+    id: i64,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for ArticleId {
     type Rejection = ApiError;
@@ -134,7 +141,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ArticleId {
             .await
             .map_err(|_| invalid("a segment that is not valid percent-encoded UTF-8"))?;
         match raw.parse::<i64>() {
-            Ok(id) if id > 0 => Ok(Self(id)),
+            Ok(id) if id > 0 => Ok(Self { id }),
             _ => Err(invalid(&format!("{raw:?}"))),
         }
     }
@@ -184,10 +191,10 @@ async fn create_article(
     path = "/articles/{id}",
     tag = "articles",
     summary = "One article",
-    params(ArticleIdPath),
+    params(ArticleId),
     responses((status = OK, description = "The article", body = Article), ArticleIdErrors, DatabaseErrors)
 )]
-async fn get_article(State(state): State<AppState>, ArticleId(id): ArticleId) -> Result<Json<Article>, ApiError> {
+async fn get_article(State(state): State<AppState>, ArticleId { id }: ArticleId) -> Result<Json<Article>, ApiError> {
     let client = state.client().await?;
     articles::find(&client, id).await?.map(Json).ok_or(ApiError::ArticleNotFound(id))
 }
@@ -197,7 +204,7 @@ async fn get_article(State(state): State<AppState>, ArticleId(id): ArticleId) ->
     path = "/articles/{id}",
     tag = "articles",
     summary = "Replace an article's fields",
-    params(ArticleIdPath),
+    params(ArticleId),
     request_body = ArticleInput,
     security(("api_token" = [])),
     responses(
@@ -207,7 +214,7 @@ async fn get_article(State(state): State<AppState>, ArticleId(id): ArticleId) ->
 )]
 async fn replace_article(
     State(state): State<AppState>,
-    ArticleId(id): ArticleId,
+    ArticleId { id }: ArticleId,
     body: Result<Json<ArticleInput>, JsonRejection>,
 ) -> Result<Json<Article>, ApiError> {
     let fields = body?.0.validate()?;
@@ -223,7 +230,7 @@ async fn replace_article(
     path = "/articles/{id}",
     tag = "articles",
     summary = "Change some of an article's fields",
-    params(ArticleIdPath),
+    params(ArticleId),
     request_body = ArticlePatch,
     security(("api_token" = [])),
     responses(
@@ -233,7 +240,7 @@ async fn replace_article(
 )]
 async fn patch_article(
     State(state): State<AppState>,
-    ArticleId(id): ArticleId,
+    ArticleId { id }: ArticleId,
     body: Result<Json<ArticlePatch>, JsonRejection>,
 ) -> Result<Json<Article>, ApiError> {
     let patch = body?.0;
@@ -251,14 +258,17 @@ async fn patch_article(
     path = "/articles/{id}/publish",
     tag = "articles",
     summary = "Publish a draft",
-    params(ArticleIdPath),
+    params(ArticleId),
     security(("api_token" = [])),
     responses(
         (status = OK, description = "Published, with its `article.published` event", body = Article),
         ArticleIdErrors, PublishErrors, TokenErrors, DatabaseErrors,
     )
 )]
-async fn publish_article(State(state): State<AppState>, ArticleId(id): ArticleId) -> Result<Json<Article>, ApiError> {
+async fn publish_article(
+    State(state): State<AppState>,
+    ArticleId { id }: ArticleId,
+) -> Result<Json<Article>, ApiError> {
     let mut client = state.client().await?;
     let transaction = client.transaction().await?;
     let Some(article) = articles::publish(&transaction, id).await? else {
@@ -276,29 +286,19 @@ async fn publish_article(State(state): State<AppState>, ArticleId(id): ArticleId
     path = "/articles/{id}",
     tag = "articles",
     summary = "Delete an article",
-    params(ArticleIdPath),
+    params(ArticleId),
     security(("api_token" = [])),
     responses(
         (status = NO_CONTENT, description = "Deleted, with its `article.deleted` event"),
         ArticleIdErrors, TokenErrors, DatabaseErrors,
     )
 )]
-async fn delete_article(State(state): State<AppState>, ArticleId(id): ArticleId) -> Result<StatusCode, ApiError> {
+async fn delete_article(State(state): State<AppState>, ArticleId { id }: ArticleId) -> Result<StatusCode, ApiError> {
     let mut client = state.client().await?;
     let transaction = client.transaction().await?;
     let article = articles::delete(&transaction, id).await?.ok_or(ApiError::ArticleNotFound(id))?;
     commit_with_event(&state, transaction, EventType::Deleted, &article).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The OpenAPI description of [`ArticleId`].
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code, reason = "only its OpenAPI description is used")]
-struct ArticleIdPath {
-    /// The article's id.
-    #[param(minimum = 1)]
-    id: i64,
 }
 
 /// Query of `GET /articles`.
@@ -403,16 +403,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
 )]
 async fn openapi_document() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON.as_str()).into_response()
-}
-
-/// The state of a probe.
-#[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code, reason = "only its OpenAPI description is used")]
-struct ProbeAnswer {
-    /// `ok`, `ready` or `unavailable`.
-    status: String,
-    /// Why the service is not ready.
-    reason: Option<String>,
 }
 
 #[utoipa::path(

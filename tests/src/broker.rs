@@ -1,49 +1,146 @@
-//! The Kafka-protocol broker: nisshi with its durable sqlite storage, so it can be killed and
-//! restarted with its data (see `../shared/notes/toolchain.md`).
+//! The Kafka-protocol broker the tests, the local stack, the chaos script and the benchmark run:
+//! **Apache Kafka** (a single KRaft node, broker and controller in one JVM) by default, and
+//! **nisshi** (an independent implementation in Rust) with `BROKER=nisshi`, so that nothing
+//! silently depends on one broker's behaviour. Both keep their data on disk, so a broker can be
+//! killed and restarted with its log. Kafka writes its log through the page cache without an
+//! fsync per record, as it does in production: a SIGKILL loses no acknowledged record (the kernel
+//! still holds the pages), only a machine losing power would, which replication covers there.
+//!
+//! `scripts/setup.sh` installs both: Kafka's jars from Maven Central into the tool cache
+//! ([`tool_cache`]), nisshi with `cargo install`.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 use crate::process::{ManagedProcess, ProcessSpec, find_program};
 
-/// The storage file, relative to the broker's working directory (nisshi doubles absolute paths).
-const STORAGE_FILE: &str = "broker.db";
+/// The environment variable that picks the broker (`kafka` or `nisshi`).
+pub const BROKER_ENV: &str = "BROKER";
 
-#[derive(Debug)]
-pub struct Broker {
-    pub port: u16,
-    process: ManagedProcess,
-    dir: std::path::PathBuf,
+/// Which broker implementation to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BrokerKind {
+    /// Apache Kafka in KRaft mode, from the jars `scripts/setup.sh` gathered.
+    #[default]
+    Kafka,
+    /// nisshi with its durable sqlite storage.
+    Nisshi,
 }
 
+impl BrokerKind {
+    /// The broker named by `BROKER` (default: Apache Kafka); an unknown name is an error.
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var(BROKER_ENV) {
+            Ok(name) if !name.is_empty() => name.parse(),
+            _ => Ok(Self::default()),
+        }
+    }
+
+    /// The name `BROKER` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kafka => "kafka",
+            Self::Nisshi => "nisshi",
+        }
+    }
+}
+
+impl FromStr for BrokerKind {
+    type Err = anyhow::Error;
+
+    fn from_str(name: &str) -> anyhow::Result<Self> {
+        match name {
+            "kafka" => Ok(Self::Kafka),
+            "nisshi" => Ok(Self::Nisshi),
+            other => bail!("unknown broker {other:?} (BROKER is `kafka`, the default, or `nisshi`)"),
+        }
+    }
+}
+
+impl fmt::Display for BrokerKind {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+/// Where `scripts/setup.sh` keeps what it installs that is not a Debian package or a cargo
+/// binary: `$XDG_CACHE_HOME/blog-outbox` or `~/.cache/blog-outbox`.
+pub fn tool_cache() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("blog-outbox")
+}
+
+/// The folder of Apache Kafka's jars: `KAFKA_LIBS`, or the one `scripts/setup.sh` links as
+/// `kafka/libs` in the tool cache.
+fn kafka_libs() -> anyhow::Result<PathBuf> {
+    let libs = std::env::var_os("KAFKA_LIBS").map_or_else(|| tool_cache().join("kafka").join("libs"), PathBuf::from);
+    if !libs.is_dir() {
+        bail!("Apache Kafka's jars are not in {}: run scripts/setup.sh (or set KAFKA_LIBS)", libs.display());
+    }
+    Ok(libs)
+}
+
+/// The version of the Kafka jars in `libs` (from `kafka_2.13-<version>.jar`).
+fn kafka_version(libs: &Path) -> Option<String> {
+    std::fs::read_dir(libs).ok()?.filter_map(Result::ok).find_map(|entry| {
+        let name = entry.file_name().into_string().ok()?;
+        Some(name.strip_prefix("kafka_2.13-")?.strip_suffix(".jar")?.to_owned())
+    })
+}
+
+/// How to start a broker.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerOptions {
+    pub kind: BrokerKind,
+    /// The client port (Kafka's controller takes another free port).
+    pub port: u16,
+}
+
+/// A running broker, owning its data directory's contents.
+#[derive(Debug)]
+pub struct Broker {
+    pub kind: BrokerKind,
+    pub port: u16,
+    process: ManagedProcess,
+    dir: PathBuf,
+    /// What runs, for messages: "Apache Kafka 4.1.1", "nisshi 0.7.0-pre.2".
+    description: String,
+}
+
+/// nisshi's storage file, relative to its working directory (nisshi doubles absolute paths).
+const NISSHI_STORAGE_FILE: &str = "broker.db";
+
+/// Any valid KRaft cluster id (a base64 UUID); each broker has its own data directory.
+const KAFKA_CLUSTER_ID: &str = "YmxvZy1vdXRib3gtdGVzdA";
+
+/// Partitions of a topic the broker creates on first use: both brokers get the same count, so a
+/// test behaves the same on either (nisshi's own default is 4).
+const DEFAULT_PARTITIONS: u32 = 4;
+
 impl Broker {
-    pub async fn start(dir: &Path, port: u16) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let listener = format!("tcp://127.0.0.1:{port}");
-        let process = ManagedProcess::start(ProcessSpec {
-            name: "broker".to_owned(),
-            program: find_program("nisshi")?,
-            args: [
-                "broker",
-                "--listener-url",
-                &listener,
-                "--advertised-listener-url",
-                &listener,
-                "--storage-engine",
-                &format!("sqlite://{STORAGE_FILE}"),
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            envs: vec![("RUST_LOG".to_owned(), "warn".to_owned())],
-            cwd: Some(dir.to_path_buf()),
-            run_as: None,
-            log: dir.join("broker.log"),
-            stop_signal: "TERM",
-        })?;
-        let broker = Self { port, process, dir: dir.to_path_buf() };
+    /// Starts a broker in `dir` (created if needed; an existing log is kept) and waits until it
+    /// answers metadata requests.
+    pub async fn start(dir: &Path, options: BrokerOptions) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let (spec, description) = match options.kind {
+            BrokerKind::Kafka => {
+                let dir = dir.to_path_buf();
+                tokio::task::spawn_blocking(move || kafka_spec(&dir, options)).await??
+            }
+            BrokerKind::Nisshi => nisshi_spec(dir, options.port)?,
+        };
+        let process = ManagedProcess::start(spec)?;
+        let broker =
+            Self { kind: options.kind, port: options.port, process, dir: dir.to_path_buf(), description };
         broker.wait_until_up().await?;
         Ok(broker)
     }
@@ -52,9 +149,15 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// "Apache Kafka 4.1.1" or "nisshi 0.7.0-pre.2".
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
     async fn wait_until_up(&self) -> anyhow::Result<()> {
         let bootstrap = self.bootstrap_servers();
-        crate::wait::until("the broker to answer metadata requests", Duration::from_secs(30), || {
+        // A JVM starts in seconds, and recovers an unclean log after a kill before it listens.
+        crate::wait::until("the broker to answer metadata requests", Duration::from_secs(90), || {
             let bootstrap = bootstrap.clone();
             async move {
                 tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
@@ -65,35 +168,42 @@ impl Broker {
             }
         })
         .await
-        .with_context(|| format!("broker did not start; its log:\n{}", self.process.log_tail(20)))?;
-        self.index_headers().await
+        .with_context(|| {
+            format!("{} did not start; its log:\n{}", self.description, self.process.log_tail(30))
+        })?;
+        if self.kind == BrokerKind::Nisshi {
+            self.index_nisshi_headers().await?;
+        }
+        Ok(())
     }
 
     /// nisshi's sqlite schema has no index for reading record headers back, which makes every
     /// fetch scan all headers; this adds it (idempotent, survives restarts).
-    async fn index_headers(&self) -> anyhow::Result<()> {
-        let database = self.dir.join(STORAGE_FILE);
+    async fn index_nisshi_headers(&self) -> anyhow::Result<()> {
+        let database = self.dir.join(NISSHI_STORAGE_FILE);
         crate::wait::until("the broker's header table", Duration::from_secs(30), || {
             let database = database.clone();
             async move {
-                let output = std::process::Command::new("sqlite3")
+                let status = tokio::process::Command::new("sqlite3")
                     .arg(&database)
                     .arg("CREATE INDEX IF NOT EXISTS header_topition_offset ON header(topition, offset_id)")
                     .output()
-                    .context("cannot run sqlite3")?;
-                Ok(output.status.success())
+                    .await
+                    .context("cannot run sqlite3")?
+                    .status;
+                Ok(status.success())
             }
         })
         .await
     }
 
-    /// SIGKILL: the broker dies mid-write; its sqlite storage survives.
+    /// SIGKILL: the broker dies mid-write; its log on disk survives.
     pub fn kill(&mut self) {
         self.process.kill();
     }
 
     pub async fn stop(&mut self) {
-        self.process.stop(Duration::from_secs(10)).await;
+        self.process.stop(Duration::from_secs(30)).await;
     }
 
     pub async fn restart(&mut self) -> anyhow::Result<()> {
@@ -109,3 +219,140 @@ impl Broker {
         self.process.is_running()
     }
 }
+
+fn nisshi_spec(dir: &Path, port: u16) -> anyhow::Result<(ProcessSpec, String)> {
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let program = find_program("nisshi")?;
+    let version = std::process::Command::new(&program)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .map_or_else(|| "nisshi".to_owned(), |version| version.trim().to_owned());
+    let spec = ProcessSpec {
+        name: "broker".to_owned(),
+        program,
+        args: [
+            "broker",
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &listener,
+            "--storage-engine",
+            &format!("sqlite://{NISSHI_STORAGE_FILE}"),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        envs: vec![("RUST_LOG".to_owned(), "warn".to_owned())],
+        cwd: Some(dir.to_path_buf()),
+        run_as: None,
+        log: dir.join("broker.log"),
+        stop_signal: "TERM",
+    };
+    Ok((spec, version))
+}
+
+/// Writes the node's configuration, formats its storage the first time (blocking: a JVM runs
+/// `StorageTool`), and returns how to start it.
+fn kafka_spec(dir: &Path, options: BrokerOptions) -> anyhow::Result<(ProcessSpec, String)> {
+    let libs = kafka_libs()?;
+    let description = format!("Apache Kafka {}", kafka_version(&libs).as_deref().unwrap_or("(unknown version)"));
+    let config = dir.join("server.properties");
+    let data = dir.join("data");
+    // The controller's port is chosen once: a restarted node must find its quorum where it was.
+    let controller_port = match std::fs::read_to_string(dir.join("controller.port")) {
+        Ok(port) => port.trim().parse().context("bad controller.port")?,
+        Err(_) => {
+            let port = crate::free_port();
+            std::fs::write(dir.join("controller.port"), port.to_string())?;
+            port
+        }
+    };
+    std::fs::write(&config, kafka_server_properties(&data, options.port, controller_port))?;
+    std::fs::write(dir.join("log4j2.properties"), KAFKA_LOG4J2)?;
+    let java = find_program("java")?;
+    let jvm_args = |heap: &str| {
+        vec![
+            format!("-Xmx{heap}"),
+            "-XX:+UseG1GC".to_owned(),
+            "-Djava.awt.headless=true".to_owned(),
+            format!("-Dlog4j2.configurationFile={}", dir.join("log4j2.properties").display()),
+            "-cp".to_owned(),
+            format!("{}/*", libs.display()),
+        ]
+    };
+    if !data.join("meta.properties").exists() {
+        let output = std::process::Command::new(&java)
+            .args(jvm_args("256m"))
+            .args(["kafka.tools.StorageTool", "format", "--standalone", "--ignore-formatted", "-t", KAFKA_CLUSTER_ID])
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .context("cannot run java (Java 17 or later is needed)")?;
+        if !output.status.success() {
+            bail!(
+                "formatting {description}'s storage failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    let mut args = jvm_args("1g");
+    args.extend(["kafka.Kafka".to_owned(), config.to_string_lossy().into_owned()]);
+    let spec = ProcessSpec {
+        name: "broker".to_owned(),
+        program: java,
+        args,
+        envs: Vec::new(),
+        cwd: Some(dir.to_path_buf()),
+        run_as: None,
+        log: dir.join("broker.log"),
+        stop_signal: "TERM",
+    };
+    Ok((spec, description))
+}
+
+/// A single node that is its own controller, on 127.0.0.1 only, with what tests need: groups
+/// that form at once, internal topics of one partition and one replica (fast to create, enough
+/// for one node), topics created on first use with [`DEFAULT_PARTITIONS`] partitions.
+fn kafka_server_properties(data: &Path, port: u16, controller_port: u16) -> String {
+    format!(
+        "process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data}
+num.partitions={DEFAULT_PARTITIONS}
+auto.create.topics.enable=true
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.segment.bytes=16777216
+num.recovery.threads.per.data.dir=2
+",
+        data = data.display(),
+    )
+}
+
+/// Warnings and errors only, with the start-up banner: the log stays readable in a test report.
+const KAFKA_LOG4J2: &str = "status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.out.ref = out
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = info
+";

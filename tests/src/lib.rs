@@ -1,11 +1,11 @@
-//! The end-to-end harness: real PostgreSQL clusters, the real nisshi broker and the real service
-//! binaries, each on its own free port under its own directory, so tests run in parallel and
-//! leave nothing behind. The same code starts the local stack (`stack` binary) with the seed's
-//! names and ports.
+//! The end-to-end harness: real PostgreSQL clusters, a real broker (Apache Kafka, or nisshi with
+//! `BROKER=nisshi`), Jaeger and the real service binaries, each on its own free port under its own
+//! directory, so tests run in parallel and leave nothing behind. The same code starts the local
+//! stack (`stack` binary) with the seed's names and ports.
 
 pub mod api_client;
 pub mod broker;
-pub mod otelite;
+pub mod jaeger;
 pub mod postgres;
 pub mod process;
 pub mod stack;

@@ -38,6 +38,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "KAFKA_BOOTSTRAP_SERVERS",
     "KAFKA_TOPIC",
     "KAFKA_GROUP_ID",
+    "KAFKA_DLQ_TOPIC",
     "LISTEN_ADDR",
     "STORAGE_ENGINE",
     "LISTENER_URL",
@@ -187,7 +188,8 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Finds `program` on PATH or in ~/.cargo/bin.
+/// Finds `program` on PATH, in ~/.cargo/bin or in the `bin` folder of the tool cache
+/// (`scripts/setup.sh` puts Jaeger there).
 pub fn find_program(program: &str) -> anyhow::Result<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).map(|dir| dir.join(program)).collect())
@@ -195,6 +197,7 @@ pub fn find_program(program: &str) -> anyhow::Result<PathBuf> {
     if let Some(home) = std::env::var_os("HOME") {
         candidates.push(Path::new(&home).join(".cargo/bin").join(program));
     }
+    candidates.push(crate::broker::tool_cache().join("bin").join(program));
     candidates
         .into_iter()
         .find(|candidate| candidate.is_file())

@@ -10,7 +10,7 @@ use shared::config::DatabaseUrl;
 use shared::{Article, article_columns};
 
 use crate::api_client::ApiClient;
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerKind, BrokerOptions};
 use crate::postgres::{PgCluster, PgOptions};
 use crate::process::{ManagedProcess, ProcessSpec, binary};
 
@@ -20,6 +20,10 @@ pub const DB_USER: &str = "bloguser";
 pub const DB_PASSWORD: &str = "blogpass";
 pub const TOPIC: &str = "articles";
 pub const GROUP: &str = "blog-sync-group";
+
+/// The environment variable through which `scripts/test.sh` hands every test the address of the
+/// broker it started for the whole run (see [`StackOptions::shared_broker`]).
+pub const SHARED_BROKER_ENV: &str = "E2E_SHARED_BROKER";
 
 /// Where each part listens.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +62,19 @@ impl Ports {
 pub struct StackOptions {
     pub root: PathBuf,
     pub ports: Ports,
+    /// PostgreSQL with fsync (the local stack, the benchmark); tests run without.
     pub durable: bool,
+    /// Which broker implementation to run (`BROKER`).
+    pub broker: BrokerKind,
+    /// The bootstrap address of a broker shared by the whole test run, started by
+    /// `scripts/test.sh` (`E2E_SHARED_BROKER`): a JVM costs seconds to start, so tests that do
+    /// not kill or pause the broker share one, each with topics and a group of its own. `None`:
+    /// the stack starts a broker of its own (tests that kill it, the local stack, chaos, bench).
+    pub shared_broker: Option<String>,
+    /// The topic the relay publishes to and the sink reads.
+    pub topic: String,
+    /// The sink's consumer group.
+    pub group: String,
     pub rust_log: String,
     /// Extra environment for the relay (e.g. a short delivery timeout in tests).
     pub relay_env: Vec<(String, String)>,
@@ -91,7 +107,9 @@ impl Service {
 pub struct Stack {
     pub db1: PgCluster,
     pub db2: PgCluster,
-    pub broker: Broker,
+    /// The broker this stack started, if it did not use a shared one.
+    broker: Option<Broker>,
+    bootstrap_servers: String,
     api: ManagedProcess,
     relay: ManagedProcess,
     sink: ManagedProcess,
@@ -113,10 +131,17 @@ impl Stack {
     /// Like [`Stack::start_for_test`], with the options adjusted by `configure` first.
     pub async fn start_for_test_configured(configure: impl FnOnce(&mut StackOptions)) -> anyhow::Result<Self> {
         let temp = tempfile::Builder::new().prefix("blog-e2e-").tempdir()?;
+        let shared_broker = std::env::var(SHARED_BROKER_ENV).ok().filter(|bootstrap| !bootstrap.is_empty());
+        // On a shared broker, names of its own keep each test's records and offsets apart.
+        let suffix = if shared_broker.is_some() { format!("-{:08x}", fastrand::u32(..)) } else { String::new() };
         let mut options = StackOptions {
             root: temp.path().to_path_buf(),
             ports: Ports::free(),
             durable: false,
+            broker: BrokerKind::from_env()?,
+            shared_broker,
+            topic: format!("{TOPIC}{suffix}"),
+            group: format!("{GROUP}{suffix}"),
             rust_log: "info".to_owned(),
             relay_env: Vec::new(),
             service_env: Vec::new(),
@@ -133,19 +158,31 @@ impl Stack {
         std::fs::create_dir_all(root.join("logs"))?;
         let pg = PgOptions { durable: options.durable };
         let (db1_dir, db2_dir, broker_dir) = (root.join("db1"), root.join("db2"), root.join("broker"));
+        let broker_options = BrokerOptions { kind: options.broker, port: options.ports.broker };
+        let own_broker = async {
+            match &options.shared_broker {
+                Some(_) => Ok(None),
+                None => Broker::start(&broker_dir, broker_options).await.map(Some),
+            }
+        };
         let (db1, db2, broker) = tokio::try_join!(
             PgCluster::start("db1", &db1_dir, options.ports.db1, pg),
             PgCluster::start("db2", &db2_dir, options.ports.db2, pg),
-            Broker::start(&broker_dir, options.ports.broker),
+            own_broker,
         )?;
+        let bootstrap_servers = match (&broker, &options.shared_broker) {
+            (Some(broker), _) => broker.bootstrap_servers(),
+            (None, shared) => shared.clone().unwrap_or_default(),
+        };
         db1.create_database(DB1_NAME, DB_USER, DB_PASSWORD).await?;
         db2.create_database(DB2_NAME, DB_USER, DB_PASSWORD).await?;
         let start = |service| -> anyhow::Result<ManagedProcess> {
             let port = options.ports.of(service);
-            ManagedProcess::start(service_spec(service, port, service.binary_name(), &options, &db1, &db2, &broker)?)
+            let spec = service_spec(service, port, service.binary_name(), &options, &db1, &db2, &bootstrap_servers)?;
+            ManagedProcess::start(spec)
         };
         let (api, relay, sink) = (start(Service::Api)?, start(Service::Relay)?, start(Service::Sink)?);
-        let stack = Self { db1, db2, broker, api, relay, sink, options, _temp: temp };
+        let stack = Self { db1, db2, broker, bootstrap_servers, api, relay, sink, options, _temp: temp };
         for service in [Service::Api, Service::Relay, Service::Sink] {
             stack.wait_ready(service).await?;
         }
@@ -165,7 +202,33 @@ impl Stack {
     }
 
     pub fn bootstrap_servers(&self) -> String {
-        self.broker.bootstrap_servers()
+        self.bootstrap_servers.clone()
+    }
+
+    /// The topic the relay publishes to.
+    pub fn topic(&self) -> &str {
+        &self.options.topic
+    }
+
+    /// The sink's consumer group.
+    pub fn group(&self) -> &str {
+        &self.options.group
+    }
+
+    /// The sink's dead-letter topic (its default, `<topic>.dlq`).
+    pub fn dlq_topic(&self) -> String {
+        format!("{}.dlq", self.options.topic)
+    }
+
+    /// What broker runs: "Apache Kafka 4.1.1", "nisshi 0.7.0-pre.2", or "shared broker".
+    pub fn broker_description(&self) -> &str {
+        self.broker.as_ref().map_or("shared broker", Broker::description)
+    }
+
+    /// The broker this stack started, to kill or restart it. A stack on the test run's shared
+    /// broker has none: a test that stops the broker sets `shared_broker = None`.
+    pub fn broker_mut(&mut self) -> anyhow::Result<&mut Broker> {
+        self.broker.as_mut().context("this stack uses the shared broker; start it with `shared_broker = None`")
     }
 
     pub fn port(&self, service: Service) -> u16 {
@@ -175,7 +238,8 @@ impl Stack {
     /// Starts one more relay (a standby while the first leads), serving its ops endpoints on
     /// `port`, logging to `logs/<name>.log`; waits until it is ready.
     pub async fn start_extra_relay(&self, name: &str, port: u16) -> anyhow::Result<ManagedProcess> {
-        let spec = service_spec(Service::Relay, port, name, &self.options, &self.db1, &self.db2, &self.broker)?;
+        let spec =
+            service_spec(Service::Relay, port, name, &self.options, &self.db1, &self.db2, &self.bootstrap_servers)?;
         let process = ManagedProcess::start(spec)?;
         let client = ApiClient::new(&format!("http://127.0.0.1:{port}"));
         crate::wait::until(&format!("{name} to be ready"), Duration::from_secs(60), || async {
@@ -281,14 +345,14 @@ impl Stack {
 
     /// Every record on the topic.
     pub async fn topic_records(&self) -> anyhow::Result<Vec<blogctl::Record>> {
-        let bootstrap = self.bootstrap_servers();
-        tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, TOPIC, Duration::from_secs(60))).await?
+        let (bootstrap, topic) = (self.bootstrap_servers(), self.topic().to_owned());
+        tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, &topic, Duration::from_secs(60))).await?
     }
 
     /// The sink group's total lag over all partitions.
     pub async fn consumer_lag(&self) -> anyhow::Result<i64> {
-        let bootstrap = self.bootstrap_servers();
-        let lags = tokio::task::spawn_blocking(move || blogctl::group_lag(&bootstrap, TOPIC, GROUP)).await??;
+        let (bootstrap, topic, group) = (self.bootstrap_servers(), self.topic().to_owned(), self.group().to_owned());
+        let lags = tokio::task::spawn_blocking(move || blogctl::group_lag(&bootstrap, &topic, &group)).await??;
         Ok(lags.iter().map(|lag| lag.lag).sum())
     }
 
@@ -302,9 +366,11 @@ impl Stack {
                 process.restart()?;
             }
         }
-        if !self.broker.is_running() {
+        if let Some(broker) = self.broker.as_mut()
+            && !broker.is_running()
+        {
             eprintln!("[stack] the broker exited; restarting it");
-            self.broker.restart().await?;
+            broker.restart().await?;
         }
         for cluster in [&mut self.db1, &mut self.db2] {
             if !cluster.is_running() {
@@ -318,9 +384,7 @@ impl Stack {
     fn write_pid_files(&self) -> anyhow::Result<()> {
         let dir = self.options.root.join("pids");
         std::fs::create_dir_all(&dir)?;
-        for process in
-            [self.db1.process(), self.db2.process(), self.broker.process(), &self.api, &self.relay, &self.sink]
-        {
+        for process in self.processes() {
             if let Some(pid) = process.pid() {
                 std::fs::write(dir.join(format!("{}.pid", process.name())), pid.to_string())?;
             }
@@ -333,15 +397,24 @@ impl Stack {
         for service in [Service::Api, Service::Relay, Service::Sink] {
             self.stop(service).await;
         }
-        self.broker.stop().await;
+        if let Some(broker) = self.broker.as_mut() {
+            broker.stop().await;
+        }
         self.db1.stop().await;
         self.db2.stop().await;
     }
 
+    /// Every process the stack started.
+    fn processes(&self) -> impl Iterator<Item = &ManagedProcess> {
+        [self.db1.process(), self.db2.process()]
+            .into_iter()
+            .chain(self.broker.as_ref().map(Broker::process))
+            .chain([&self.api, &self.relay, &self.sink])
+    }
+
     /// The log tails of every process, for a failing test's report.
     pub fn log_tails(&self, lines: usize) -> String {
-        [self.db1.process(), self.db2.process(), self.broker.process(), &self.api, &self.relay, &self.sink]
-            .iter()
+        self.processes()
             .map(|process| {
                 format!(
                     "----- {} ({}) -----\n{}",
@@ -372,7 +445,7 @@ fn service_spec(
     options: &StackOptions,
     db1: &PgCluster,
     db2: &PgCluster,
-    broker: &Broker,
+    bootstrap_servers: &str,
 ) -> anyhow::Result<ProcessSpec> {
     let mut envs = vec![
         ("LISTEN_ADDR".to_owned(), format!("127.0.0.1:{port}")),
@@ -391,15 +464,15 @@ fn service_spec(
         Service::Api => envs.push(("DATABASE_URL".to_owned(), db1_url)),
         Service::Relay => {
             envs.push(("DATABASE_URL".to_owned(), db1_url));
-            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), broker.bootstrap_servers()));
-            envs.push(("KAFKA_TOPIC".to_owned(), TOPIC.to_owned()));
+            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
+            envs.push(("KAFKA_TOPIC".to_owned(), options.topic.clone()));
             envs.extend(options.relay_env.iter().cloned());
         }
         Service::Sink => {
             envs.push(("REPLICA_DATABASE_URL".to_owned(), db2.url(DB_USER, DB2_NAME).expose().to_owned()));
-            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), broker.bootstrap_servers()));
-            envs.push(("KAFKA_TOPIC".to_owned(), TOPIC.to_owned()));
-            envs.push(("KAFKA_GROUP_ID".to_owned(), GROUP.to_owned()));
+            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
+            envs.push(("KAFKA_TOPIC".to_owned(), options.topic.clone()));
+            envs.push(("KAFKA_GROUP_ID".to_owned(), options.group.clone()));
         }
     }
     Ok(ProcessSpec {

@@ -77,15 +77,19 @@ async fn relay_killed_at_random_points_publishes_each_change_exactly_once() -> a
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_killed_mid_write_loses_and_duplicates_nothing() -> anyhow::Result<()> {
-    let mut stack = Stack::start_for_test_with(fast_takeover()).await?;
+    let mut stack = Stack::start_for_test_configured(|options| {
+        options.shared_broker = None;
+        options.relay_env = fast_takeover();
+    })
+    .await?;
     let api = stack.api();
     let writes = tokio::spawn(async move { workload::run(&api, 4, 150, Duration::from_millis(15)).await });
     let mut rng = fastrand::Rng::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
-        stack.broker.kill();
+        stack.broker_mut()?.kill();
         tokio::time::sleep(Duration::from_millis(rng.u64(200..1500))).await;
-        stack.broker.restart().await?;
+        stack.broker_mut()?.restart().await?;
     }
     let report = writes.await?;
     let relay = relay_metrics(stack.port(Service::Relay)).await?;

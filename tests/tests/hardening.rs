@@ -127,7 +127,7 @@ async fn poison_goes_to_the_dead_letter_topic_and_good_events_are_applied() -> a
     let producer: FutureProducer =
         shared::kafka::client_config(&stack.bootstrap_servers()).set("acks", "all").create()?;
     for value in &records {
-        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to("articles").key("poison-test").payload(value);
+        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(stack.topic()).key("poison-test").payload(value);
         producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| error)?;
     }
     let db2 = stack.db2_client().await?;
@@ -136,12 +136,12 @@ async fn poison_goes_to_the_dead_letter_topic_and_good_events_are_applied() -> a
         Ok(applied == 2)
     })
     .await?;
-    let bootstrap = stack.bootstrap_servers();
+    let (bootstrap, dlq_topic) = (stack.bootstrap_servers(), stack.dlq_topic());
     let dead = e2e::wait::until_some("five records in the dead-letter topic", TIMEOUT, || {
-        let bootstrap = bootstrap.clone();
+        let (bootstrap, dlq_topic) = (bootstrap.clone(), dlq_topic.clone());
         async move {
             let dead = tokio::task::spawn_blocking(move || {
-                blogctl::read_all(&bootstrap, "articles.dlq", Duration::from_secs(20))
+                blogctl::read_all(&bootstrap, &dlq_topic, Duration::from_secs(20))
             })
             .await??;
             Ok((dead.len() == 5).then_some(dead))
@@ -151,7 +151,7 @@ async fn poison_goes_to_the_dead_letter_topic_and_good_events_are_applied() -> a
     let reasons: Vec<&str> = dead.iter().filter_map(|record| record.header("dlq.reason")).collect();
     assert_eq!(reasons, ["not_utf8", "invalid_event", "invalid_event", "invalid_event", "invalid_event"], "{dead:?}");
     for record in &dead {
-        assert_eq!(record.header("dlq.source.topic"), Some("articles"));
+        assert_eq!(record.header("dlq.source.topic"), Some(stack.topic()));
         assert!(record.header("dlq.source.offset").is_some() && record.header("dlq.error").is_some());
         assert_eq!(record.key.as_deref(), Some("poison-test"));
     }

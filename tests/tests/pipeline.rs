@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use e2e::stack::{GROUP, Service, TOPIC};
+use e2e::stack::Service;
 use e2e::{ApiClient, Stack};
 use md5::{Digest, Md5};
 use reqwest::Method;
@@ -113,7 +113,7 @@ async fn the_same_hand_written_event_twice_is_applied_once() -> anyhow::Result<(
     let stack = Stack::start_for_test().await?;
     let producer = blogctl::producer(&stack.bootstrap_servers())?;
     for _ in 0..2 {
-        blogctl::produce(&producer, TOPIC, None, SEED_EVENT).await?;
+        blogctl::produce(&producer, stack.topic(), None, SEED_EVENT).await?;
     }
     let sink = ApiClient::new(&stack.url(Service::Sink));
     e2e::wait::until("the sink to skip the second copy", SYNC_TIMEOUT, || async {
@@ -162,7 +162,7 @@ async fn stale_replayed_and_post_deletion_events_change_nothing() -> anyhow::Res
         ("7002", event("g0", "article.created", 7002, 1, "resurrected?")),
     ];
     for (key, value) in &events {
-        blogctl::produce(&producer, TOPIC, Some(key), value).await?;
+        blogctl::produce(&producer, stack.topic(), Some(key), value).await?;
     }
     let sink = ApiClient::new(&stack.url(Service::Sink));
     e2e::wait::until("the sink to see all nine events", SYNC_TIMEOUT, || async {
@@ -205,7 +205,7 @@ async fn events_wait_on_the_topic_while_the_sink_is_stopped() -> anyhow::Result<
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
     assert_eq!(db2_count(&stack, "SELECT count(*) FROM articles WHERE author = 'Test'").await?, 5);
     e2e::wait::until("lag back to 0", SYNC_TIMEOUT, || async { Ok(stack.consumer_lag().await? == 0) }).await?;
-    let lags = blogctl::group_lag(&stack.bootstrap_servers(), TOPIC, GROUP)?;
+    let lags = blogctl::group_lag(&stack.bootstrap_servers(), stack.topic(), stack.group())?;
     assert!(lags.iter().all(|lag| lag.lag == 0), "{lags:?}");
     Ok(())
 }
@@ -315,12 +315,16 @@ async fn random_mixed_operations_leave_identical_databases() -> anyhow::Result<(
 /// with deliveries timing out and being retried; once the broker is back every event arrives.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_succeed_while_kafka_is_down_and_arrive_once_it_is_back() -> anyhow::Result<()> {
-    let mut stack = Stack::start_for_test_with(vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "2000".into())]).await?;
+    let mut stack = Stack::start_for_test_configured(|options| {
+        options.shared_broker = None;
+        options.relay_env = vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "2000".into())];
+    })
+    .await?;
     let api = stack.api();
     api.create(&article_body("Before the outage", "ops")).await?;
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
 
-    stack.broker.kill();
+    stack.broker_mut()?.kill();
     let mut created = Vec::new();
     for i in 0..20 {
         created.push(api.create(&article_body(&format!("During the outage {i}"), "ops")).await?.id);
@@ -332,7 +336,7 @@ async fn writes_succeed_while_kafka_is_down_and_arrive_once_it_is_back() -> anyh
     let relay_ready = ApiClient::new(&stack.url(Service::Relay)).request(Method::GET, "/ready", None).await?;
     assert_eq!(relay_ready.0, 503, "the relay reports the broker unavailable: {}", relay_ready.1);
 
-    stack.broker.restart().await?;
+    stack.broker_mut()?.restart().await?;
     let articles = stack.wait_for_replica(SYNC_TIMEOUT).await?;
     assert_eq!(articles.len(), 21);
     let events = topic_events(&stack).await?;

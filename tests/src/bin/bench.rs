@@ -253,8 +253,9 @@ async fn main() -> anyhow::Result<()> {
         Sizes { phase: Duration::from_secs(10), backlog: 100_000, rates: [200, 1000] }
     };
     std::fs::create_dir_all(&cli.out)?;
-    println!("starting the stack (durable PostgreSQL, nisshi with sqlite storage, RUST_LOG=warn) ...");
     let mut stack = Stack::start_for_test_configured(|options| {
+        // Figures of a broker of its own, never of one shared with tests running beside it.
+        options.shared_broker = None;
         options.durable = true;
         options.rust_log = "warn".to_owned();
         options.relay_env = vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "3000".into())];

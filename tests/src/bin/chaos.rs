@@ -103,13 +103,13 @@ impl Victims {
         match self {
             Self::Own(stack) => {
                 match part {
-                    Part::Broker => stack.broker.kill(),
+                    Part::Broker => stack.broker_mut()?.kill(),
                     Part::Relay => stack.kill(Service::Relay),
                     Part::Sink => stack.kill(Service::Sink),
                 }
                 tokio::time::sleep(down_for).await;
                 match part {
-                    Part::Broker => stack.broker.restart().await,
+                    Part::Broker => stack.broker_mut()?.restart().await,
                     Part::Relay => stack.restart(Service::Relay).await,
                     Part::Sink => stack.restart(Service::Sink).await,
                 }
@@ -188,7 +188,12 @@ async fn main() -> anyhow::Result<()> {
         Target::SelfContained => {
             println!("starting a stack of its own ...");
             let mut stack =
-                Stack::start_for_test_with(vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "3000".into())]).await?;
+                Stack::start_for_test_configured(|options| {
+                    // The broker is one of the victims: a broker of its own, never a shared one.
+                    options.shared_broker = None;
+                    options.relay_env = vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "3000".into())];
+                })
+                .await?;
             // Logs are printed below only when the verdict is a failure.
             stack.options.print_logs_on_drop = false;
             let endpoints = Endpoints {

@@ -1,11 +1,14 @@
 //! `stack`: the whole pipeline on this machine without Docker — DB1 and DB2 (PostgreSQL), the
-//! nisshi broker, `api`, `outbox-relay` and `replica-sink` — on the seed's ports, with data kept
-//! under `--dir` between runs. Ctrl-C stops everything cleanly.
+//! broker (Apache Kafka, or nisshi with `--broker nisshi`), Jaeger, `api`, `outbox-relay` and
+//! `replica-sink` — on the seed's ports, with data kept under `--dir` between runs (Jaeger keeps
+//! its traces in memory). Ctrl-C stops everything cleanly.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
+use e2e::broker::BrokerKind;
+use e2e::jaeger::{Jaeger, JaegerPorts};
 use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, GROUP, Service, TOPIC};
 use e2e::{Ports, Stack, StackOptions};
 
@@ -25,6 +28,14 @@ struct Cli {
     /// DB2 port.
     #[arg(long, env = "STACK_DB2_PORT", default_value_t = 5433)]
     db2_port: u16,
+    /// The broker: `kafka` (Apache Kafka) or `nisshi`. Its data lives in `<dir>/broker`; delete
+    /// that folder when switching.
+    #[arg(long, env = "BROKER", default_value = "kafka")]
+    broker: BrokerKind,
+    /// Where the services send their traces. Unset: to the Jaeger the stack starts (OTLP on 4317
+    /// and 4318, query API on 16686); set: to that endpoint, and no Jaeger is started.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Bearer token the API requires for writes (unset: writes are open).
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
@@ -37,14 +48,30 @@ async fn main() -> anyhow::Result<()> {
     let root = cli.dir.canonicalize()?;
     let ports = Ports { db1: cli.db1_port, db2: cli.db2_port, ..Ports::seed() };
     println!("Starting the stack under {} (logs in {}/logs) ...", root.display(), root.display());
+    // The stack passes the OTEL_* variables of its own environment to the services.
+    let mut service_env: Vec<(String, String)> = std::env::vars().filter(|(key, _)| key.starts_with("OTEL_")).collect();
+    let mut jaeger = match cli.otlp_endpoint {
+        Some(_) => None,
+        None => {
+            let jaeger = Jaeger::start(&root.join("jaeger"), JaegerPorts::standard())
+                .await
+                .context("Jaeger did not start (is something else on 4317, 4318 or 16686?)")?;
+            service_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), jaeger.grpc_endpoint()));
+            service_env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(), "grpc".to_owned()));
+            Some(jaeger)
+        }
+    };
     let options = StackOptions {
         root: root.clone(),
         ports,
         durable: true,
+        broker: cli.broker,
+        shared_broker: None,
+        topic: TOPIC.to_owned(),
+        group: GROUP.to_owned(),
         rust_log: cli.rust_log,
         relay_env: Vec::new(),
-        // The stack passes the OTEL_* variables of its own environment to the services.
-        service_env: std::env::vars().filter(|(key, _)| key.starts_with("OTEL_")).collect(),
+        service_env,
         service_env_by_name: cli.api_token.map(|token| (Service::Api, "API_TOKEN".into(), token)).into_iter().collect(),
         print_logs_on_drop: false,
     };
@@ -58,7 +85,8 @@ The stack is up:
   API            http://localhost:{api}/api/v1/articles   (metrics: /api/v1/metrics, OpenAPI: /api/v1/openapi.json)
   outbox-relay   http://localhost:{relay}/metrics   /ready
   replica-sink   http://localhost:{sink}/metrics   /ready
-  Kafka broker   localhost:{broker} (nisshi), topic {TOPIC}, group {GROUP}
+  Kafka broker   localhost:{broker} ({broker_name}), topic {TOPIC}, group {GROUP}
+  traces         {traces}
   DB1            psql postgres://{DB_USER}@localhost:{db1}/{DB1_NAME}
   DB2            psql postgres://{DB_USER}@localhost:{db2}/{DB2_NAME}
   logs           tail -f {logs}/api.log {logs}/outbox-relay.log {logs}/replica-sink.log
@@ -74,6 +102,14 @@ Parts that die are restarted (pid files in {root}/pids). Press Ctrl-C to stop ev
         relay = stack.port(Service::Relay),
         sink = stack.port(Service::Sink),
         broker = ports.broker,
+        broker_name = stack.broker_description(),
+        traces = jaeger.as_ref().map_or_else(
+            || "exported to OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            |jaeger| format!(
+                "Jaeger query API {}/api/traces?service=api (this build serves no UI: see docs/observability.md)",
+                jaeger.query_url().replace("127.0.0.1", "localhost")
+            )
+        ),
         db1 = ports.db1,
         db2 = ports.db2,
         logs = logs.display(),
@@ -89,11 +125,22 @@ Parts that die are restarted (pid files in {root}/pids). Press Ctrl-C to stop ev
                 if let Err(error) = stack.supervise().await {
                     eprintln!("[stack] cannot restart a part: {error:#}");
                 }
+                if let Some(jaeger) = jaeger.as_mut()
+                    && !jaeger.is_running()
+                {
+                    eprintln!("[stack] jaeger exited; restarting it");
+                    if let Err(error) = jaeger.restart() {
+                        eprintln!("[stack] cannot restart jaeger: {error:#}");
+                    }
+                }
             }
         }
     }
     println!("Stopping the stack ...");
     stack.shutdown().await;
+    if let Some(jaeger) = jaeger.as_mut() {
+        jaeger.stop().await;
+    }
     println!("Stopped.");
     Ok(())
 }

@@ -139,8 +139,7 @@ impl Broker {
             BrokerKind::Nisshi => nisshi_spec(dir, options.port)?,
         };
         let process = ManagedProcess::start(spec)?;
-        let broker =
-            Self { kind: options.kind, port: options.port, process, dir: dir.to_path_buf(), description };
+        let broker = Self { kind: options.kind, port: options.port, process, dir: dir.to_path_buf(), description };
         broker.wait_until_up().await?;
         Ok(broker)
     }
@@ -168,9 +167,7 @@ impl Broker {
             }
         })
         .await
-        .with_context(|| {
-            format!("{} did not start; its log:\n{}", self.description, self.process.log_tail(30))
-        })?;
+        .with_context(|| format!("{} did not start; its log:\n{}", self.description, self.process.log_tail(30)))?;
         if self.kind == BrokerKind::Nisshi {
             self.index_nisshi_headers().await?;
         }

@@ -182,7 +182,12 @@ fn spans_of(trace: &Value) -> Vec<Span> {
                 span_id: span["spanID"].as_str().unwrap_or_default().to_owned(),
                 parent_span_id,
                 name: span["operationName"].as_str().unwrap_or_default().to_owned(),
-                service: span["processID"].as_str().and_then(|id| services.get(id)).copied().unwrap_or_default().to_owned(),
+                service: span["processID"]
+                    .as_str()
+                    .and_then(|id| services.get(id))
+                    .copied()
+                    .unwrap_or_default()
+                    .to_owned(),
                 kind: attributes.get("span.kind").cloned().unwrap_or_else(|| "internal".to_owned()),
                 attributes,
             }

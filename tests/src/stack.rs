@@ -406,10 +406,11 @@ impl Stack {
 
     /// Every process the stack started.
     fn processes(&self) -> impl Iterator<Item = &ManagedProcess> {
-        [self.db1.process(), self.db2.process()]
-            .into_iter()
-            .chain(self.broker.as_ref().map(Broker::process))
-            .chain([&self.api, &self.relay, &self.sink])
+        [self.db1.process(), self.db2.process()].into_iter().chain(self.broker.as_ref().map(Broker::process)).chain([
+            &self.api,
+            &self.relay,
+            &self.sink,
+        ])
     }
 
     /// The log tails of every process, for a failing test's report.

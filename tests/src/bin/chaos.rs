@@ -94,6 +94,7 @@ enum Victims {
 struct Endpoints {
     api: String,
     bootstrap: String,
+    topic: String,
     db1: DatabaseUrl,
     db2: DatabaseUrl,
 }
@@ -152,6 +153,7 @@ fn seed_endpoints() -> Endpoints {
     Endpoints {
         api: format!("http://127.0.0.1:{}", ports.api),
         bootstrap: format!("127.0.0.1:{}", ports.broker),
+        topic: TOPIC.to_owned(),
         db1: url(ports.db1, DB1_NAME),
         db2: url(ports.db2, DB2_NAME),
     }
@@ -187,18 +189,19 @@ async fn main() -> anyhow::Result<()> {
     let (mut victims, endpoints) = match cli.target {
         Target::SelfContained => {
             println!("starting a stack of its own ...");
-            let mut stack =
-                Stack::start_for_test_configured(|options| {
-                    // The broker is one of the victims: a broker of its own, never a shared one.
-                    options.shared_broker = None;
-                    options.relay_env = vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "3000".into())];
-                })
-                .await?;
+            let mut stack = Stack::start_for_test_configured(|options| {
+                // The broker is one of the victims: a broker of its own, never a shared one.
+                options.shared_broker = None;
+                options.relay_env = vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "3000".into())];
+            })
+            .await?;
             // Logs are printed below only when the verdict is a failure.
             stack.options.print_logs_on_drop = false;
+            println!("broker: {}", stack.broker_description());
             let endpoints = Endpoints {
                 api: stack.url(Service::Api),
                 bootstrap: stack.bootstrap_servers(),
+                topic: stack.topic().to_owned(),
                 db1: stack.db1_url(),
                 db2: stack.db2_url(),
             };
@@ -247,9 +250,9 @@ async fn main() -> anyhow::Result<()> {
     let report = writes.await?;
     println!("writes done after {:.1} s; waiting for the pipeline to drain ...", started.elapsed().as_secs_f64());
     let drift = wait_drained(&endpoints, Duration::from_secs(180)).await?;
-    let bootstrap = endpoints.bootstrap.clone();
+    let (bootstrap, topic) = (endpoints.bootstrap.clone(), endpoints.topic.clone());
     let records =
-        tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, TOPIC, Duration::from_secs(120))).await??;
+        tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, &topic, Duration::from_secs(120))).await??;
     let topic = check_topic(&records, &report.expected);
     let errors_while_broker_down =
         report.error_times.iter().filter(|at| broker_down.iter().any(|(from, to)| (from..=to).contains(at))).count();

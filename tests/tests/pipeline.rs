@@ -1,5 +1,6 @@
-//! End-to-end tests of the core pipeline on real components: two PostgreSQL clusters, the nisshi
-//! broker and the three service binaries, each test with its own (see `e2e::Stack`). They follow
+//! End-to-end tests of the core pipeline on real components: two PostgreSQL clusters, a broker
+//! (Apache Kafka, or nisshi with `BROKER=nisshi`) and the three service binaries, each test with
+//! its own clusters and services, and its own topics on the run's shared broker (see `e2e::Stack`). They follow
 //! the seed guide's scenarios, then go beyond them (random operations, Kafka down, relay killed).
 
 use std::collections::{HashMap, HashSet};

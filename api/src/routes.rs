@@ -337,7 +337,7 @@ struct ArticlePage {
     get,
     path = "/articles",
     tag = "articles",
-    summary = "List articles, newest first, with filters",
+    summary = "List articles in creation order (ascending id), with filters",
     params(ListParams),
     responses((status = OK, description = "One page of articles", body = ArticlePage), ListErrors, DatabaseErrors)
 )]

@@ -53,8 +53,8 @@ pub struct SinkConfig {
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
     pub db_pool_size: usize,
     /// Longest the broker may hold a fetch that found no new record (librdkafka's
-    /// `fetch.wait.max.ms`). Low keeps latency low on a broker that does not answer a waiting
-    /// fetch as soon as data arrives (nisshi); higher costs the broker fewer empty fetches
+    /// `fetch.wait.max.ms`). Apache Kafka answers a waiting fetch as soon as data arrives, so any
+    /// value has the same latency there; a broker that does not (nisshi) needs a low one
     /// (docs/performance.md measures both).
     #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=30_000))]
     pub kafka_fetch_wait_max_ms: u32,

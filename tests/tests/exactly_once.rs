@@ -5,16 +5,16 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::stack::Service;
+use e2e::stack::{FAST_TAKEOVER, Service};
 use e2e::verify::{TopicReport, check_topic};
 use e2e::workload::{self, WorkloadReport};
 use e2e::{ApiClient, Stack};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A short delivery timeout, so that a relay taking over waits 3 + 2 s rather than 10 + 2 s.
-fn fast_takeover() -> Vec<(String, String)> {
-    vec![("KAFKA_DELIVERY_TIMEOUT_MS".to_owned(), "3000".to_owned())]
+/// A stack whose relays take over quickly ([`FAST_TAKEOVER`]).
+async fn fast_takeover_stack() -> anyhow::Result<Stack> {
+    Stack::start_for_test_configured(|options| options.relay_delivery_timeout = Some(FAST_TAKEOVER)).await
 }
 
 /// Waits for the pipeline to drain, then checks the topic against what the API acknowledged.
@@ -51,7 +51,7 @@ async fn relay_metrics(port: u16) -> anyhow::Result<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn relay_killed_at_random_points_publishes_each_change_exactly_once() -> anyhow::Result<()> {
-    let mut stack = Stack::start_for_test_with(fast_takeover()).await?;
+    let mut stack = fast_takeover_stack().await?;
     let api = stack.api();
     let writes = tokio::spawn(async move { workload::run(&api, 4, 300, Duration::from_millis(15)).await });
     let mut rng = fastrand::Rng::new();
@@ -79,7 +79,7 @@ async fn relay_killed_at_random_points_publishes_each_change_exactly_once() -> a
 async fn broker_killed_mid_write_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     let mut stack = Stack::start_for_test_configured(|options| {
         options.shared_broker = None;
-        options.relay_env = fast_takeover();
+        options.relay_delivery_timeout = Some(FAST_TAKEOVER);
     })
     .await?;
     let api = stack.api();
@@ -100,7 +100,7 @@ async fn broker_killed_mid_write_loses_and_duplicates_nothing() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread")]
 async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing() -> anyhow::Result<()> {
-    let mut stack = Stack::start_for_test_with(fast_takeover()).await?;
+    let mut stack = fast_takeover_stack().await?;
     let (first_port, second_port) = (stack.port(Service::Relay), e2e::free_port());
     let mut second = stack.start_extra_relay("outbox-relay-2", second_port).await?;
     assert_eq!(metric(&relay_metrics(first_port).await?, "outbox_relay_leader"), 1.0, "the first relay leads");
@@ -273,7 +273,7 @@ async fn benchmark_short_mode_produces_results() -> anyhow::Result<()> {
 /// again; nothing is lost or duplicated. The API, stopped last, also exits 0.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_stops_cleanly_and_loses_nothing() -> anyhow::Result<()> {
-    let mut stack = Stack::start_for_test_with(fast_takeover()).await?;
+    let mut stack = fast_takeover_stack().await?;
     let api = stack.api();
     let writes = tokio::spawn(async move { workload::run(&api, 4, 300, Duration::from_millis(10)).await });
     let mut rng = fastrand::Rng::new();

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::Stack;
-use e2e::stack::Service;
+use e2e::stack::{FAST_TAKEOVER, Service};
 use reqwest::Method;
 use serde_json::json;
 
@@ -57,7 +57,8 @@ async fn writes_need_the_token_and_reads_stay_open() -> anyhow::Result<()> {
 /// relay waits; at the end DB2 equals DB1.
 #[tokio::test(flavor = "multi_thread")]
 async fn db1_outage_gives_503s_then_recovers() -> anyhow::Result<()> {
-    let mut stack = Stack::start_for_test_with(vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "3000".into())]).await?;
+    let mut stack =
+        Stack::start_for_test_configured(|options| options.relay_delivery_timeout = Some(FAST_TAKEOVER)).await?;
     let api = stack.api();
     api.create(&body("before")).await?;
     stack.wait_for_replica(TIMEOUT).await?;

@@ -318,7 +318,7 @@ async fn random_mixed_operations_leave_identical_databases() -> anyhow::Result<(
 async fn writes_succeed_while_kafka_is_down_and_arrive_once_it_is_back() -> anyhow::Result<()> {
     let mut stack = Stack::start_for_test_configured(|options| {
         options.shared_broker = None;
-        options.relay_env = vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "2000".into())];
+        options.relay_delivery_timeout = Some(Duration::from_secs(2));
     })
     .await?;
     let api = stack.api();

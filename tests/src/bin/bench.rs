@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use clap::Parser;
-use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, Service};
+use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, FAST_TAKEOVER, Service};
 use e2e::{ApiClient, Stack};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -265,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
         options.shared_broker = None;
         options.durable = true;
         options.rust_log = "warn".to_owned();
-        options.relay_env = vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "3000".into())];
+        options.relay_delivery_timeout = Some(FAST_TAKEOVER);
         options.service_env_by_name = cli
             .sink_fetch_wait_ms
             .map(|wait| (Service::Sink, "KAFKA_FETCH_WAIT_MAX_MS".to_owned(), wait.to_string()))

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
-use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, Service, TOPIC};
+use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, FAST_TAKEOVER, Service, TOPIC};
 use e2e::verify::check_topic;
 use e2e::{ApiClient, Ports, Stack, workload};
 use shared::config::DatabaseUrl;
@@ -192,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
             let mut stack = Stack::start_for_test_configured(|options| {
                 // The broker is one of the victims: a broker of its own, never a shared one.
                 options.shared_broker = None;
-                options.relay_env = vec![("KAFKA_DELIVERY_TIMEOUT_MS".into(), "3000".into())];
+                options.relay_delivery_timeout = Some(FAST_TAKEOVER);
             })
             .await?;
             // Logs are printed below only when the verdict is a failure.

@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
         topic: TOPIC.to_owned(),
         group: GROUP.to_owned(),
         rust_log: cli.rust_log,
-        relay_env: Vec::new(),
+        relay_delivery_timeout: None,
         service_env,
         service_env_by_name: cli.api_token.map(|token| (Service::Api, "API_TOKEN".into(), token)).into_iter().collect(),
         print_logs_on_drop: false,

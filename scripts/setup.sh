@@ -26,6 +26,18 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/blog-outbox"
 
 say() { echo "[setup] $*" >&2; }
 
+# quietly LOG COMMAND...: runs COMMAND with its output in LOG, shown only if it fails (Maven and
+# go print a line per artifact or module they download).
+quietly() {
+    local log="$1"
+    shift
+    if ! "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        say "failed: $* (log above, kept in $log)"
+        exit 1
+    fi
+}
+
 apt_install() {
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -67,8 +79,9 @@ kafka_dir="$cache/kafka-$KAFKA_VERSION"
 if [ ! -f "$kafka_dir/libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
     say "installing the broker: Apache Kafka $KAFKA_VERSION, its jars from Maven Central (first time only; about 10 seconds) ..."
     rm -rf "$kafka_dir.partial"
-    mvn --batch-mode --quiet --file "$project/scripts/kafka/pom.xml" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$kafka_dir.partial/libs"
+    mkdir -p "$cache"
+    quietly "$cache/kafka-$KAFKA_VERSION.log" mvn --batch-mode --file "$project/scripts/kafka/pom.xml" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$kafka_dir.partial/libs"
     rm -rf "$kafka_dir"
     mv "$kafka_dir.partial" "$kafka_dir"
 fi
@@ -79,7 +92,8 @@ if [ ! -x "$jaeger_dir/jaeger" ]; then
     command -v go >/dev/null 2>&1 || { say "Go is needed to build Jaeger (apt-get install golang, or go.dev)"; exit 1; }
     say "installing the trace store: Jaeger $JAEGER_VERSION, built from its Go module (first time only; about 4 minutes) ..."
     mkdir -p "$jaeger_dir"
-    (cd "$project/scripts/jaeger" && go build -o "$jaeger_dir/jaeger.partial" github.com/jaegertracing/jaeger/cmd/jaeger)
+    quietly "$jaeger_dir/build.log" go -C "$project/scripts/jaeger" build -o "$jaeger_dir/jaeger.partial" \
+        github.com/jaegertracing/jaeger/cmd/jaeger
     mv "$jaeger_dir/jaeger.partial" "$jaeger_dir/jaeger"
 fi
 mkdir -p "$cache/bin"

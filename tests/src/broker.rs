@@ -131,13 +131,13 @@ impl Broker {
     /// answers metadata requests.
     pub async fn start(dir: &Path, options: BrokerOptions) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let (spec, description) = match options.kind {
-            BrokerKind::Kafka => {
-                let dir = dir.to_path_buf();
-                tokio::task::spawn_blocking(move || kafka_spec(&dir, options)).await??
-            }
-            BrokerKind::Nisshi => nisshi_spec(dir, options.port)?,
-        };
+        // Both run a program and wait for it (a JVM formatting storage, `nisshi --version`).
+        let spec_dir = dir.to_path_buf();
+        let (spec, description) = tokio::task::spawn_blocking(move || match options.kind {
+            BrokerKind::Kafka => kafka_spec(&spec_dir, options),
+            BrokerKind::Nisshi => nisshi_spec(&spec_dir, options.port),
+        })
+        .await??;
         let process = ManagedProcess::start(spec)?;
         let broker = Self { kind: options.kind, port: options.port, process, dir: dir.to_path_buf(), description };
         broker.wait_until_up().await?;

@@ -50,13 +50,13 @@ impl PgCluster {
             }
         }
         if !data.join("PG_VERSION").exists() {
-            let mut initdb = Command::new(bin.join("initdb"));
+            // initdb takes seconds: awaited, not blocking the runtime the other parts start on.
+            let mut initdb = tokio::process::Command::new(bin.join("initdb"));
             initdb.args(["-D"]).arg(&data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
             if let Some((uid, gid)) = run_as {
-                std::os::unix::process::CommandExt::uid(&mut initdb, uid);
-                std::os::unix::process::CommandExt::gid(&mut initdb, gid);
+                initdb.uid(uid).gid(gid);
             }
-            let output = initdb.output().context("cannot run initdb")?;
+            let output = initdb.output().await.context("cannot run initdb")?;
             if !output.status.success() {
                 bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
             }

@@ -122,7 +122,11 @@ impl ManagedProcess {
     /// exit code of a clean exit.
     pub async fn stop(&mut self, timeout: Duration) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").arg(format!("-{}", self.spec.stop_signal)).arg(child.id().to_string()).status();
+        let _ = tokio::process::Command::new("kill")
+            .arg(format!("-{}", self.spec.stop_signal))
+            .arg(child.id().to_string())
+            .status()
+            .await;
         let deadline = Instant::now() + timeout;
         loop {
             match child.try_wait() {

@@ -1,6 +1,7 @@
 //! Kafka operations the seed guide does with `kafka-console-consumer`, `kafka-console-producer`
-//! and `kafka-consumer-groups`, on rdkafka (Debian's kcat links a librdkafka too old for the local
-//! broker). The `blogctl` binary wraps them; the end-to-end tests use them to inspect the topic.
+//! and `kafka-consumer-groups`, on rdkafka, so that they work on both brokers (Debian's kcat links a
+//! librdkafka too old for nisshi). The `blogctl` binary wraps them; the end-to-end tests use them
+//! to inspect the topic.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -232,4 +233,47 @@ pub fn producer(bootstrap_servers: &str) -> anyhow::Result<FutureProducer> {
         .set("message.timeout.ms", "30000")
         .create()
         .context("cannot create a Kafka producer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Record;
+
+    fn record(value: Option<&[u8]>) -> Record {
+        Record {
+            partition: 2,
+            offset: 41,
+            timestamp_ms: Some(1_733_133_600_000),
+            key: Some("7".to_owned()),
+            headers: vec![
+                ("event_id".to_owned(), "e-1".to_owned()),
+                ("event_type".to_owned(), "article.created".to_owned()),
+            ],
+            value: value.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn headers_are_found_by_name() {
+        let record = record(None);
+        assert_eq!(record.header("event_type"), Some("article.created"));
+        assert_eq!(record.header("traceparent"), None);
+    }
+
+    #[test]
+    fn values_print_as_text_or_null() {
+        assert_eq!(record(Some(br#"{"id":7}"#)).value_text(), r#"{"id":7}"#);
+        assert_eq!(record(None).value_text(), "null");
+        assert_eq!(record(Some(b"\xff ok")).value_text(), "\u{fffd} ok", "bytes that are not UTF-8 do not fail");
+    }
+
+    #[test]
+    fn a_line_shows_position_time_key_headers_and_value_like_the_console_consumer() {
+        assert_eq!(
+            record(Some(b"v")).display_line(),
+            "partition=2 offset=41\tCreateTime:1733133600000\tkey=7\theaders=event_id:e-1,event_type:article.created\tv"
+        );
+        let bare = Record { timestamp_ms: None, key: None, headers: Vec::new(), ..record(None) };
+        assert_eq!(bare.display_line(), "partition=2 offset=41\tCreateTime:-\tkey=null\theaders=\tnull");
+    }
 }

@@ -58,3 +58,67 @@ pub struct RelayConfig {
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 4)]
     pub db_pool_size: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Cli;
+
+    const URL: &str = "postgres://relay:s3cret@db1.example:5432/blogdb";
+
+    fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["outbox-relay", "--database-url", URL].iter().chain(extra))
+    }
+
+    #[test]
+    fn flags_set_every_tuning_value() -> Result<(), clap::Error> {
+        let cli = parse(&[
+            "--kafka-topic",
+            "orders",
+            "--batch-size",
+            "500",
+            "--delivery-timeout-ms",
+            "3000",
+            "--linger-ms",
+            "0",
+            "--instance-id",
+            "relay-a",
+        ])?;
+        let config = cli.config;
+        assert_eq!(config.kafka_topic, "orders");
+        assert_eq!(config.batch_size, 500);
+        assert_eq!(config.delivery_timeout_ms, 3000);
+        assert_eq!(config.linger_ms, 0);
+        assert_eq!(config.instance_id.as_deref(), Some("relay-a"));
+        assert!(cli.command.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_flag_and_the_value() {
+        for (flag, value) in [
+            ("--batch-size", "0"),
+            ("--batch-size", "100001"),
+            ("--delivery-timeout-ms", "999"),
+            ("--poll-interval-ms", "5"),
+        ] {
+            let error = parse(&[flag, value]).err().map(|error| error.to_string()).unwrap_or_default();
+            assert!(error.contains(flag) && error.contains(value), "{flag} {value}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn the_password_never_shows_in_the_parsed_configuration() -> Result<(), clap::Error> {
+        let cli = parse(&[])?;
+        assert!(!format!("{cli:?}").contains("s3cret"), "{cli:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn migrate_is_a_subcommand() -> Result<(), clap::Error> {
+        let cli = Cli::try_parse_from(["outbox-relay", "--database-url", URL, "migrate"])?;
+        assert!(matches!(cli.command, Some(super::Command::Migrate)));
+        Ok(())
+    }
+}

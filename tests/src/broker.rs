@@ -9,7 +9,6 @@
 //! `scripts/setup.sh` installs both: Kafka's jars from Maven Central into the tool cache
 //! ([`tool_cache`]), nisshi with `cargo install`.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -40,14 +39,6 @@ impl BrokerKind {
             _ => Ok(Self::default()),
         }
     }
-
-    /// The name `BROKER` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Kafka => "kafka",
-            Self::Nisshi => "nisshi",
-        }
-    }
 }
 
 impl FromStr for BrokerKind {
@@ -59,12 +50,6 @@ impl FromStr for BrokerKind {
             "nisshi" => Ok(Self::Nisshi),
             other => bail!("unknown broker {other:?} (BROKER is `kafka`, the default, or `nisshi`)"),
         }
-    }
-}
-
-impl fmt::Display for BrokerKind {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(self.name())
     }
 }
 

@@ -130,10 +130,6 @@ impl Jaeger {
             .collect())
     }
 
-    pub fn process(&self) -> &ManagedProcess {
-        &self.process
-    }
-
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
     }

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use e2e::broker::{Broker, BrokerKind, BrokerOptions};
+use e2e::broker::{BROKER_ENV, Broker, BrokerKind, BrokerOptions};
 
 /// Runs one broker (Apache Kafka, or nisshi) on a free port until stopped.
 #[derive(Debug, Parser)]
 #[command(name = "broker", version)]
 struct Cli {
     /// Which broker: `kafka` or `nisshi`.
-    #[arg(long, env = "BROKER", default_value = "kafka")]
+    #[arg(long, env = BROKER_ENV, default_value = "kafka")]
     broker: BrokerKind,
     /// Written with the bootstrap address (`127.0.0.1:PORT`) once the broker answers.
     #[arg(long)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use e2e::broker::BrokerKind;
+use e2e::broker::{BROKER_ENV, BrokerKind};
 use e2e::jaeger::{Jaeger, JaegerPorts};
 use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, GROUP, Service, TOPIC};
 use e2e::{Ports, Stack, StackOptions};
@@ -28,9 +28,9 @@ struct Cli {
     /// DB2 port.
     #[arg(long, env = "STACK_DB2_PORT", default_value_t = 5433)]
     db2_port: u16,
-    /// The broker: `kafka` (Apache Kafka) or `nisshi`. Its data lives in `<dir>/broker`; delete
-    /// that folder when switching.
-    #[arg(long, env = "BROKER", default_value = "kafka")]
+    /// The broker: `kafka` (Apache Kafka) or `nisshi`. Each keeps its own files in `<dir>/broker`,
+    /// so after a switch the topic starts empty while the databases keep their rows.
+    #[arg(long, env = BROKER_ENV, default_value = "kafka")]
     broker: BrokerKind,
     /// Where the services send their traces. Unset: to the Jaeger the stack starts (OTLP on 4317
     /// and 4318, query API on 16686); set: to that endpoint, and no Jaeger is started.

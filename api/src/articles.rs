@@ -2,7 +2,7 @@
 //! handler can add the outbox row to the same transaction before committing.
 
 use deadpool_postgres::{GenericClient, Transaction};
-use shared::{Article, article_columns};
+use events::{Article, article_columns};
 
 use crate::validation::ArticleFields;
 

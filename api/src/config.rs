@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
-use shared::config::{DatabaseUrl, DatabaseUrlParser, Secret};
+use service_kit::config::{DatabaseUrl, DatabaseUrlParser, Secret};
 
 /// Blog articles REST API. Each change writes the article and its event (outbox row) in one DB1
 /// transaction; the outbox relay publishes the events to Kafka.

@@ -5,8 +5,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use shared::db::{error_chain, is_transient};
-use shared::outbox::OutboxError;
+use service_kit::db::{error_chain, is_transient};
 use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +37,8 @@ pub enum ApiError {
     PoolUnavailable(#[from] deadpool_postgres::PoolError),
     #[error("database error")]
     Database(#[from] tokio_postgres::Error),
-    #[error("cannot record the event")]
-    Outbox(#[from] OutboxError),
+    #[error("cannot serialise the event")]
+    Serialize(#[source] serde_json::Error),
 }
 
 impl ApiError {
@@ -53,10 +52,8 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::AlreadyPublished(_) => StatusCode::CONFLICT,
             Self::Starting | Self::Timeout | Self::PoolUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Database(error) | Self::Outbox(OutboxError::Database(error)) if is_transient(error) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::Database(_) | Self::Outbox(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Database(error) if is_transient(error) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) | Self::Serialize(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

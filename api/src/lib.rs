@@ -2,6 +2,8 @@
 //! one outbox row in the same DB1 transaction; the outbox relay publishes the row to Kafka. The
 //! API itself never talks to Kafka, so it keeps answering while the broker is down.
 
+use service_kit::db::MigrationSet;
+
 pub mod articles;
 pub mod config;
 pub mod error;
@@ -9,4 +11,20 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod validation;
+
+mod embedded_migrations {
+    refinery::embed_migrations!("../sql/articles");
+}
+
+/// What the API applies to DB1 before accepting writes: the outbox it writes to, then its own
+/// `articles` table (`sql/articles`), each set with its own history table.
+pub const MIGRATIONS: &[MigrationSet] = &[
+    MigrationSet { name: "outbox", history_table: outbox::HISTORY_TABLE, embedded: outbox::migrations },
+    MigrationSet {
+        name: "articles",
+        history_table: "api_schema_history",
+        embedded: embedded_migrations::migrations::runner,
+    },
+];

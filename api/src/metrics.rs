@@ -1,7 +1,7 @@
 //! The API's Prometheus metrics, served at `GET /api/v1/metrics` (the seed's path).
 
+use events::EventType;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
-use shared::EventType;
 
 #[derive(Debug, Clone)]
 pub struct ApiMetrics {

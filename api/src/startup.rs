@@ -2,44 +2,15 @@
 //! pool without touching the database; `run_until_stopped` applies migrations in the background
 //! (answering 503 until they are in) and serves until the shutdown token is cancelled.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use deadpool_postgres::Pool;
-use shared::db::Schema;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ApiConfig;
-use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
-
-/// What every handler can reach.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub pool: Pool,
-    pub metrics: ApiMetrics,
-    pub request_timeout: Duration,
-    /// Required for writes when set.
-    pub api_token: Option<shared::config::Secret>,
-    schema_ready: Arc<AtomicBool>,
-}
-
-impl AppState {
-    pub fn schema_ready(&self) -> bool {
-        self.schema_ready.load(Ordering::Acquire)
-    }
-
-    /// A pooled DB1 connection, or 503 while the schema is not applied or DB1 is unreachable.
-    pub async fn client(&self) -> Result<deadpool_postgres::Object, ApiError> {
-        if !self.schema_ready() {
-            return Err(ApiError::Starting);
-        }
-        Ok(self.pool.get().await?)
-    }
-}
+use crate::state::AppState;
 
 #[derive(Debug)]
 pub struct Application {
@@ -50,15 +21,15 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
-        let listener = shared::ops::bind(config.listen_addr).await?;
-        let pool = shared::db::pool(&config.database_url, config.db_pool_size).context("cannot create the DB1 pool")?;
-        let state = AppState {
+        let listener = service_kit::ops::bind(config.listen_addr).await?;
+        let pool =
+            service_kit::db::pool(&config.database_url, config.db_pool_size).context("cannot create the DB1 pool")?;
+        let state = AppState::new(
             pool,
-            metrics: ApiMetrics::new().context("cannot register metrics")?,
-            request_timeout: Duration::from_secs(config.request_timeout_secs),
-            api_token: config.api_token.clone(),
-            schema_ready: Arc::new(AtomicBool::new(false)),
-        };
+            ApiMetrics::new().context("cannot register metrics")?,
+            Duration::from_secs(config.request_timeout_secs),
+            config.api_token.clone(),
+        );
         Ok(Self { listener, state, config })
     }
 
@@ -73,16 +44,15 @@ impl Application {
             tracing::warn!("API_TOKEN is not set: writes are open to anyone who can reach the API");
         }
         let migrations = {
-            let (url, schema_ready, shutdown) =
-                (config.database_url.clone(), state.schema_ready.clone(), shutdown.clone());
+            let (url, state, shutdown) = (config.database_url.clone(), state.clone(), shutdown.clone());
             tokio::spawn(async move {
-                if shared::db::migrate_when_available(&url, Schema::Primary, &shutdown).await {
-                    schema_ready.store(true, Ordering::Release);
+                if service_kit::db::migrate_when_available(&url, crate::MIGRATIONS, &shutdown).await {
+                    state.set_schema_ready();
                     tracing::info!("DB1 schema ready, accepting writes");
                 }
             })
         };
-        let served = shared::ops::serve(listener, crate::routes::router(state), shutdown).await;
+        let served = service_kit::ops::serve(listener, crate::routes::router(state), shutdown).await;
         migrations.abort();
         tracing::info!("api stopped");
         served.context("the HTTP server failed")

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use utoipa::openapi::schema::{ArrayBuilder, Object, ObjectBuilder, SchemaType, Type};
 
 use crate::error::ApiError;
-use shared::Article;
+use events::Article;
 
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_AUTHOR_CHARS: usize = 100;

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use kafka_kit::{METADATA_TIMEOUT, client_config};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Headers as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use shared::kafka::{METADATA_TIMEOUT, client_config};
 
 /// One record as read from the topic.
 #[derive(Debug, Clone)]
@@ -84,7 +84,7 @@ fn reader(bootstrap_servers: &str) -> anyhow::Result<BaseConsumer> {
 
 /// The partitions of `topic`, in order.
 pub fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
-    Ok(shared::kafka::topic_partitions(consumer, topic)?)
+    Ok(kafka_kit::topic_partitions(consumer, topic)?)
 }
 
 /// Where `consume` starts.
@@ -153,7 +153,7 @@ pub fn consume(
 /// Every record of `topic` present when called, in partition then offset order.
 pub fn read_all(bootstrap_servers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<Record>> {
     let mut records = Vec::new();
-    shared::kafka::read_to_end(
+    kafka_kit::read_to_end(
         bootstrap_servers,
         topic,
         |_| None,

@@ -60,8 +60,8 @@ pub async fn settle(
         return Err(SettleError::Fenced { mine: epoch, current });
     }
     let deleted = match published {
-        Published::Rows(ids) => shared::outbox::delete_published(&transaction, ids).await?,
-        Published::Events(event_ids) => shared::outbox::delete_by_event_ids(&transaction, event_ids).await?,
+        Published::Rows(ids) => outbox::delete_published(&transaction, ids).await?,
+        Published::Events(event_ids) => outbox::delete_by_event_ids(&transaction, event_ids).await?,
     };
     if !checkpoints.is_empty() {
         let (partitions, offsets): (Vec<i32>, Vec<i64>) = checkpoints.iter().map(|(&p, &o)| (p, o)).unzip();

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
-use shared::config::{DatabaseUrl, DatabaseUrlParser};
+use service_kit::config::{DatabaseUrl, DatabaseUrlParser};
 
 /// Publishes DB1's outbox rows to Kafka, in order, keyed by article id.
 #[derive(Debug, Parser)]

@@ -11,9 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::backoff::Backoff;
-use shared::config::DatabaseUrl;
-use shared::db::error_chain;
+use service_kit::backoff::Backoff;
+use service_kit::config::DatabaseUrl;
+use service_kit::db::error_chain;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,7 @@ impl Leadership {
                 Err(error) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %error_chain(&error), ?delay, "cannot reach DB1 for the leader lock; retrying");
-                    if !shared::shutdown::sleep_unless_cancelled(shutdown, delay).await {
+                    if !service_kit::shutdown::sleep_unless_cancelled(shutdown, delay).await {
                         return None;
                     }
                 }
@@ -63,7 +63,7 @@ impl Leadership {
         shutdown: &CancellationToken,
         announced_standby: &mut bool,
     ) -> Result<Option<Self>, tokio_postgres::Error> {
-        let mut config = shared::db::connection_config(url);
+        let mut config = service_kit::db::connection_config(url);
         config.application_name(LOCK_CONNECTION_NAME).keepalives(true).keepalives_idle(Duration::from_secs(5));
         let (client, connection) = config.connect(NoTls).await?;
         let lost = CancellationToken::new();
@@ -89,7 +89,7 @@ impl Leadership {
                 tracing::info!("another relay holds the leader lock; standing by");
                 *announced_standby = true;
             }
-            if !shared::shutdown::sleep_unless_cancelled(shutdown, RETRY_LOCK_EVERY).await {
+            if !service_kit::shutdown::sleep_unless_cancelled(shutdown, RETRY_LOCK_EVERY).await {
                 connection_task.abort();
                 return Ok(None);
             }

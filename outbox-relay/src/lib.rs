@@ -10,3 +10,11 @@ pub mod listener;
 pub mod metrics;
 pub mod relay;
 pub mod startup;
+
+/// What the relay applies to DB1: the outbox contract's set (the outbox and the relay's own
+/// tables), never a service's tables.
+pub const MIGRATIONS: &[service_kit::db::MigrationSet] = &[service_kit::db::MigrationSet {
+    name: "outbox",
+    history_table: outbox::HISTORY_TABLE,
+    embedded: outbox::migrations,
+}];

@@ -1,6 +1,6 @@
 //! Wakes the relay when the API commits an outbox row.
 //!
-//! A dedicated connection LISTENs on [`shared::outbox::NOTIFY_CHANNEL`] and turns each notification
+//! A dedicated connection LISTENs on [`outbox::NOTIFY_CHANNEL`] and turns each notification
 //! into a permit on a [`Notify`]. The connection is re-opened with backoff when lost, and every
 //! (re)connection also wakes the relay, since notifications sent while disconnected are gone. A
 //! lost notification therefore costs at most one polling interval, never an event.
@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
-use shared::backoff::Backoff;
-use shared::config::DatabaseUrl;
-use shared::db::{DbError, error_chain};
+use service_kit::backoff::Backoff;
+use service_kit::config::DatabaseUrl;
+use service_kit::db::{DbError, error_chain};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ pub async fn listen(url: DatabaseUrl, wake: Arc<Notify>, shutdown: CancellationT
             Err(error) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %error_chain(&error), ?delay, "LISTEN connection lost; polling until it is back");
-                if !shared::shutdown::sleep_unless_cancelled(&shutdown, delay).await {
+                if !service_kit::shutdown::sleep_unless_cancelled(&shutdown, delay).await {
                     break;
                 }
             }
@@ -38,7 +38,7 @@ async fn listen_until_lost(
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), DbError> {
-    let (client, mut connection) = shared::db::connection_config(url)
+    let (client, mut connection) = service_kit::db::connection_config(url)
         .connect(NoTls)
         .await
         .map_err(|source| DbError::Connect { database: url.redacted(), source })?;
@@ -52,8 +52,8 @@ async fn listen_until_lost(
         }
         Ok::<(), tokio_postgres::Error>(())
     });
-    client.batch_execute(&format!("LISTEN {}", shared::outbox::NOTIFY_CHANNEL)).await?;
-    tracing::info!(channel = shared::outbox::NOTIFY_CHANNEL, "listening for outbox notifications");
+    client.batch_execute(&format!("LISTEN {}", outbox::NOTIFY_CHANNEL)).await?;
+    tracing::info!(channel = outbox::NOTIFY_CHANNEL, "listening for outbox notifications");
     backoff.reset();
     wake.notify_one();
     tokio::select! {

@@ -1,7 +1,6 @@
 //! The relay's Prometheus metrics, served at `/metrics`.
 
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use shared::EventType;
 
 #[derive(Debug, Clone)]
 pub struct RelayMetrics {
@@ -56,9 +55,6 @@ impl RelayMetrics {
         registry.register(Box::new(backlog.clone()))?;
         registry.register(Box::new(oldest_age.clone()))?;
         registry.register(Box::new(commit_to_ack.clone()))?;
-        for kind in EventType::ALL {
-            messages_sent.with_label_values(&[kind.as_str()]);
-        }
         Ok(Self {
             registry,
             messages_sent,

@@ -19,14 +19,14 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use deadpool_postgres::Pool;
+use kafka_kit::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, ReadBackError};
+use outbox::{self, OutboxRow};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _, PurgeConfig};
-use shared::backoff::Backoff;
-use shared::config::DatabaseUrl;
-use shared::db::error_chain;
-use shared::kafka::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, ReadBackError};
-use shared::outbox::{self, OutboxRow};
+use service_kit::backoff::Backoff;
+use service_kit::config::DatabaseUrl;
+use service_kit::db::error_chain;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -103,7 +103,7 @@ pub struct RelaySettings {
 
 /// Creates an idempotent producer: a new producer session.
 pub fn create_producer(settings: &RelaySettings) -> Result<FutureProducer, RelayError> {
-    shared::kafka::client_config(&settings.bootstrap_servers)
+    kafka_kit::client_config(&settings.bootstrap_servers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", settings.linger.as_millis().to_string())
@@ -253,7 +253,7 @@ impl Relay {
             (self.settings.bootstrap_servers.clone(), self.settings.topic.clone(), checkpoints.clone());
         let (found, ends, records) = tokio::task::spawn_blocking(move || {
             let (mut found, mut records) = (Vec::new(), 0_u64);
-            let ends = shared::kafka::read_to_end(
+            let ends = kafka_kit::read_to_end(
                 &bootstrap,
                 &topic,
                 |partition| from.get(&partition).copied(),
@@ -261,8 +261,8 @@ impl Relay {
                 |message| {
                     records += 1;
                     // Records without our header (produced by hand) are not ours: ignored.
-                    if let Some(event_id) = shared::kafka::header_str(message, EVENT_ID_HEADER)
-                        .and_then(|value| Uuid::parse_str(value).ok())
+                    if let Some(event_id) =
+                        kafka_kit::header_str(message, EVENT_ID_HEADER).and_then(|value| Uuid::parse_str(value).ok())
                     {
                         found.push(event_id);
                     }
@@ -314,7 +314,7 @@ impl Relay {
             });
             // The record carries the publish span's context; when this relay does not trace, the
             // request's context passes through unchanged.
-            let mut trace_headers = shared::telemetry::context_of(&span);
+            let mut trace_headers = service_kit::telemetry::context_of(&span);
             if trace_headers.is_empty() {
                 trace_headers.clone_from(&row.trace_context);
             }
@@ -446,6 +446,6 @@ fn publish_span(topic: &str, row: &OutboxRow) -> tracing::Span {
         article.id = row.article_id,
         trace_id = tracing::field::Empty,
     );
-    shared::telemetry::continue_trace(&span, &shared::telemetry::MapCarrier(&row.trace_context));
+    service_kit::telemetry::continue_trace(&span, &service_kit::telemetry::MapCarrier(&row.trace_context));
     span
 }

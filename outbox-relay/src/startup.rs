@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::producer::Producer as _;
-use shared::db::Schema;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -18,14 +17,15 @@ pub struct Application {
     listener: TcpListener,
     config: RelayConfig,
     relay: Relay,
-    readiness: shared::ops::ReadinessCheck,
+    readiness: service_kit::ops::ReadinessCheck,
     metrics: RelayMetrics,
 }
 
 impl Application {
     pub async fn build(config: RelayConfig) -> anyhow::Result<Self> {
-        let listener = shared::ops::bind(config.listen_addr).await?;
-        let pool = shared::db::pool(&config.database_url, config.db_pool_size).context("cannot create the DB1 pool")?;
+        let listener = service_kit::ops::bind(config.listen_addr).await?;
+        let pool =
+            service_kit::db::pool(&config.database_url, config.db_pool_size).context("cannot create the DB1 pool")?;
         let settings = RelaySettings {
             bootstrap_servers: config.kafka_bootstrap_servers.clone(),
             topic: config.kafka_topic.clone(),
@@ -39,8 +39,8 @@ impl Application {
         let metrics = RelayMetrics::new().context("cannot register metrics")?;
         let readiness = {
             let (producer, topic) = (producer.clone(), settings.topic.clone());
-            shared::ops::database_and_broker(pool.clone(), move || {
-                shared::kafka::topic_reachable(producer.client(), &topic)
+            service_kit::ops::database_and_broker(pool.clone(), move || {
+                kafka_kit::topic_reachable(producer.client(), &topic)
             })
         };
         let relay = Relay::new(pool, config.database_url.clone(), producer, settings, metrics.clone());
@@ -60,12 +60,12 @@ impl Application {
             topic = %config.kafka_topic,
             "outbox relay starting"
         );
-        let ops = tokio::spawn(shared::ops::serve(
+        let ops = tokio::spawn(service_kit::ops::serve(
             listener,
-            shared::ops::router(metrics.registry.clone(), readiness),
+            service_kit::ops::router(metrics.registry.clone(), readiness),
             shutdown.clone(),
         ));
-        if shared::db::migrate_when_available(&config.database_url, Schema::Primary, &shutdown).await {
+        if service_kit::db::migrate_when_available(&config.database_url, crate::MIGRATIONS, &shutdown).await {
             let listener =
                 tokio::spawn(crate::listener::listen(config.database_url.clone(), relay.wake(), shutdown.clone()));
             relay.run(shutdown.clone()).await;

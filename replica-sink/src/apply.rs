@@ -7,7 +7,7 @@
 //! or replayed event can neither roll back nor resurrect.
 
 use deadpool_postgres::Transaction;
-use shared::EventType;
+use events::EventType;
 use tracing::Instrument as _;
 
 use crate::decode::DecodedEvent;

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
-use shared::config::{DatabaseUrl, DatabaseUrlParser};
+use service_kit::config::{DatabaseUrl, DatabaseUrlParser};
 
 /// Consumes the `articles` topic and applies each event to DB2 (the replica) exactly once.
 #[derive(Debug, Parser)]

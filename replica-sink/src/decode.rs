@@ -3,8 +3,8 @@
 //! The event id is the `event_id` field of the value, else the `event_id` header, else the md5 hex
 //! of the raw value — so the same hand-written event produced twice is recognised as one.
 
+use events::ArticleEvent;
 use md5::{Digest, Md5};
-use shared::ArticleEvent;
 
 /// An event ready to apply.
 #[derive(Debug, Clone)]

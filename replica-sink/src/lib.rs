@@ -2,6 +2,8 @@
 //! event to DB2 exactly once — the event id is recorded in `processed_events` in the same DB2
 //! transaction as its effect, and the consumer offset is stored only after that commit.
 
+use service_kit::db::MigrationSet;
+
 pub mod apply;
 pub mod config;
 pub mod decode;
@@ -9,3 +11,14 @@ pub mod metrics;
 pub mod sink;
 pub mod startup;
 pub mod verify;
+
+mod embedded_migrations {
+    refinery::embed_migrations!("../sql/replica");
+}
+
+/// What the sink applies to DB2 before consuming: `sql/replica`.
+pub const MIGRATIONS: &[MigrationSet] = &[MigrationSet {
+    name: "replica",
+    history_table: "replica_schema_history",
+    embedded: embedded_migrations::migrations::runner,
+}];

@@ -3,14 +3,15 @@
 use clap::Parser;
 use replica_sink::config::{Cli, Command};
 use replica_sink::startup::Application;
-use shared::db::Schema;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _telemetry = shared::telemetry::init("replica-sink");
+    let _telemetry = service_kit::telemetry::init("replica-sink");
     match cli.command {
-        Some(Command::Migrate) => Ok(shared::db::migrate(&cli.config.replica_database_url, Schema::Replica).await?),
+        Some(Command::Migrate) => {
+            Ok(service_kit::db::migrate(&cli.config.replica_database_url, replica_sink::MIGRATIONS).await?)
+        }
         Some(Command::Verify { primary_database_url }) => {
             let drift = replica_sink::verify::compare(&primary_database_url, &cli.config.replica_database_url).await?;
             println!("{drift}");
@@ -21,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             let application = Application::build(cli.config).await?;
-            application.run_until_stopped(shared::shutdown::token_cancelled_on_signal()).await
+            application.run_until_stopped(service_kit::shutdown::token_cancelled_on_signal()).await
         }
     }
 }

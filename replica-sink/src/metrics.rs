@@ -1,7 +1,7 @@
 //! The sink's Prometheus metrics, served at `/metrics`.
 
+use events::EventType;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
-use shared::EventType;
 
 #[derive(Debug, Clone)]
 pub struct SinkMetrics {

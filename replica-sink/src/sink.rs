@@ -11,8 +11,8 @@ use deadpool_postgres::Pool;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use shared::backoff::Backoff;
-use shared::db::{error_chain, is_transient};
+use service_kit::backoff::Backoff;
+use service_kit::db::{error_chain, is_transient};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyOutcome, apply_all};
@@ -67,7 +67,7 @@ impl Sink {
                 Ok(message) => message,
                 Err(error) => {
                     tracing::warn!(%error, "consumer error");
-                    shared::shutdown::sleep_unless_cancelled(&shutdown, Duration::from_millis(200)).await;
+                    service_kit::shutdown::sleep_unless_cancelled(&shutdown, Duration::from_millis(200)).await;
                     continue;
                 }
             };
@@ -104,7 +104,7 @@ impl Sink {
     /// Decodes a record and opens its consumer span, continuing the producer's trace; poison is
     /// counted and skipped here.
     fn open(&self, message: &BorrowedMessage<'_>) -> Result<(DecodedEvent, tracing::Span), Poison> {
-        let header_event_id = shared::kafka::header_str(message, shared::kafka::EVENT_ID_HEADER);
+        let header_event_id = kafka_kit::header_str(message, kafka_kit::EVENT_ID_HEADER);
         let decoded = decode(message.payload(), header_event_id);
         let event_type = decoded.as_ref().map_or("poison", |decoded| decoded.event.event_type.as_str());
         let span = tracing::info_span!(
@@ -122,7 +122,10 @@ impl Sink {
             event_type,
             trace_id = tracing::field::Empty,
         );
-        shared::telemetry::continue_trace(&span, &shared::telemetry::MapCarrier(&shared::kafka::headers_map(message)));
+        service_kit::telemetry::continue_trace(
+            &span,
+            &service_kit::telemetry::MapCarrier(&kafka_kit::headers_map(message)),
+        );
         match decoded {
             Ok(decoded) => {
                 span.record("messaging.message.id", decoded.event_id.as_str());
@@ -209,7 +212,7 @@ impl Sink {
                     Err(ApplyError::Transient(error)) => {
                         let delay = backoff.next_delay();
                         tracing::warn!(error = %error, ?delay, events = chunk.len(), "DB2 unavailable; retrying");
-                        if !shared::shutdown::sleep_unless_cancelled(shutdown, delay).await {
+                        if !service_kit::shutdown::sleep_unless_cancelled(shutdown, delay).await {
                             return Handled::Interrupted;
                         }
                         retry = true;
@@ -304,7 +307,7 @@ impl Sink {
                 Err((error, _)) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(%error, ?delay, "cannot write to the dead-letter topic; retrying");
-                    if !shared::shutdown::sleep_unless_cancelled(shutdown, delay).await {
+                    if !service_kit::shutdown::sleep_unless_cancelled(shutdown, delay).await {
                         return Handled::Interrupted;
                     }
                 }
@@ -337,7 +340,7 @@ const LAG_REFRESH: Duration = Duration::from_secs(5);
 /// Refreshes `sink_consumer_lag` until `shutdown`: per assigned partition, the high watermark
 /// minus the consumer's position.
 pub async fn report_lag(consumer: Arc<StreamConsumer>, metrics: SinkMetrics, shutdown: CancellationToken) {
-    while shared::shutdown::sleep_unless_cancelled(&shutdown, LAG_REFRESH).await {
+    while service_kit::shutdown::sleep_unless_cancelled(&shutdown, LAG_REFRESH).await {
         let (consumer, metrics) = (consumer.clone(), metrics.clone());
         let measured = tokio::task::spawn_blocking(move || -> Result<(), rdkafka::error::KafkaError> {
             let positions = consumer.position()?;

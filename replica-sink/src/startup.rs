@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use shared::db::Schema;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +18,7 @@ pub struct Application {
     config: SinkConfig,
     sink: Sink,
     consumer: Arc<StreamConsumer>,
-    readiness: shared::ops::ReadinessCheck,
+    readiness: service_kit::ops::ReadinessCheck,
     metrics: SinkMetrics,
 }
 
@@ -31,11 +30,11 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     pub async fn build(config: SinkConfig) -> anyhow::Result<Self> {
-        let listener = shared::ops::bind(config.listen_addr).await?;
-        let pool = shared::db::pool(&config.replica_database_url, config.db_pool_size)
+        let listener = service_kit::ops::bind(config.listen_addr).await?;
+        let pool = service_kit::db::pool(&config.replica_database_url, config.db_pool_size)
             .context("cannot create the DB2 pool")?;
         let consumer: Arc<StreamConsumer> = Arc::new(
-            shared::kafka::consumer_config(&config.kafka_bootstrap_servers, &config.kafka_group_id)
+            kafka_kit::consumer_config(&config.kafka_bootstrap_servers, &config.kafka_group_id)
                 .set("fetch.wait.max.ms", config.kafka_fetch_wait_max_ms.to_string())
                 .create()
                 .context("cannot create the Kafka consumer")?,
@@ -43,11 +42,11 @@ impl Application {
         let metrics = SinkMetrics::new().context("cannot register metrics")?;
         let readiness = {
             let (consumer, topic) = (consumer.clone(), config.kafka_topic.clone());
-            shared::ops::database_and_broker(pool.clone(), move || {
-                shared::kafka::topic_reachable(consumer.client(), &topic)
+            service_kit::ops::database_and_broker(pool.clone(), move || {
+                kafka_kit::topic_reachable(consumer.client(), &topic)
             })
         };
-        let dlq = shared::kafka::client_config(&config.kafka_bootstrap_servers)
+        let dlq = kafka_kit::client_config(&config.kafka_bootstrap_servers)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .create()
@@ -71,12 +70,12 @@ impl Application {
             group = %config.kafka_group_id,
             "replica sink starting"
         );
-        let ops = tokio::spawn(shared::ops::serve(
+        let ops = tokio::spawn(service_kit::ops::serve(
             listener,
-            shared::ops::router(metrics.registry.clone(), readiness),
+            service_kit::ops::router(metrics.registry.clone(), readiness),
             shutdown.clone(),
         ));
-        if shared::db::migrate_when_available(&config.replica_database_url, Schema::Replica, &shutdown).await {
+        if service_kit::db::migrate_when_available(&config.replica_database_url, crate::MIGRATIONS, &shutdown).await {
             consumer.subscribe(&[&config.kafka_topic]).context("cannot subscribe")?;
             let lag = tokio::spawn(crate::sink::report_lag(consumer.clone(), metrics.clone(), shutdown.clone()));
             sink.run(shutdown.clone()).await;

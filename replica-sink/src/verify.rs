@@ -7,9 +7,9 @@
 
 use std::collections::VecDeque;
 
+use events::{Article, article_columns};
+use service_kit::config::DatabaseUrl;
 use sha2::{Digest, Sha256};
-use shared::config::DatabaseUrl;
-use shared::{Article, article_columns};
 
 /// Rows read per query.
 const CHUNK: i64 = 5_000;
@@ -62,9 +62,9 @@ struct DigestReader {
 }
 
 impl DigestReader {
-    async fn open(url: &DatabaseUrl) -> Result<Self, shared::db::DbError> {
+    async fn open(url: &DatabaseUrl) -> Result<Self, service_kit::db::DbError> {
         Ok(Self {
-            client: shared::db::connect(url).await?,
+            client: service_kit::db::connect(url).await?,
             after: i64::MIN,
             buffer: VecDeque::new(),
             exhausted: false,
@@ -102,7 +102,7 @@ pub fn digest(article: &Article) -> Result<[u8; 32], serde_json::Error> {
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error(transparent)]
-    Connect(#[from] shared::db::DbError),
+    Connect(#[from] service_kit::db::DbError),
     #[error("query failed")]
     Query(#[from] tokio_postgres::Error),
     #[error("cannot encode an article")]

@@ -1,9 +1,9 @@
 //! Typed requests to the API for tests and tools; each helper checks the status it expects.
 
 use anyhow::{Context as _, bail};
+use events::Article;
 use reqwest::Method;
 use serde_json::Value;
-use shared::Article;
 
 #[derive(Debug, Clone)]
 pub struct ApiClient {

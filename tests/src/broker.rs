@@ -145,7 +145,7 @@ impl Broker {
             let bootstrap = bootstrap.clone();
             async move {
                 tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
-                    let consumer: BaseConsumer = shared::kafka::client_config(&bootstrap).create()?;
+                    let consumer: BaseConsumer = kafka_kit::client_config(&bootstrap).create()?;
                     Ok(consumer.fetch_metadata(None, Duration::from_secs(2)).is_ok())
                 })
                 .await?

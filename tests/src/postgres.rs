@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use shared::config::DatabaseUrl;
+use service_kit::config::DatabaseUrl;
 
 use crate::process::{ManagedProcess, ProcessSpec, running_as_root, user_ids};
 
@@ -95,7 +95,7 @@ impl PgCluster {
     async fn wait_until_up(&self) -> anyhow::Result<()> {
         let url = self.url("postgres", "postgres");
         crate::wait::until(&format!("{} to accept connections", self.name), Duration::from_secs(30), || async {
-            Ok(shared::db::connect(&url).await.is_ok())
+            Ok(service_kit::db::connect(&url).await.is_ok())
         })
         .await
         .with_context(|| format!("{} did not start; its log:\n{}", self.name, self.process.log_tail(20)))
@@ -108,7 +108,7 @@ impl PgCluster {
 
     /// Creates `role` (with `password`) and a database it owns, unless they exist.
     pub async fn create_database(&self, database: &str, role: &str, password: &str) -> anyhow::Result<()> {
-        let admin = shared::db::connect(&self.url("postgres", "postgres")).await?;
+        let admin = service_kit::db::connect(&self.url("postgres", "postgres")).await?;
         let role_exists = admin.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role]).await?.is_some();
         if !role_exists {
             admin.batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")).await?;

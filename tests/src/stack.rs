@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use shared::config::DatabaseUrl;
-use shared::{Article, article_columns};
+use events::{Article, article_columns};
+use service_kit::config::DatabaseUrl;
 
 use crate::api_client::ApiClient;
 use crate::broker::{Broker, BrokerKind, BrokerOptions};
@@ -291,11 +291,11 @@ impl Stack {
     }
 
     pub async fn db1_client(&self) -> anyhow::Result<tokio_postgres::Client> {
-        Ok(shared::db::connect(&self.db1_url()).await?)
+        Ok(service_kit::db::connect(&self.db1_url()).await?)
     }
 
     pub async fn db2_client(&self) -> anyhow::Result<tokio_postgres::Client> {
-        Ok(shared::db::connect(&self.db2_url()).await?)
+        Ok(service_kit::db::connect(&self.db2_url()).await?)
     }
 
     /// Every article of a database, in id order, every column.

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use shared::ArticleEvent;
+use events::ArticleEvent;
 
 /// The verdict on a topic.
 #[derive(Debug, Default, Clone)]
@@ -35,7 +35,7 @@ pub fn check_topic(records: &[blogctl::Record], expected: &BTreeSet<(i64, i64)>)
     let mut seen_ids: HashMap<String, usize> = HashMap::new();
     let mut last_version: BTreeMap<i64, i64> = BTreeMap::new();
     for record in records {
-        let Some(event_id) = record.header(shared::kafka::EVENT_ID_HEADER) else {
+        let Some(event_id) = record.header(kafka_kit::EVENT_ID_HEADER) else {
             continue;
         };
         let Ok(event) = serde_json::from_slice::<ArticleEvent>(record.value.as_deref().unwrap_or_default()) else {

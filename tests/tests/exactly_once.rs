@@ -305,7 +305,7 @@ fn read_partition_zero(bootstrap: &str, topic: &str, isolation: &str) -> anyhow:
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     use rdkafka::message::Message as _;
     use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = shared::kafka::client_config(bootstrap)
+    let consumer: BaseConsumer = kafka_kit::client_config(bootstrap)
         .set("group.id", "transactions-test-reader")
         .set("enable.auto.commit", "false")
         .set("isolation.level", isolation)
@@ -345,8 +345,7 @@ async fn read_committed_hides_aborted_transactions_and_a_newer_producer_fences_t
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let timeout = Duration::from_secs(30);
         let transactional = |id: &str| -> anyhow::Result<BaseProducer> {
-            let producer: BaseProducer =
-                shared::kafka::client_config(&bootstrap).set("transactional.id", id).create()?;
+            let producer: BaseProducer = kafka_kit::client_config(&bootstrap).set("transactional.id", id).create()?;
             producer.init_transactions(timeout)?;
             Ok(producer)
         };

@@ -125,8 +125,7 @@ async fn poison_goes_to_the_dead_letter_topic_and_good_events_are_applied() -> a
         String::from_utf8(good(7004))?.replace(r#""id":7004"#, r#""id":"seven""#).into_bytes(),
         good(7005),
     ];
-    let producer: FutureProducer =
-        shared::kafka::client_config(&stack.bootstrap_servers()).set("acks", "all").create()?;
+    let producer: FutureProducer = kafka_kit::client_config(&stack.bootstrap_servers()).set("acks", "all").create()?;
     for value in &records {
         let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(stack.topic()).key("poison-test").payload(value);
         producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| error)?;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use e2e::stack::Service;
 use e2e::{ApiClient, Stack};
+use events::{ArticleEvent, ArticleStatus, EventType};
 use md5::{Digest, Md5};
 use reqwest::Method;
 use serde_json::json;
-use shared::{ArticleEvent, ArticleStatus, EventType};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(90);
 

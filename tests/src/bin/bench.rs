@@ -435,7 +435,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let consumed = tokio::task::spawn_blocking(move || {
         let mut consumed = 0_u64;
-        shared::kafka::read_to_end(
+        kafka_kit::read_to_end(
             &bootstrap,
             &topic,
             |_| None,
@@ -515,7 +515,7 @@ struct BacklogRecord {
 /// Sends `backlog` to the topic `bench-bare` with an idempotent producer set up like the relay's
 /// (acks=all, linger 5 ms), all in flight at once; returns records acknowledged per second.
 async fn bare_produce(bootstrap_servers: &str, backlog: &[BacklogRecord], headers: bool) -> anyhow::Result<f64> {
-    let producer: FutureProducer = shared::kafka::client_config(bootstrap_servers)
+    let producer: FutureProducer = kafka_kit::client_config(bootstrap_servers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -528,8 +528,8 @@ async fn bare_produce(bootstrap_servers: &str, backlog: &[BacklogRecord], header
         if headers {
             message = message.headers(
                 OwnedHeaders::new()
-                    .insert(Header { key: shared::kafka::EVENT_ID_HEADER, value: Some(&record.event_id) })
-                    .insert(Header { key: shared::kafka::EVENT_TYPE_HEADER, value: Some(&record.event_type) }),
+                    .insert(Header { key: kafka_kit::EVENT_ID_HEADER, value: Some(&record.event_id) })
+                    .insert(Header { key: kafka_kit::EVENT_TYPE_HEADER, value: Some(&record.event_type) }),
             );
         }
         loop {

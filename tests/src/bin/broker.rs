@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let ready = cli.ready_file.with_extension("tmp");
     std::fs::write(&ready, broker.bootstrap_servers())?;
     std::fs::rename(&ready, &cli.ready_file).with_context(|| format!("cannot write {}", cli.ready_file.display()))?;
-    shared::shutdown::signal().await;
+    service_kit::shutdown::signal().await;
     broker.stop().await;
     Ok(())
 }

@@ -17,7 +17,7 @@ use clap::{Parser, ValueEnum};
 use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, FAST_TAKEOVER, Service, TOPIC};
 use e2e::verify::check_topic;
 use e2e::{ApiClient, Ports, Stack, workload};
-use shared::config::DatabaseUrl;
+use service_kit::config::DatabaseUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Target {
@@ -163,7 +163,7 @@ fn seed_endpoints() -> Endpoints {
 async fn wait_drained(endpoints: &Endpoints, timeout: Duration) -> anyhow::Result<replica_sink::verify::Drift> {
     let deadline = Instant::now() + timeout;
     loop {
-        let backlog: i64 = match shared::db::connect(&endpoints.db1).await {
+        let backlog: i64 = match service_kit::db::connect(&endpoints.db1).await {
             Ok(client) => client.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0),
             Err(_) => i64::MAX,
         };

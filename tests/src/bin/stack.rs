@@ -116,7 +116,7 @@ Parts that die are restarted (pid files in {root}/pids). Press Ctrl-C to stop ev
         root = root.display(),
     );
     let mut stack = stack;
-    let stop = shared::shutdown::signal();
+    let stop = service_kit::shutdown::signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {

@@ -70,7 +70,7 @@ pub fn init(default_service_name: &str) -> TelemetryGuard {
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(default_service_name.to_owned())));
     let _ = tracing_subscriber::registry().with(fmt_layer).with(otel_layer).with(filter).try_init();
     if let Some(error) = export_error {
-        tracing::warn!(%error, "traces will not be exported");
+        tracing::warn!(error = %crate::db::error_chain(&error), "traces will not be exported");
     } else if provider.is_some() {
         tracing::info!(
             endpoint = %std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default(),
@@ -81,12 +81,23 @@ pub fn init(default_service_name: &str) -> TelemetryGuard {
     TelemetryGuard { provider }
 }
 
+/// Why traces cannot be exported (logging works regardless).
+#[derive(Debug, thiserror::Error)]
+enum ExportError {
+    #[error("unsupported OTEL_EXPORTER_OTLP_PROTOCOL {0:?} (supported: grpc, http/protobuf)")]
+    UnsupportedProtocol(String),
+    #[error("cannot start the OTLP export runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot build the OTLP exporter")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
 fn otlp_protocol() -> String {
     std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|_| "grpc".to_owned())
 }
 
 /// The tracer provider for the `OTEL_*` variables, or `None` when no endpoint is set.
-fn tracer_provider(default_service_name: &str) -> Result<Option<SdkTracerProvider>, String> {
+fn tracer_provider(default_service_name: &str) -> Result<Option<SdkTracerProvider>, ExportError> {
     if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").map_or(true, |endpoint| endpoint.trim().is_empty()) {
         return Ok(None);
     }
@@ -100,15 +111,10 @@ fn tracer_provider(default_service_name: &str) -> Result<Option<SdkTracerProvide
         "grpc" => builder.with_batch_exporter(GrpcOnOwnRuntime::build()?).build(),
         "http/protobuf" => {
             // The blocking HTTP client works on the batch processor's plain thread.
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .build()
-                .map_err(|error| format!("cannot build the OTLP/HTTP exporter: {error}"))?;
+            let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
             builder.with_batch_exporter(exporter).build()
         }
-        other => {
-            return Err(format!("unsupported OTEL_EXPORTER_OTLP_PROTOCOL {other:?} (supported: grpc, http/protobuf)"));
-        }
+        other => return Err(ExportError::UnsupportedProtocol(other.to_owned())),
     };
     Ok(Some(provider))
 }
@@ -122,19 +128,16 @@ struct GrpcOnOwnRuntime {
 }
 
 impl GrpcOnOwnRuntime {
-    fn build() -> Result<Self, String> {
+    fn build() -> Result<Self, ExportError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-export")
             .enable_all()
             .build()
-            .map_err(|error| format!("cannot start the OTLP export runtime: {error}"))?;
+            .map_err(ExportError::Runtime)?;
         let inner = {
             let _context = runtime.enter();
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build()
-                .map_err(|error| format!("cannot build the OTLP/gRPC exporter: {error}"))?
+            opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?
         };
         Ok(Self { inner, runtime: Arc::new(runtime) })
     }

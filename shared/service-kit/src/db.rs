@@ -1,8 +1,10 @@
 //! Database plumbing: connection pools, migrations and the transient/permanent split of errors.
 //!
-//! Migrations are refinery files in `sql/db1` and `sql/db2`, embedded in the binaries. Every
-//! service applies its database's migrations at start-up; two processes starting at once are
-//! serialised by a PostgreSQL advisory lock taken on the migrating connection.
+//! Migrations are refinery files under `sql/`, one directory per set, each embedded by the crate
+//! that owns it (`outbox` for `sql/outbox`, the API for `sql/articles`, the sink for `sql/replica`)
+//! and recorded in that set's own history table, so sets sharing a database never see each
+//! other's versions. Every service applies the sets it uses at start-up; processes starting at
+//! once are serialised by a PostgreSQL advisory lock taken on the migrating connection.
 
 use std::time::Duration;
 
@@ -14,39 +16,27 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::DatabaseUrl;
 
-mod embedded_db1 {
-    refinery::embed_migrations!("../sql/db1");
+/// A set of migrations one crate owns, applied in the order given to [`migrate`].
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationSet {
+    /// Names the set in logs.
+    pub name: &'static str,
+    /// The table that records this set's versions, and no other set's.
+    pub history_table: &'static str,
+    /// The runner `refinery::embed_migrations!` generated for the set's directory.
+    pub embedded: fn() -> refinery::Runner,
 }
 
-mod embedded_db2 {
-    refinery::embed_migrations!("../sql/db2");
-}
-
-/// Which database's schema to apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schema {
-    /// DB1: articles and the outbox (owned by the API and the relay).
-    Primary,
-    /// DB2: the replica's articles, `processed_events` and tombstones (owned by the sink).
-    Replica,
-}
-
-impl Schema {
-    fn runner(self) -> refinery::Runner {
-        match self {
-            Self::Primary => embedded_db1::migrations::runner(),
-            Self::Replica => embedded_db2::migrations::runner(),
-        }
-    }
-
-    /// Arbitrary constant key of the advisory lock that serialises migrations.
-    fn lock_key(self) -> i64 {
-        match self {
-            Self::Primary => 0x626c_6f67_0001,
-            Self::Replica => 0x626c_6f67_0002,
-        }
+impl MigrationSet {
+    fn runner(&self) -> refinery::Runner {
+        let mut runner = (self.embedded)();
+        runner.set_migration_table_name(self.history_table);
+        runner
     }
 }
+
+/// Arbitrary constant key of the advisory lock that serialises migrations within one database.
+const MIGRATION_LOCK_KEY: i64 = 0x626c_6f67_0001;
 
 /// Errors of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +49,12 @@ pub enum DbError {
     },
     #[error("database query failed")]
     Query(#[from] tokio_postgres::Error),
-    #[error("migration failed")]
-    Migration(#[from] refinery::Error),
+    #[error("migration set {set} failed")]
+    Migration {
+        set: &'static str,
+        #[source]
+        source: refinery::Error,
+    },
     #[error("cannot build the connection pool")]
     Pool(#[from] deadpool_postgres::BuildError),
 }
@@ -102,27 +96,35 @@ pub async fn connect(url: &DatabaseUrl) -> Result<tokio_postgres::Client, DbErro
     Ok(client)
 }
 
-/// Applies the embedded migrations of `schema`, holding an advisory lock so that concurrent
-/// starters apply them once.
-pub async fn migrate(url: &DatabaseUrl, schema: Schema) -> Result<(), DbError> {
+/// Applies `sets` in order, holding an advisory lock so that concurrent starters apply them once.
+pub async fn migrate(url: &DatabaseUrl, sets: &[MigrationSet]) -> Result<(), DbError> {
     let mut client = connect(url).await?;
-    client.execute("SELECT pg_advisory_lock($1)", &[&schema.lock_key()]).await?;
-    let report = schema.runner().run_async(&mut client).await;
-    // The lock also goes with the connection; unlocking explicitly just frees it sooner.
-    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&schema.lock_key()]).await;
-    let report = report?;
-    for migration in report.applied_migrations() {
-        tracing::info!(migration = %migration, "applied migration");
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    let mut result = Ok(());
+    for set in sets {
+        match set.runner().run_async(&mut client).await {
+            Ok(report) => {
+                for migration in report.applied_migrations() {
+                    tracing::info!(set = set.name, migration = %migration, "applied migration");
+                }
+            }
+            Err(source) => {
+                result = Err(DbError::Migration { set: set.name, source });
+                break;
+            }
+        }
     }
-    Ok(())
+    // The lock also goes with the connection; unlocking explicitly just frees it sooner.
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await;
+    result
 }
 
 /// Retries [`migrate`] with capped backoff until it succeeds; returns false if cancelled first.
 /// Services call this at start-up so that they may start before their database.
-pub async fn migrate_when_available(url: &DatabaseUrl, schema: Schema, shutdown: &CancellationToken) -> bool {
+pub async fn migrate_when_available(url: &DatabaseUrl, sets: &[MigrationSet], shutdown: &CancellationToken) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        match migrate(url, schema).await {
+        match migrate(url, sets).await {
             Ok(()) => return true,
             Err(error) => {
                 let delay = backoff.next_delay();

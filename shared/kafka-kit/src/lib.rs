@@ -1,5 +1,5 @@
-//! Kafka client settings shared by the relay, the sink and `blogctl`, and the record headers
-//! the pipeline writes.
+//! Kafka client settings shared by the relay, the sink and `blogctl`, the record headers the
+//! pipeline writes, and reading a topic to its end (the relay's read-back, `blogctl consume`).
 
 use std::time::Duration;
 
@@ -65,11 +65,8 @@ pub fn header_str<'a, M: Message>(message: &'a M, name: &str) -> Option<&'a str>
 pub fn topic_reachable<C: rdkafka::client::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
-) -> Result<(), String> {
-    client
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map(|_| ())
-        .map_err(|error| format!("broker unavailable: {error}"))
+) -> Result<(), rdkafka::error::KafkaError> {
+    client.fetch_metadata(Some(topic), METADATA_TIMEOUT).map(|_| ())
 }
 
 /// Why reading a topic back failed.
@@ -77,8 +74,10 @@ pub fn topic_reachable<C: rdkafka::client::ClientContext>(
 pub enum ReadBackError {
     #[error("Kafka error")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("topic {topic}: {reason}")]
-    Topic { topic: String, reason: String },
+    #[error("the broker sent no metadata for topic {0}")]
+    NoMetadata(String),
+    #[error("topic {topic}: the broker answers {error:?}")]
+    Topic { topic: String, error: rdkafka::types::RDKafkaRespErr },
     #[error("topic {0} does not exist")]
     UnknownTopic(String),
     #[error("timed out before reaching the end of partitions {partitions:?}")]
@@ -93,15 +92,12 @@ pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
 ) -> Result<Vec<i32>, ReadBackError> {
     use rdkafka::consumer::Consumer as _;
     let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-    let topic_metadata = metadata
-        .topics()
-        .first()
-        .ok_or_else(|| ReadBackError::Topic { topic: topic.to_owned(), reason: "no metadata".to_owned() })?;
+    let topic_metadata = metadata.topics().first().ok_or_else(|| ReadBackError::NoMetadata(topic.to_owned()))?;
     if let Some(error) = topic_metadata.error() {
         if error == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART {
             return Err(ReadBackError::UnknownTopic(topic.to_owned()));
         }
-        return Err(ReadBackError::Topic { topic: topic.to_owned(), reason: format!("{error:?}") });
+        return Err(ReadBackError::Topic { topic: topic.to_owned(), error });
     }
     let mut partitions: Vec<i32> = topic_metadata.partitions().iter().map(|partition| partition.id()).collect();
     partitions.sort_unstable();

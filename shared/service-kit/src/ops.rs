@@ -13,16 +13,31 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Why a service is not ready; `/ready` answers 503 with this error's chain as `reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("database schema not applied yet")]
+    SchemaPending,
+    #[error("database unavailable")]
+    DatabasePool(#[from] deadpool_postgres::PoolError),
+    #[error("database unavailable")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("broker unavailable")]
+    Broker(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the readiness check did not finish")]
+    Check(#[from] tokio::task::JoinError),
+}
+
 /// Checks that a service's dependencies answer; `Err` says which one does not.
 #[derive(Clone)]
-pub struct ReadinessCheck(Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>);
+pub struct ReadinessCheck(Arc<dyn Fn() -> BoxFuture<'static, Result<(), NotReady>> + Send + Sync>);
 
 impl ReadinessCheck {
-    pub fn new(check: impl Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static) -> Self {
+    pub fn new(check: impl Fn() -> BoxFuture<'static, Result<(), NotReady>> + Send + Sync + 'static) -> Self {
         Self(Arc::new(check))
     }
 
-    pub async fn check(&self) -> Result<(), String> {
+    pub async fn check(&self) -> Result<(), NotReady> {
         (self.0)().await
     }
 }
@@ -69,12 +84,12 @@ async fn readiness(State(state): State<OpsState>) -> Response {
 }
 
 /// The `/ready` answer for a readiness result: 200, or 503 naming what is unavailable.
-pub fn readiness_response(result: Result<(), String>) -> Response {
+pub fn readiness_response(result: Result<(), NotReady>) -> Response {
     match result {
         Ok(()) => axum::Json(ProbeAnswer { status: "ready", reason: None }).into_response(),
-        Err(reason) => {
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(ProbeAnswer { status: "unavailable", reason: Some(reason) }))
-                .into_response()
+        Err(not_ready) => {
+            let reason = Some(crate::db::error_chain(&not_ready));
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(ProbeAnswer { status: "unavailable", reason })).into_response()
         }
     }
 }
@@ -107,24 +122,23 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// A readiness check that runs `SELECT 1` on a pooled connection.
-pub async fn database_answers(pool: &deadpool_postgres::Pool) -> Result<(), String> {
-    let client = pool.get().await.map_err(|error| format!("database unavailable: {error}"))?;
-    client.simple_query("SELECT 1").await.map_err(|error| format!("database unavailable: {error}"))?;
+pub async fn database_answers(pool: &deadpool_postgres::Pool) -> Result<(), NotReady> {
+    pool.get().await?.simple_query("SELECT 1").await?;
     Ok(())
 }
 
 /// The readiness of a service that needs its database and the broker: `SELECT 1` on a pooled
 /// connection, then `broker_probe` (a blocking metadata request) on a blocking thread.
-pub fn database_and_broker(
+pub fn database_and_broker<E: std::error::Error + Send + Sync + 'static>(
     pool: deadpool_postgres::Pool,
-    broker_probe: impl Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
+    broker_probe: impl Fn() -> Result<(), E> + Clone + Send + Sync + 'static,
 ) -> ReadinessCheck {
     use futures_util::FutureExt as _;
     ReadinessCheck::new(move || {
         let (pool, broker_probe) = (pool.clone(), broker_probe.clone());
         async move {
             database_answers(&pool).await?;
-            tokio::task::spawn_blocking(broker_probe).await.map_err(|error| error.to_string())?
+            tokio::task::spawn_blocking(broker_probe).await?.map_err(|error| NotReady::Broker(Box::new(error)))
         }
         .boxed()
     })

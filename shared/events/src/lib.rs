@@ -65,8 +65,8 @@ fn default_status() -> ArticleStatus {
     ArticleStatus::Draft
 }
 
-/// The columns of `articles`, in the order [`Article::from_row`] reads them, as a literal for
-/// `concat!`. Both databases share this layout, so every query returning articles selects it.
+/// The columns of `articles` that [`Article::from_row`] reads, as a literal for `concat!`. Both
+/// databases share this layout, so every query returning articles selects it.
 #[macro_export]
 macro_rules! article_columns {
     () => {
@@ -74,25 +74,26 @@ macro_rules! article_columns {
     };
 }
 
+#[cfg(feature = "postgres")]
 impl Article {
-    /// Reads a row selected with [`article_columns!`].
+    /// Reads a row selected with [`article_columns!`], by column name.
     pub fn from_row(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
-        let status: String = row.try_get(6)?;
+        let status: String = row.try_get("status")?;
         Ok(Self {
-            id: row.try_get(0)?,
-            title: row.try_get(1)?,
-            content: row.try_get(2)?,
-            author: row.try_get(3)?,
-            category: row.try_get(4)?,
-            tags: row.try_get(5)?,
+            id: row.try_get("id")?,
+            title: row.try_get("title")?,
+            content: row.try_get("content")?,
+            author: row.try_get("author")?,
+            category: row.try_get("category")?,
+            tags: row.try_get("tags")?,
             // The CHECK constraint in DB1 only admits the two values; anything else in a replica
             // written by hand reads as a draft rather than failing the whole query.
             status: ArticleStatus::parse(&status).unwrap_or(ArticleStatus::Draft),
-            views_count: row.try_get(7)?,
-            created_at: row.try_get(8)?,
-            updated_at: row.try_get(9)?,
-            published_at: row.try_get(10)?,
-            version: row.try_get(11)?,
+            views_count: row.try_get("views_count")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            published_at: row.try_get("published_at")?,
+            version: row.try_get("version")?,
         })
     }
 }

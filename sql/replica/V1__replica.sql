@@ -1,6 +1,8 @@
--- DB2 (replica): a copy of DB1's articles, kept by the replica sink.
+-- DB2 (replica): a copy of DB1's articles, kept by the replica sink. History table:
+-- `replica_schema_history`. IF NOT EXISTS: databases created before the sets were split already
+-- hold these objects.
 
-CREATE TABLE articles (
+CREATE TABLE IF NOT EXISTS articles (
     id           BIGINT      PRIMARY KEY,
     title        TEXT        NOT NULL,
     content      TEXT        NOT NULL,
@@ -15,11 +17,11 @@ CREATE TABLE articles (
     version      BIGINT      NOT NULL DEFAULT 0
 );
 
-CREATE INDEX articles_author_idx ON articles (author);
+CREATE INDEX IF NOT EXISTS articles_author_idx ON articles (author);
 
 -- The seed's idempotence table. `article_id` is BIGINT (the seed says INTEGER) so that an
 -- article id above 2^31 can never turn into an event the sink cannot record.
-CREATE TABLE processed_events (
+CREATE TABLE IF NOT EXISTS processed_events (
     event_id     VARCHAR(255) PRIMARY KEY,
     event_type   VARCHAR(50)  NOT NULL,
     article_id   BIGINT,
@@ -27,7 +29,7 @@ CREATE TABLE processed_events (
 );
 
 -- Remembers deletions so that a late or replayed older event cannot resurrect a deleted article.
-CREATE TABLE article_tombstones (
+CREATE TABLE IF NOT EXISTS article_tombstones (
     id         BIGINT      PRIMARY KEY,
     version    BIGINT      NOT NULL,
     deleted_at TIMESTAMPTZ NOT NULL DEFAULT now()

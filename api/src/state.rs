@@ -1,0 +1,51 @@
+//! What every handler can reach: the DB1 pool, metrics, settings, and whether the schema is in.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use crate::error::ApiError;
+use crate::metrics::ApiMetrics;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    pub metrics: ApiMetrics,
+    pub request_timeout: Duration,
+    /// Required for writes when set.
+    pub api_token: Option<service_kit::config::Secret>,
+    schema_ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// A state whose schema is not applied yet: writes and reads answer 503 until
+    /// [`AppState::set_schema_ready`].
+    pub fn new(
+        pool: Pool,
+        metrics: ApiMetrics,
+        request_timeout: Duration,
+        api_token: Option<service_kit::config::Secret>,
+    ) -> Self {
+        Self { pool, metrics, request_timeout, api_token, schema_ready: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// The migrations are in: handlers may use the database.
+    pub fn set_schema_ready(&self) {
+        self.schema_ready.store(true, Ordering::Release);
+    }
+
+    pub fn schema_ready(&self) -> bool {
+        self.schema_ready.load(Ordering::Acquire)
+    }
+
+    /// A pooled DB1 connection, or 503 while the schema is not applied or DB1 is unreachable.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, ApiError> {
+        if !self.schema_ready() {
+            return Err(ApiError::Starting);
+        }
+        Ok(self.pool.get().await?)
+    }
+}

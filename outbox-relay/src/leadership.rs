@@ -5,7 +5,7 @@
 //! The lock only lasts as long as its connection, so the leader watches it: when the connection
 //! ends, or a heartbeat (`SELECT 1` every second) fails or takes over three seconds, the `lost`
 //! token fires and the relay stops producing at once. Taking the lock also increments the fencing
-//! epoch in `relay_leader` (see [`crate::checkpoint`]), which is what actually keeps a deposed
+//! epoch in `relay_leader` (see [`crate::settle`]), which is what actually keeps a deposed
 //! leader from settling anything.
 
 use std::sync::Arc;
@@ -23,6 +23,8 @@ const LOCK_KEY: i64 = 0x626c_6f67_0010;
 const RETRY_LOCK_EVERY: Duration = Duration::from_millis(500);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Added to the previous leader's delivery timeout before a new leader reads back.
+const TAKEOVER_MARGIN: Duration = Duration::from_secs(2);
 /// Visible in `pg_stat_activity`, so an operator (or a test) can find the lock connection.
 pub const LOCK_CONNECTION_NAME: &str = "outbox-relay-leader";
 
@@ -80,7 +82,7 @@ impl Leadership {
         loop {
             let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]).await?.try_get(0)?;
             if locked {
-                let epoch = crate::checkpoint::begin_epoch(&client, holder).await?;
+                let epoch = crate::settle::begin_epoch(&client, holder).await?;
                 let heartbeat = tokio::spawn(heartbeat(client, lost.clone()));
                 tracing::info!(epoch, holder, "this relay is now the leader");
                 return Ok(Some(Self { epoch, lost, tasks: vec![connection_task, heartbeat] }));
@@ -130,5 +132,23 @@ async fn heartbeat(client: Arc<tokio_postgres::Client>, lost: CancellationToken)
                 return;
             }
         }
+    }
+}
+
+/// How long the leader of `epoch` waits before reading back: the first leader ever has no
+/// predecessor; any later one waits until the previous leader's records can no longer land.
+pub(crate) fn takeover_wait(epoch: i64, delivery_timeout: Duration) -> Option<Duration> {
+    (epoch > 1).then(|| delivery_timeout + TAKEOVER_MARGIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_successor_waits_out_its_predecessor_deliveries() {
+        assert_eq!(takeover_wait(1, Duration::from_secs(10)), None);
+        assert_eq!(takeover_wait(2, Duration::from_secs(10)), Some(Duration::from_secs(12)));
+        assert_eq!(takeover_wait(40, Duration::from_secs(3)), Some(Duration::from_secs(5)));
     }
 }

@@ -3,12 +3,15 @@
 //! stand by; the leader wakes on NOTIFY and polls as a fallback, and while Kafka is down it keeps
 //! the rows and retries with capped backoff. See docs/guarantees.md.
 
-pub mod checkpoint;
 pub mod config;
+mod error;
 pub mod leadership;
-pub mod listener;
-pub mod metrics;
-pub mod relay;
+mod listener;
+mod metrics;
+mod publish;
+mod readback;
+mod relay;
+mod settle;
 pub mod startup;
 
 /// What the relay applies to DB1: the outbox contract's set (the outbox and the relay's own

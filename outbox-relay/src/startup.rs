@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
 use crate::metrics::RelayMetrics;
-use crate::relay::{Relay, RelaySettings, create_producer};
+use crate::publish::{ProducerSettings, create_producer};
+use crate::relay::{Relay, RelaySettings};
 
 #[derive(Debug)]
 pub struct Application {
@@ -27,15 +28,17 @@ impl Application {
         let pool =
             service_kit::db::pool(&config.database_url, config.db_pool_size).context("cannot create the DB1 pool")?;
         let settings = RelaySettings {
-            bootstrap_servers: config.kafka_bootstrap_servers.clone(),
+            producer: ProducerSettings {
+                bootstrap_servers: config.kafka_bootstrap_servers.clone(),
+                delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
+                linger: Duration::from_millis(config.linger_ms.into()),
+            },
             topic: config.kafka_topic.clone(),
             batch_size: config.batch_size,
             poll_interval: Duration::from_millis(config.poll_interval_ms),
-            delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
-            linger: Duration::from_millis(config.linger_ms.into()),
             instance: config.instance_id.clone().unwrap_or_else(default_instance_id),
         };
-        let producer = create_producer(&settings)?;
+        let producer = create_producer(&settings.producer).context("cannot create the Kafka producer")?;
         let metrics = RelayMetrics::new().context("cannot register metrics")?;
         let readiness = {
             let (producer, topic) = (producer.clone(), settings.topic.clone());

@@ -8,6 +8,7 @@
 
 use deadpool_postgres::Transaction;
 use events::EventType;
+use tokio_postgres::types::ToSql;
 use tracing::Instrument as _;
 
 use crate::decode::DecodedEvent;
@@ -29,9 +30,9 @@ pub enum ApplyOutcome {
 /// order `try_join_all` first polls them, which is the events' order; PostgreSQL runs them one
 /// after the other, each seeing the effects of those before it. (DB2's final state would not
 /// depend on that order anyway: versions decide.)
-pub async fn apply_all(
+pub(crate) async fn apply_all<'a>(
     client: &mut deadpool_postgres::Object,
-    events: &[(DecodedEvent, tracing::Span)],
+    events: impl IntoIterator<Item = (&'a DecodedEvent, &'a tracing::Span)>,
 ) -> Result<Vec<ApplyOutcome>, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
     let statements = Statements {
@@ -39,7 +40,7 @@ pub async fn apply_all(
         delete: transaction.prepare_cached(DELETE).await?,
     };
     let applies =
-        events.iter().map(|(event, span)| apply_in(&transaction, &statements, event).instrument(span.clone()));
+        events.into_iter().map(|(event, span)| apply_in(&transaction, &statements, event).instrument(span.clone()));
     let outcomes = futures_util::future::try_join_all(applies).await?;
     transaction.commit().await?;
     Ok(outcomes)
@@ -50,6 +51,25 @@ struct Statements {
     upsert: tokio_postgres::Statement,
     delete: tokio_postgres::Statement,
 }
+
+/// The names of [`UPSERT`]'s parameters: `$1` is `id`, `$13` is `event_id`, and so on. The
+/// statement, [`apply_in`] and the benchmark's copy of the statement agree through these names.
+pub const UPSERT_PARAMETERS: [&str; 14] = [
+    "id",
+    "title",
+    "content",
+    "author",
+    "category",
+    "tags",
+    "status",
+    "views_count",
+    "created_at",
+    "updated_at",
+    "published_at",
+    "version",
+    "event_id",
+    "event_type",
+];
 
 /// Records the event id in `processed_events` and, only if it was not there, writes the article
 /// unless DB2 holds a newer version or a deletion at least as new. Answers (recorded, written).
@@ -72,7 +92,7 @@ pub const UPSERT: &str = "\
         WHERE articles.version <= EXCLUDED.version \
         RETURNING 1 \
     ) \
-    SELECT EXISTS (SELECT 1 FROM recorded), EXISTS (SELECT 1 FROM written)";
+    SELECT EXISTS (SELECT 1 FROM recorded) AS recorded, EXISTS (SELECT 1 FROM written) AS changed";
 
 /// Records the event id and, only if it was not there, deletes the article unless DB2 holds a
 /// newer version, and leaves a tombstone. Answers (recorded, deleted).
@@ -89,7 +109,7 @@ const DELETE: &str = "\
             deleted_at = now() \
         RETURNING 1 \
     ) \
-    SELECT EXISTS (SELECT 1 FROM recorded), EXISTS (SELECT 1 FROM deleted)";
+    SELECT EXISTS (SELECT 1 FROM recorded) AS recorded, EXISTS (SELECT 1 FROM deleted) AS changed";
 
 /// Applies one event with its statement, on the caller's transaction.
 async fn apply_in(
@@ -105,33 +125,47 @@ async fn apply_in(
                 .await?
         }
         EventType::Created | EventType::Updated | EventType::Published => {
-            transaction
-                .query_one(
-                    &statements.upsert,
-                    &[
-                        &article.id,
-                        &article.title,
-                        &article.content,
-                        &article.author,
-                        &article.category,
-                        &article.tags,
-                        &article.status.as_str(),
-                        &article.views_count,
-                        &article.created_at,
-                        &article.updated_at,
-                        &article.published_at,
-                        &article.version,
-                        &event.event_id,
-                        &event_type,
-                    ],
-                )
-                .await?
+            let status = article.status.as_str();
+            let parameters = UPSERT_PARAMETERS.map(|name| -> &(dyn ToSql + Sync) {
+                match name {
+                    "id" => &article.id,
+                    "title" => &article.title,
+                    "content" => &article.content,
+                    "author" => &article.author,
+                    "category" => &article.category,
+                    "tags" => &article.tags,
+                    "status" => &status,
+                    "views_count" => &article.views_count,
+                    "created_at" => &article.created_at,
+                    "updated_at" => &article.updated_at,
+                    "published_at" => &article.published_at,
+                    "version" => &article.version,
+                    "event_id" => &event.event_id,
+                    _ => &event_type,
+                }
+            });
+            transaction.query_one(&statements.upsert, &parameters).await?
         }
     };
-    let (recorded, changed): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
+    let (recorded, changed): (bool, bool) = (row.try_get("recorded")?, row.try_get("changed")?);
     Ok(match (recorded, changed) {
         (false, _) => ApplyOutcome::AlreadyProcessed,
         (true, true) => ApplyOutcome::Applied,
         (true, false) => ApplyOutcome::Stale,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_parameter_is_used_by_the_upsert_and_no_other() {
+        for (index, name) in UPSERT_PARAMETERS.iter().enumerate() {
+            assert!(UPSERT.contains(&format!("${}", index + 1)), "${} ({name}) unused", index + 1);
+        }
+        assert!(!UPSERT.contains(&format!("${}", UPSERT_PARAMETERS.len() + 1)));
+        let names: std::collections::BTreeSet<_> = UPSERT_PARAMETERS.iter().collect();
+        assert_eq!(names.len(), UPSERT_PARAMETERS.len(), "a name is listed twice");
+    }
 }

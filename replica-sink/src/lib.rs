@@ -4,13 +4,18 @@
 
 use service_kit::db::MigrationSet;
 
-pub mod apply;
+mod apply;
 pub mod config;
-pub mod decode;
-pub mod metrics;
-pub mod sink;
+mod dead_letter;
+mod decode;
+mod lag;
+mod metrics;
+mod sink;
 pub mod startup;
 pub mod verify;
+
+/// The sink's statement, for the benchmark's ceiling (pgbench runs the very same SQL).
+pub use apply::{UPSERT, UPSERT_PARAMETERS};
 
 mod embedded_migrations {
     refinery::embed_migrations!("../sql/replica");

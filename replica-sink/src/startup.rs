@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SinkConfig;
+use crate::dead_letter::DeadLetters;
 use crate::metrics::SinkMetrics;
 use crate::sink::Sink;
 
@@ -52,7 +53,7 @@ impl Application {
             .create()
             .context("cannot create the dead-letter producer")?;
         let dlq_topic = config.kafka_dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", config.kafka_topic));
-        let sink = Sink::new(pool, consumer.clone(), metrics.clone(), dlq, dlq_topic);
+        let sink = Sink::new(pool, consumer.clone(), metrics.clone(), DeadLetters::new(dlq, dlq_topic));
         Ok(Self { listener, config, sink, consumer, readiness, metrics })
     }
 
@@ -77,7 +78,7 @@ impl Application {
         ));
         if service_kit::db::migrate_when_available(&config.replica_database_url, crate::MIGRATIONS, &shutdown).await {
             consumer.subscribe(&[&config.kafka_topic]).context("cannot subscribe")?;
-            let lag = tokio::spawn(crate::sink::report_lag(consumer.clone(), metrics.clone(), shutdown.clone()));
+            let lag = tokio::spawn(crate::lag::report_lag(consumer.clone(), metrics.clone(), shutdown.clone()));
             sink.run(shutdown.clone()).await;
             lag.abort();
         }

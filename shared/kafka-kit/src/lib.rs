@@ -179,3 +179,47 @@ pub fn headers_map<M: Message>(message: &M) -> std::collections::HashMap<String,
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    use super::*;
+
+    fn record_with(headers: OwnedHeaders) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "articles".to_owned(),
+            Timestamp::NotAvailable,
+            0,
+            7,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn headers_read_as_utf8_and_a_missing_or_binary_one_reads_as_none() {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: EVENT_ID_HEADER, value: Some("0b6f") })
+            .insert(Header { key: "binary", value: Some(&[0xff_u8, 0xfe][..]) })
+            .insert(Header { key: "traceparent", value: Some("00-1-2-01") });
+        let record = record_with(headers);
+        assert_eq!(header_str(&record, EVENT_ID_HEADER), Some("0b6f"));
+        assert_eq!(header_str(&record, "binary"), None);
+        assert_eq!(header_str(&record, EVENT_TYPE_HEADER), None);
+        let map = headers_map(&record);
+        assert_eq!(map.get("traceparent").map(String::as_str), Some("00-1-2-01"));
+        assert!(!map.contains_key("binary"));
+    }
+
+    #[test]
+    fn consumers_store_offsets_only_when_told_and_bound_their_prefetch() {
+        let config = consumer_config("localhost:9092", "blog-sync-group");
+        assert_eq!(config.get("group.id"), Some("blog-sync-group"));
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(config.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("8192"));
+        assert_eq!(config.get("bootstrap.servers"), Some("localhost:9092"));
+    }
+}

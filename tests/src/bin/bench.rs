@@ -395,25 +395,23 @@ async fn main() -> anyhow::Result<()> {
     // The sink applies the records waiting for it in one transaction, one statement per event,
     // pipelined: the ceiling runs the very same statement (`replica_sink::apply::UPSERT`) for
     // APPLY_BATCH events per transaction in a pgbench pipeline.
-    let mut upsert = replica_sink::apply::UPSERT.to_owned();
+    let mut upsert = replica_sink::UPSERT.to_owned();
     // Highest parameter first, so that `$1` does not match the start of `$13`.
-    for (parameter, value) in [
-        (14, "'article.created'"),
-        (13, "md5(random()::text)"),
-        (12, "1"),
-        (11, "NULL"),
-        (10, "now()"),
-        (9, "now()"),
-        (8, "0"),
-        (7, "'draft'"),
-        (6, "'{}'"),
-        (5, "NULL"),
-        (4, "'bench'"),
-        (3, "repeat('x', 300)"),
-        (2, "'bench'"),
-        (1, ":id"),
-    ] {
-        upsert = upsert.replace(&format!("${parameter}"), value);
+    for (index, name) in replica_sink::UPSERT_PARAMETERS.iter().enumerate().rev() {
+        let value = match *name {
+            "id" => ":id",
+            "title" | "author" => "'bench'",
+            "content" => "repeat('x', 300)",
+            "category" | "published_at" => "NULL",
+            "tags" => "'{}'",
+            "status" => "'draft'",
+            "views_count" => "0",
+            "created_at" | "updated_at" => "now()",
+            "version" => "1",
+            "event_id" => "md5(random()::text)",
+            _ => "'article.created'",
+        };
+        upsert = upsert.replace(&format!("${}", index + 1), value);
     }
     let mut script = String::from("BEGIN;\n\\startpipeline\n");
     for _ in 0..APPLY_BATCH {

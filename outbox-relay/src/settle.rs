@@ -35,14 +35,15 @@ pub async fn begin_epoch(client: &tokio_postgres::Client, holder: &str) -> Resul
             &[&holder],
         )
         .await?;
-    row.try_get(0)
+    row.try_get("epoch")
 }
 
 /// The checkpoints of `topic`: partition → next offset to read back from.
 pub async fn load(client: &impl GenericClient, topic: &str) -> Result<BTreeMap<i32, i64>, tokio_postgres::Error> {
     let statement =
         client.prepare_cached("SELECT partition, next_offset FROM relay_checkpoints WHERE topic = $1").await?;
-    client.query(&statement, &[&topic]).await?.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+    let rows = client.query(&statement, &[&topic]).await?;
+    rows.iter().map(|row| Ok((row.try_get("partition")?, row.try_get("next_offset")?))).collect()
 }
 
 /// In one transaction, fenced by `epoch`: removes the `published` rows and sets the checkpoints.
@@ -55,10 +56,8 @@ pub async fn settle(
 ) -> Result<u64, SettleError> {
     let transaction = client.transaction().await?;
     let current_epoch = transaction.prepare_cached("SELECT epoch FROM relay_leader WHERE id = 1 FOR SHARE").await?;
-    let current: i64 = transaction.query_one(&current_epoch, &[]).await?.try_get(0)?;
-    if current != epoch {
-        return Err(SettleError::Fenced { mine: epoch, current });
-    }
+    let current: i64 = transaction.query_one(&current_epoch, &[]).await?.try_get("epoch")?;
+    still_leading(epoch, current)?;
     let deleted = match published {
         Published::Rows(ids) => outbox::delete_published(&transaction, ids).await?,
         Published::Events(event_ids) => outbox::delete_by_event_ids(&transaction, event_ids).await?,
@@ -76,4 +75,22 @@ pub async fn settle(
     }
     transaction.commit().await?;
     Ok(deleted)
+}
+
+/// Only the leader of the current epoch may settle: a relay deposed meanwhile is fenced.
+fn still_leading(mine: i64, current: i64) -> Result<(), SettleError> {
+    if mine == current { Ok(()) } else { Err(SettleError::Fenced { mine, current }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deposed_leader_is_fenced_and_told_by_whom() {
+        assert!(still_leading(3, 3).is_ok());
+        let error = still_leading(3, 4).expect_err("a newer epoch fences");
+        assert!(matches!(error, SettleError::Fenced { mine: 3, current: 4 }));
+        assert_eq!(error.to_string(), "fenced: a newer leader (epoch 4) took over from epoch 3");
+    }
 }

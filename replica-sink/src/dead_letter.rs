@@ -1,0 +1,80 @@
+//! The dead-letter topic (`articles.dlq` by default): where a record that can never be applied
+//! goes, with everything needed to understand and replay it, so that poison never stops the sink.
+
+use std::time::Duration;
+
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use service_kit::backoff::Backoff;
+use tokio_util::sync::CancellationToken;
+
+use crate::sink::Handled;
+
+/// The producer and topic for records that can never be applied.
+pub(crate) struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl DeadLetters {
+    pub(crate) fn new(producer: FutureProducer, topic: String) -> Self {
+        Self { producer, topic }
+    }
+
+    /// Copies a record that can never be applied to the dead-letter topic, with its key, value and
+    /// headers plus `dlq.reason`, `dlq.error` and its source (`dlq.source.topic`, `.partition`,
+    /// `.offset`). Retries until the broker acknowledges it: the offset only moves on after that.
+    pub(crate) async fn send(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        error: &str,
+        shutdown: &CancellationToken,
+    ) -> Handled {
+        let (partition, offset) = (message.partition().to_string(), message.offset().to_string());
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header { key: header.key, value: header.value });
+            }
+        }
+        for (key, value) in [
+            ("dlq.reason", reason),
+            ("dlq.error", error),
+            ("dlq.source.topic", message.topic()),
+            ("dlq.source.partition", partition.as_str()),
+            ("dlq.source.offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers.clone());
+            if let Some(value) = message.payload() {
+                record = record.payload(value);
+            }
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            match self.producer.send(record, Duration::from_secs(10)).await {
+                Ok(_) => {
+                    tracing::warn!(topic = %self.topic, reason, "record sent to the dead-letter topic");
+                    return Handled::Done;
+                }
+                Err((error, _)) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, ?delay, "cannot write to the dead-letter topic; retrying");
+                    if !service_kit::shutdown::sleep_unless_cancelled(shutdown, delay).await {
+                        return Handled::Interrupted;
+                    }
+                }
+            }
+        }
+    }
+}

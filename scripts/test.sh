@@ -2,9 +2,10 @@
 # The whole test suite: unit tests and the end-to-end tests, which start their own PostgreSQL
 # clusters, Jaeger and service binaries (nothing to start beforehand).
 #
-# Broker: Apache Kafka by default. One broker is started for the whole run and shared by the
-# tests that do not kill it (each with its own topics and group; see tests/src/bin/broker.rs);
-# tests that kill or pause the broker start a private one.
+# Broker: Apache Kafka by default. One broker and one PostgreSQL cluster are started for the whole
+# run (tests/src/bin/fixtures.rs) and shared by the tests that kill neither: the in-process
+# component tests (tests/tests/component_*.rs) use their own databases in the shared cluster, and
+# every test its own topics and group. Tests that kill or pause the broker start a private one.
 #
 #   scripts/test.sh                    # everything on Apache Kafka, then the exactly-once tests
 #                                      # and the chaos short mode again on nisshi
@@ -21,41 +22,45 @@ profile="default"
 [ "${CI:-}" = "true" ] && profile="ci"
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 
-shared_broker_pid=""
-stop_shared_broker() {
-    if [ -n "$shared_broker_pid" ]; then
-        kill -TERM "$shared_broker_pid" 2>/dev/null || true
-        wait "$shared_broker_pid" 2>/dev/null || true
-        shared_broker_pid=""
+fixtures_pid=""
+stop_fixtures() {
+    if [ -n "$fixtures_pid" ]; then
+        kill -TERM "$fixtures_pid" 2>/dev/null || true
+        wait "$fixtures_pid" 2>/dev/null || true
+        fixtures_pid=""
     fi
 }
-trap stop_shared_broker EXIT
+trap stop_fixtures EXIT
 
-# run_suite BROKER NEXTEST_ARGS...: starts the shared broker, runs the tests against it, stops it.
+# run_suite BROKER NEXTEST_ARGS...: starts the shared fixtures, runs the tests against them, stops them.
 run_suite() {
     local broker="$1"
     shift
     local work ready
     work="$(mktemp -d -t blog-test-run-XXXXXX)"
-    ready="$work/bootstrap"
-    echo "[test] starting the shared $broker broker (log: $work/broker.log) ..." >&2
-    BROKER="$broker" "$target_dir/debug/broker" --ready-file "$ready" >"$work/broker.log" 2>&1 &
-    shared_broker_pid=$!
+    ready="$work/fixtures.env"
+    echo "[test] starting the shared $broker broker and PostgreSQL cluster (log: $work/fixtures.log) ..." >&2
+    BROKER="$broker" "$target_dir/debug/fixtures" --ready-file "$ready" >"$work/fixtures.log" 2>&1 &
+    fixtures_pid=$!
     for _ in $(seq 1 600); do
         [ -f "$ready" ] && break
-        if ! kill -0 "$shared_broker_pid" 2>/dev/null; then
-            echo "[test] the shared broker did not start:" >&2
-            cat "$work/broker.log" >&2
+        if ! kill -0 "$fixtures_pid" 2>/dev/null; then
+            echo "[test] the shared fixtures did not start:" >&2
+            cat "$work/fixtures.log" >&2
             exit 1
         fi
         sleep 0.2
     done
-    [ -f "$ready" ] || { echo "[test] the shared broker did not answer within 120 s" >&2; cat "$work/broker.log" >&2; exit 1; }
-    echo "[test] running the tests on $broker (shared broker at $(cat "$ready"))" >&2
+    [ -f "$ready" ] || { echo "[test] the shared fixtures did not answer within 120 s" >&2; cat "$work/fixtures.log" >&2; exit 1; }
+    echo "[test] running the tests on $broker ($(tr '\n' ' ' <"$ready"))" >&2
     local status=0
-    BROKER="$broker" E2E_SHARED_BROKER="$(cat "$ready")" \
-        cargo nextest run --workspace --locked --profile "$profile" "$@" || status=$?
-    stop_shared_broker
+    (
+        set -a
+        # shellcheck disable=SC1090
+        . "$ready"
+        BROKER="$broker" exec cargo nextest run --workspace --locked --profile "$profile" "$@"
+    ) || status=$?
+    stop_fixtures
     rm -rf "$work"
     return "$status"
 }

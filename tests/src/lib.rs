@@ -5,9 +5,11 @@
 
 pub mod api_client;
 pub mod broker;
+pub mod component;
 pub mod jaeger;
 pub mod postgres;
 pub mod process;
+pub mod replica;
 pub mod stack;
 pub mod verify;
 pub mod wait;

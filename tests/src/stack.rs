@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use events::{Article, article_columns};
+use events::Article;
 use service_kit::config::DatabaseUrl;
 
 use crate::api_client::ApiClient;
@@ -298,55 +298,14 @@ impl Stack {
         Ok(service_kit::db::connect(&self.db2_url()).await?)
     }
 
-    /// Every article of a database, in id order, every column.
-    pub async fn articles(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Article>> {
-        let rows = client.query(concat!("SELECT ", article_columns!(), " FROM articles ORDER BY id"), &[]).await?;
-        Ok(rows.iter().map(Article::from_row).collect::<Result<_, _>>()?)
-    }
-
     /// Waits until the outbox is empty and DB2 holds exactly DB1's articles; returns them.
     pub async fn wait_for_replica(&self, timeout: Duration) -> anyhow::Result<Vec<Article>> {
-        let (db1, db2) = (self.db1_client().await?, self.db2_client().await?);
-        let last = std::sync::Mutex::new((Vec::new(), Vec::new()));
-        let synced = crate::wait::until("DB2 to match DB1", timeout, || {
-            let (db1, db2, last) = (&db1, &db2, &last);
-            async move {
-                let backlog: i64 = db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0);
-                let primary = Self::articles(db1).await?;
-                let replica = Self::articles(db2).await?;
-                let equal = backlog == 0 && primary == replica;
-                *last.lock().expect("not poisoned") = (primary, replica);
-                Ok(equal)
-            }
-        })
-        .await;
-        let (primary, replica) = last.into_inner().expect("not poisoned");
-        if let Err(error) = synced {
-            let missing: Vec<i64> = primary
-                .iter()
-                .filter(|article| !replica.contains(article))
-                .map(|article| article.id)
-                .take(20)
-                .collect();
-            let extra: Vec<i64> = replica
-                .iter()
-                .filter(|article| !primary.contains(article))
-                .map(|article| article.id)
-                .take(20)
-                .collect();
-            return Err(error.context(format!(
-                "DB1 has {} articles, DB2 {}; differing in DB1: {missing:?}, in DB2: {extra:?}",
-                primary.len(),
-                replica.len()
-            )));
-        }
-        Ok(primary)
+        crate::replica::wait_for_replica(&self.db1_url(), &self.db2_url(), timeout).await
     }
 
     /// Every record on the topic.
     pub async fn topic_records(&self) -> anyhow::Result<Vec<blogctl::Record>> {
-        let (bootstrap, topic) = (self.bootstrap_servers(), self.topic().to_owned());
-        tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, &topic, Duration::from_secs(60))).await?
+        crate::replica::topic_records(&self.bootstrap_servers(), self.topic()).await
     }
 
     /// The sink group's total lag over all partitions.

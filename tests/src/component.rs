@@ -1,0 +1,215 @@
+//! The in-process component tier: a service built with its own `Application::build` on port 0,
+//! inside the test's process, against a real PostgreSQL and a real broker.
+//!
+//! `scripts/test.sh` starts one cluster and one broker for the whole run (`E2E_SHARED_POSTGRES`,
+//! `E2E_SHARED_BROKER`); each test creates databases and topics of its own in them, so tests run
+//! in parallel and a component check costs a `CREATE DATABASE`, not two clusters and a JVM.
+//! Without the variables (a plain `cargo nextest run`), [`Fixtures::start`] starts private ones.
+//!
+//! This tier is for everything that does not need a process to die: routes, settling, read-back,
+//! applying. Kills, pauses and the chaos script stay in the multi-process tier ([`crate::Stack`]).
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use service_kit::config::DatabaseUrl;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerKind, BrokerOptions};
+use crate::postgres::{PgCluster, PgOptions};
+use crate::stack::SHARED_BROKER_ENV;
+
+/// The variable naming the shared cluster's admin URL (`postgres://postgres@127.0.0.1:PORT/postgres`).
+pub const SHARED_POSTGRES_ENV: &str = "E2E_SHARED_POSTGRES";
+
+/// A PostgreSQL cluster and a broker for one test: the run's shared ones, or private ones.
+#[derive(Debug)]
+pub struct Fixtures {
+    admin_url: DatabaseUrl,
+    bootstrap_servers: String,
+    /// Private servers and their directory, killed and removed when the fixtures are dropped.
+    _private: Option<(PgCluster, Broker, tempfile::TempDir)>,
+}
+
+impl Fixtures {
+    /// The shared servers when `scripts/test.sh` started them, else private ones.
+    pub async fn start() -> anyhow::Result<Self> {
+        let shared = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        if let (Some(postgres), Some(bootstrap_servers)) = (shared(SHARED_POSTGRES_ENV), shared(SHARED_BROKER_ENV)) {
+            let admin_url = postgres.parse().map_err(anyhow::Error::msg).context(SHARED_POSTGRES_ENV)?;
+            return Ok(Self { admin_url, bootstrap_servers, _private: None });
+        }
+        let dir = tempfile::Builder::new().prefix("blog-component-").tempdir()?;
+        let cluster =
+            PgCluster::start("postgres", &dir.path().join("postgres"), crate::free_port(), PgOptions { durable: false })
+                .await?;
+        let kind = BrokerKind::from_env()?;
+        let broker = Broker::start(&dir.path().join("broker"), BrokerOptions { kind, port: crate::free_port() }).await?;
+        let (admin_url, bootstrap_servers) = (cluster.url("postgres", "postgres"), broker.bootstrap_servers());
+        Ok(Self { admin_url, bootstrap_servers, _private: Some((cluster, broker, dir)) })
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+
+    /// A new, empty database of this test's own, e.g. `db1_3f2a9c01`.
+    pub async fn database(&self, prefix: &str) -> anyhow::Result<DatabaseUrl> {
+        let name = format!("{prefix}_{:08x}", fastrand::u32(..));
+        let admin = service_kit::db::connect(&self.admin_url).await?;
+        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await?;
+        let url = self.admin_url.expose().rsplit_once('/').map(|(server, _)| format!("{server}/{name}"));
+        url.context("the admin URL names a database")?.parse().map_err(anyhow::Error::msg)
+    }
+
+    /// A topic (or group) name of this test's own, e.g. `articles-3f2a9c01`.
+    pub fn unique(prefix: &str) -> String {
+        format!("{prefix}-{:08x}", fastrand::u32(..))
+    }
+}
+
+/// A service running inside the test's process; stopped (gracefully) by [`Running::stop`] or
+/// cancelled when dropped.
+#[derive(Debug)]
+pub struct Running {
+    pub port: u16,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Starts `run(shutdown)` on the runtime: the service's `run_until_stopped`.
+    pub fn spawn<F>(port: u16, run: impl FnOnce(CancellationToken) -> F) -> Self
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(shutdown.clone()));
+        Self { port, shutdown, task: Some(task) }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Asks the service to stop and waits for it to finish (at most 30 s).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let task = self.task.take().context("already stopped")?;
+        tokio::time::timeout(Duration::from_secs(30), task).await.context("the service did not stop within 30 s")??
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Parses a service's command line the way its binary does, so defaults come from one place.
+pub fn parse<P: clap::Parser>(binary: &str, args: &[(&str, &str)]) -> anyhow::Result<P> {
+    let mut argv = vec![binary.to_owned()];
+    for (flag, value) in args {
+        argv.push(format!("--{flag}"));
+        argv.push((*value).to_owned());
+    }
+    Ok(P::try_parse_from(argv)?)
+}
+
+/// The API on DB1 `database`, with extra flags (e.g. `("api-token", …)`), ready once `/ready` says so.
+pub async fn api(database: &DatabaseUrl, extra: &[(&str, &str)]) -> anyhow::Result<Running> {
+    let mut args = vec![("database-url", database.expose()), ("listen-addr", "127.0.0.1:0")];
+    args.extend_from_slice(extra);
+    let cli: api::config::Cli = parse("api", &args)?;
+    let application = api::startup::Application::build(cli.config).await?;
+    let running = Running::spawn(application.port(), |shutdown| application.run_until_stopped(shutdown));
+    wait_ready(&running).await?;
+    Ok(running)
+}
+
+/// The relay on DB1 `database`, publishing to `topic`.
+pub async fn relay(
+    database: &DatabaseUrl,
+    bootstrap_servers: &str,
+    topic: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Running> {
+    let mut args = vec![
+        ("database-url", database.expose()),
+        ("listen-addr", "127.0.0.1:0"),
+        ("kafka-bootstrap-servers", bootstrap_servers),
+        ("kafka-topic", topic),
+    ];
+    args.extend_from_slice(extra);
+    let cli: outbox_relay::config::Cli = parse("outbox-relay", &args)?;
+    let application = outbox_relay::startup::Application::build(cli.config).await?;
+    Ok(Running::spawn(application.port(), |shutdown| application.run_until_stopped(shutdown)))
+}
+
+/// The sink on DB2 `database`, consuming `topic` as `group`.
+pub async fn sink(
+    database: &DatabaseUrl,
+    bootstrap_servers: &str,
+    topic: &str,
+    group: &str,
+) -> anyhow::Result<Running> {
+    let args = [
+        ("replica-database-url", database.expose()),
+        ("listen-addr", "127.0.0.1:0"),
+        ("kafka-bootstrap-servers", bootstrap_servers),
+        ("kafka-topic", topic),
+        ("kafka-group-id", group),
+    ];
+    let cli: replica_sink::config::Cli = parse("replica-sink", &args)?;
+    let application = replica_sink::startup::Application::build(cli.config).await?;
+    Ok(Running::spawn(application.port(), |shutdown| application.run_until_stopped(shutdown)))
+}
+
+/// Waits until the service's `/ready` answers 200 (its schema is in and its dependencies answer).
+pub async fn wait_ready(running: &Running) -> anyhow::Result<()> {
+    let client = crate::ApiClient::new(&running.url());
+    crate::wait::until("the service to be ready", Duration::from_secs(60), || async {
+        Ok(client.request(reqwest::Method::GET, "/ready", None).await.is_ok_and(|(status, _)| status == 200))
+    })
+    .await
+}
+
+/// The three services in-process on two databases of their own and a topic and group of their
+/// own: the whole pipeline, for checks that need no process to die.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub db1: DatabaseUrl,
+    pub db2: DatabaseUrl,
+    pub topic: String,
+    pub group: String,
+    pub api: Running,
+    pub relay: Running,
+    pub sink: Running,
+    pub fixtures: Fixtures,
+}
+
+impl Pipeline {
+    /// Starts the pipeline; `api_extra` are extra flags of the API (e.g. its token).
+    pub async fn start(api_extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let fixtures = Fixtures::start().await?;
+        let (db1, db2) = (fixtures.database("db1").await?, fixtures.database("db2").await?);
+        let (topic, group) = (Fixtures::unique("articles"), Fixtures::unique("blog-sync-group"));
+        let bootstrap = fixtures.bootstrap_servers().to_owned();
+        let api = api(&db1, api_extra).await?;
+        let relay = relay(&db1, &bootstrap, &topic, &[]).await?;
+        let sink = sink(&db2, &bootstrap, &topic, &group).await?;
+        Ok(Self { db1, db2, topic, group, api, relay, sink, fixtures })
+    }
+
+    pub fn api_client(&self) -> crate::ApiClient {
+        crate::ApiClient::new(&self.api.url())
+    }
+
+    /// Waits until the outbox is empty and DB2 holds exactly DB1's articles; returns them.
+    pub async fn wait_for_replica(&self, timeout: Duration) -> anyhow::Result<Vec<events::Article>> {
+        crate::replica::wait_for_replica(&self.db1, &self.db2, timeout).await
+    }
+}

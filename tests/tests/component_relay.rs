@@ -1,0 +1,142 @@
+//! The relay in-process (`Application::build`), on a database of its own in the run's shared
+//! PostgreSQL cluster and a topic of its own on the shared broker: settling and read-back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use e2e::component::{self, Fixtures};
+use e2e::replica::topic_records;
+use outbox::NewEvent;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use uuid::Uuid;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A DB1 with the outbox contract's tables, and a pool to write rows the way any writer does.
+async fn outbox_database(fixtures: &Fixtures) -> anyhow::Result<(service_kit::config::DatabaseUrl, deadpool_postgres::Pool)> {
+    let db1 = fixtures.database("relay").await?;
+    service_kit::db::migrate(&db1, outbox_relay::MIGRATIONS).await?;
+    let pool = service_kit::db::pool(&db1, 2)?;
+    Ok((db1, pool))
+}
+
+/// Writes one outbox row per `(article id, event id)`, in order, each in its own transaction.
+async fn enqueue(pool: &deadpool_postgres::Pool, events: &[(i64, Uuid)]) -> anyhow::Result<()> {
+    let mut client = pool.get().await?;
+    for (article_id, event_id) in events {
+        let transaction = client.transaction().await?;
+        let payload = serde_json::json!({"event_id": event_id, "article_id": article_id}).to_string();
+        let event = NewEvent {
+            event_id: *event_id,
+            article_id: *article_id,
+            event_type: "article.updated",
+            payload: &payload,
+            trace_context: &HashMap::new(),
+        };
+        outbox::enqueue(&transaction, &event).await?;
+        transaction.commit().await?;
+    }
+    Ok(())
+}
+
+async fn outbox_rows(pool: &deadpool_postgres::Pool) -> anyhow::Result<i64> {
+    Ok(pool.get().await?.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0))
+}
+
+/// Per partition, the checkpoint the relay recorded.
+async fn checkpoints(pool: &deadpool_postgres::Pool, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let client = pool.get().await?;
+    let rows = client.query("SELECT partition, next_offset FROM relay_checkpoints WHERE topic = $1", &[&topic]).await?;
+    Ok(rows.iter().map(|row| (row.get("partition"), row.get("next_offset"))).collect())
+}
+
+/// Per partition, the offset after its last record (the log's end).
+fn log_ends(records: &[blogctl::Record]) -> BTreeMap<i32, i64> {
+    let mut ends = BTreeMap::new();
+    for record in records {
+        let end = ends.entry(record.partition).or_insert(0);
+        *end = (*end).max(record.offset + 1);
+    }
+    ends
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().filter(|line| line.starts_with(name)).filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// Every row becomes one record keyed by its article id, in row order per article, with the
+/// event id and type in headers; once acknowledged, its row is gone and each partition's
+/// checkpoint stands at the log's end.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_row_is_published_once_in_order_per_article_and_settled_up_to_the_log_end() -> anyhow::Result<()> {
+    let fixtures = Fixtures::start().await?;
+    let (db1, pool) = outbox_database(&fixtures).await?;
+    let topic = Fixtures::unique("articles");
+    let events: Vec<(i64, Uuid)> = (0..60).map(|index| (index % 7 + 1, Uuid::new_v4())).collect();
+    enqueue(&pool, &events).await?;
+    let relay = component::relay(&db1, fixtures.bootstrap_servers(), &topic, &[("batch-size", "16")]).await?;
+    e2e::wait::until("the outbox to drain", TIMEOUT, || async { Ok(outbox_rows(&pool).await? == 0) }).await?;
+
+    let records = topic_records(fixtures.bootstrap_servers(), &topic).await?;
+    assert_eq!(records.len(), events.len(), "one record per row");
+    let mut on_topic: BTreeMap<i64, Vec<Uuid>> = BTreeMap::new();
+    for record in &records {
+        let key: i64 = record.key.as_deref().unwrap_or_default().parse()?;
+        assert_eq!(record.header("event_type"), Some("article.updated"));
+        on_topic.entry(key).or_default().push(record.header("event_id").unwrap_or_default().parse()?);
+    }
+    let mut written: BTreeMap<i64, Vec<Uuid>> = BTreeMap::new();
+    for (article_id, event_id) in &events {
+        written.entry(*article_id).or_default().push(*event_id);
+    }
+    assert_eq!(on_topic, written, "per article, the records follow the rows' order");
+    assert_eq!(checkpoints(&pool, &topic).await?, log_ends(&records), "checkpoints at the log's end");
+    let metrics = e2e::ApiClient::new(&relay.url()).text("/metrics").await?;
+    assert_eq!(metric(&metrics, "kafka_messages_sent_total"), 60.0, "{metrics}");
+    assert_eq!(metric(&metrics, "outbox_reconciled_total"), 0.0, "nothing was on the topic before");
+    relay.stop().await
+}
+
+/// Records an earlier session published without settling their rows (it died between the
+/// acknowledgement and the commit) are found by the read-back: their rows are settled without
+/// being published again, and only the others are published.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_back_settles_rows_already_on_the_topic_without_publishing_them_again() -> anyhow::Result<()> {
+    let fixtures = Fixtures::start().await?;
+    let (db1, pool) = outbox_database(&fixtures).await?;
+    let topic = Fixtures::unique("articles");
+    let already_published: Vec<(i64, Uuid)> = (0..25).map(|index| (index % 5 + 1, Uuid::new_v4())).collect();
+    let producer: FutureProducer = kafka_kit::client_config(fixtures.bootstrap_servers()).set("acks", "all").create()?;
+    for (article_id, event_id) in &already_published {
+        let (key, event_id) = (article_id.to_string(), event_id.to_string());
+        let headers = OwnedHeaders::new().insert(Header { key: "event_id", value: Some(&event_id) });
+        let record: FutureRecord<'_, str, str> = FutureRecord::to(&topic).key(key.as_str()).payload("{}").headers(headers);
+        producer.send(record, TIMEOUT).await.map_err(|(error, _)| error)?;
+    }
+    // A record of someone else (no event id header) is read past and ignored.
+    producer.send(FutureRecord::<str, str>::to(&topic).key("9").payload("by hand"), TIMEOUT).await.map_err(|(error, _)| error)?;
+    let new: Vec<(i64, Uuid)> = (0..15).map(|index| (index % 5 + 1, Uuid::new_v4())).collect();
+    enqueue(&pool, &already_published).await?;
+    enqueue(&pool, &new).await?;
+
+    let relay = component::relay(&db1, fixtures.bootstrap_servers(), &topic, &[]).await?;
+    e2e::wait::until("the outbox to drain", TIMEOUT, || async { Ok(outbox_rows(&pool).await? == 0) }).await?;
+
+    let records = topic_records(fixtures.bootstrap_servers(), &topic).await?;
+    assert_eq!(records.len(), already_published.len() + 1 + new.len(), "nothing published twice");
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for record in &records {
+        if let Some(event_id) = record.header("event_id") {
+            *seen.entry(event_id).or_default() += 1;
+        }
+    }
+    for (_, event_id) in already_published.iter().chain(&new) {
+        assert_eq!(seen.get(event_id.to_string().as_str()), Some(&1), "event {event_id} once");
+    }
+    let metrics = e2e::ApiClient::new(&relay.url()).text("/metrics").await?;
+    assert_eq!(metric(&metrics, "outbox_reconciled_total"), 25.0, "the window was reached: {metrics}");
+    assert_eq!(metric(&metrics, "kafka_messages_sent_total"), 15.0, "{metrics}");
+    assert_eq!(checkpoints(&pool, &topic).await?, log_ends(&records));
+    relay.stop().await
+}

@@ -42,11 +42,16 @@ impl Fixtures {
             return Ok(Self { admin_url, bootstrap_servers, _private: None });
         }
         let dir = tempfile::Builder::new().prefix("blog-component-").tempdir()?;
-        let cluster =
-            PgCluster::start("postgres", &dir.path().join("postgres"), crate::free_port(), PgOptions { durable: false })
-                .await?;
+        let cluster = PgCluster::start(
+            "postgres",
+            &dir.path().join("postgres"),
+            crate::free_port(),
+            PgOptions { durable: false },
+        )
+        .await?;
         let kind = BrokerKind::from_env()?;
-        let broker = Broker::start(&dir.path().join("broker"), BrokerOptions { kind, port: crate::free_port() }).await?;
+        let broker =
+            Broker::start(&dir.path().join("broker"), BrokerOptions { kind, port: crate::free_port() }).await?;
         let (admin_url, bootstrap_servers) = (cluster.url("postgres", "postgres"), broker.bootstrap_servers());
         Ok(Self { admin_url, bootstrap_servers, _private: Some((cluster, broker, dir)) })
     }

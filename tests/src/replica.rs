@@ -30,18 +30,10 @@ pub async fn wait_for_replica(db1: &DatabaseUrl, db2: &DatabaseUrl, timeout: Dur
     .await;
     let (primary, replica) = last.into_inner().expect("not poisoned");
     if let Err(error) = synced {
-        let missing: Vec<i64> = primary
-            .iter()
-            .filter(|article| !replica.contains(article))
-            .map(|article| article.id)
-            .take(20)
-            .collect();
-        let extra: Vec<i64> = replica
-            .iter()
-            .filter(|article| !primary.contains(article))
-            .map(|article| article.id)
-            .take(20)
-            .collect();
+        let missing: Vec<i64> =
+            primary.iter().filter(|article| !replica.contains(article)).map(|article| article.id).take(20).collect();
+        let extra: Vec<i64> =
+            replica.iter().filter(|article| !primary.contains(article)).map(|article| article.id).take(20).collect();
         return Err(error.context(format!(
             "DB1 has {} articles, DB2 {}; differing in DB1: {missing:?}, in DB2: {extra:?}",
             primary.len(),
@@ -53,6 +45,6 @@ pub async fn wait_for_replica(db1: &DatabaseUrl, db2: &DatabaseUrl, timeout: Dur
 
 /// Every record on the topic.
 pub async fn topic_records(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<blogctl::Record>> {
-let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, &topic, Duration::from_secs(60))).await?
 }

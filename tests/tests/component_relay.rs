@@ -14,7 +14,9 @@ use uuid::Uuid;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A DB1 with the outbox contract's tables, and a pool to write rows the way any writer does.
-async fn outbox_database(fixtures: &Fixtures) -> anyhow::Result<(service_kit::config::DatabaseUrl, deadpool_postgres::Pool)> {
+async fn outbox_database(
+    fixtures: &Fixtures,
+) -> anyhow::Result<(service_kit::config::DatabaseUrl, deadpool_postgres::Pool)> {
     let db1 = fixtures.database("relay").await?;
     service_kit::db::migrate(&db1, outbox_relay::MIGRATIONS).await?;
     let pool = service_kit::db::pool(&db1, 2)?;
@@ -62,7 +64,10 @@ fn log_ends(records: &[blogctl::Record]) -> BTreeMap<i32, i64> {
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines().filter(|line| line.starts_with(name)).filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    text.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Every row becomes one record keyed by its article id, in row order per article, with the
@@ -107,15 +112,20 @@ async fn read_back_settles_rows_already_on_the_topic_without_publishing_them_aga
     let (db1, pool) = outbox_database(&fixtures).await?;
     let topic = Fixtures::unique("articles");
     let already_published: Vec<(i64, Uuid)> = (0..25).map(|index| (index % 5 + 1, Uuid::new_v4())).collect();
-    let producer: FutureProducer = kafka_kit::client_config(fixtures.bootstrap_servers()).set("acks", "all").create()?;
+    let producer: FutureProducer =
+        kafka_kit::client_config(fixtures.bootstrap_servers()).set("acks", "all").create()?;
     for (article_id, event_id) in &already_published {
         let (key, event_id) = (article_id.to_string(), event_id.to_string());
         let headers = OwnedHeaders::new().insert(Header { key: "event_id", value: Some(&event_id) });
-        let record: FutureRecord<'_, str, str> = FutureRecord::to(&topic).key(key.as_str()).payload("{}").headers(headers);
+        let record: FutureRecord<'_, str, str> =
+            FutureRecord::to(&topic).key(key.as_str()).payload("{}").headers(headers);
         producer.send(record, TIMEOUT).await.map_err(|(error, _)| error)?;
     }
     // A record of someone else (no event id header) is read past and ignored.
-    producer.send(FutureRecord::<str, str>::to(&topic).key("9").payload("by hand"), TIMEOUT).await.map_err(|(error, _)| error)?;
+    producer
+        .send(FutureRecord::<str, str>::to(&topic).key("9").payload("by hand"), TIMEOUT)
+        .await
+        .map_err(|(error, _)| error)?;
     let new: Vec<(i64, Uuid)> = (0..15).map(|index| (index % 5 + 1, Uuid::new_v4())).collect();
     enqueue(&pool, &already_published).await?;
     enqueue(&pool, &new).await?;

@@ -1,15 +1,15 @@
 //! The OpenAPI document: served at `/api/v1/openapi.json`, complete, and true. A property-based
 //! fuzzer (schemathesis, installed by `scripts/setup.sh`) generates valid and invalid requests
 //! from it against the real API with `API_TOKEN` set, and fails on any 5xx or any answer the
-//! document does not describe. The fuzzed writes then have to reach DB2 unchanged.
+//! document does not describe. The fuzzed writes then have to reach DB2 unchanged. In-process
+//! tier: the services run inside the test on the run's shared cluster and broker.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use e2e::Stack;
+use e2e::component::{self, Fixtures, Pipeline};
 use e2e::process::find_program;
-use e2e::stack::Service;
 use serde_json::Value;
 
 const TOKEN: &str = "fuzz-token";
@@ -31,8 +31,10 @@ fn operations(document: &Value) -> BTreeSet<String> {
 /// tests elsewhere rely on.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_document_describes_every_route() -> anyhow::Result<()> {
-    let stack = Stack::start_for_test().await?;
-    let (status, document) = stack.api().request(reqwest::Method::GET, "/api/v1/openapi.json", None).await?;
+    let fixtures = Fixtures::start().await?;
+    let api = component::api(&fixtures.database("db1").await?, &[]).await?;
+    let (status, document) =
+        e2e::ApiClient::new(&api.url()).request(reqwest::Method::GET, "/api/v1/openapi.json", None).await?;
     assert_eq!(status, 200);
     assert!(document["openapi"].as_str().is_some_and(|version| version.starts_with("3.")), "{document}");
     let expected: BTreeSet<String> = [
@@ -68,26 +70,22 @@ async fn the_document_describes_every_route() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn fuzzing_from_the_document_finds_no_server_error_and_no_undocumented_answer() -> anyhow::Result<()> {
     let schemathesis = find_program("schemathesis")?;
-    let stack = Stack::start_for_test_configured(|options| {
-        options.service_env_by_name = vec![(Service::Api, "API_TOKEN".into(), TOKEN.into())];
-    })
-    .await?;
-    let (_, document) = stack.api().request(reqwest::Method::GET, "/api/v1/openapi.json", None).await?;
+    let pipeline = Pipeline::start(&[("api-token", TOKEN)]).await?;
+    let (_, document) = pipeline.api_client().request(reqwest::Method::GET, "/api/v1/openapi.json", None).await?;
     // Schemathesis leaves out the operation serving the document it was given.
     let operation_count = operations(&document).len() - 1;
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/schemathesis.toml");
     let seed = std::env::var("FUZZ_SEED").unwrap_or_else(|_| DEFAULT_SEED.to_owned());
     let examples = std::env::var("FUZZ_EXAMPLES").unwrap_or_else(|_| DEFAULT_EXAMPLES.to_owned());
-    let work_dir = stack.root().join("schemathesis");
-    std::fs::create_dir_all(&work_dir)?;
+    let work_dir = tempfile::Builder::new().prefix("schemathesis-").tempdir()?;
     let run = tokio::process::Command::new(&schemathesis)
         .arg("--config-file")
         .arg(&config)
         .arg("run")
-        .arg(format!("{}/api/v1/openapi.json", stack.url(Service::Api)))
+        .arg(format!("{}/api/v1/openapi.json", pipeline.api.url()))
         .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
         .args(["--seed", &seed, "--max-examples", &examples, "--workers", "1"])
-        .current_dir(&work_dir)
+        .current_dir(work_dir.path())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(600), run)
@@ -102,7 +100,7 @@ async fn fuzzing_from_the_document_finds_no_server_error_and_no_undocumented_ans
         "every one of the {operation_count} documented operations must be fuzzed:\n{report}"
     );
     // Whatever the fuzzer managed to write went through the outbox to DB2 unchanged.
-    let replica = stack.wait_for_replica(Duration::from_secs(120)).await?;
+    let replica = pipeline.wait_for_replica(Duration::from_secs(120)).await?;
     println!("{} fuzzed articles replicated to DB2", replica.len());
     Ok(())
 }

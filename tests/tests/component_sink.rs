@@ -1,0 +1,180 @@
+//! The replica sink in-process (`Application::build`), on a DB2 of its own in the run's shared
+//! PostgreSQL cluster, consuming a topic of its own on the shared broker: applying events
+//! exactly once, whatever arrives — hand-written, replayed, stale, after a deletion, poison.
+
+use std::time::Duration;
+
+use e2e::component::{self, Fixtures, Running};
+use md5::{Digest, Md5};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A sink consuming a topic of its own into a DB2 of its own.
+struct SinkUnderTest {
+    fixtures: Fixtures,
+    db2: service_kit::config::DatabaseUrl,
+    topic: String,
+    running: Running,
+}
+
+impl SinkUnderTest {
+    async fn start() -> anyhow::Result<Self> {
+        let fixtures = Fixtures::start().await?;
+        let db2 = fixtures.database("db2").await?;
+        let (topic, group) = (Fixtures::unique("articles"), Fixtures::unique("blog-sync-group"));
+        let running = component::sink(&db2, fixtures.bootstrap_servers(), &topic, &group).await?;
+        component::wait_ready(&running).await?;
+        Ok(Self { fixtures, db2, topic, running })
+    }
+
+    fn bootstrap_servers(&self) -> &str {
+        self.fixtures.bootstrap_servers()
+    }
+
+    async fn db2_client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        Ok(service_kit::db::connect(&self.db2).await?)
+    }
+
+    async fn metrics(&self) -> anyhow::Result<String> {
+        e2e::ApiClient::new(&self.running.url()).text("/metrics").await
+    }
+}
+
+/// Reads a single number from DB2.
+async fn db2_count(sink: &SinkUnderTest, sql: &str) -> anyhow::Result<i64> {
+    Ok(sink.db2_client().await?.query_one(sql, &[]).await?.get(0))
+}
+
+/// The seed's idempotence test: the same hand-written event (no event id, no version, naive
+/// timestamps) produced twice → one article, one `processed_events` row keyed by the md5 of the
+/// value, and the second delivery counted as a duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_hand_written_event_twice_is_applied_once() -> anyhow::Result<()> {
+    const SEED_EVENT: &str = r#"{"event_type":"article.created","timestamp":"2024-12-02T10:00:00","data":{"id":999,"title":"Duplicate Test","content":"Testing idempotency","author":"Test","category":"test","tags":[],"status":"draft","views_count":0,"created_at":"2024-12-02T10:00:00","updated_at":"2024-12-02T10:00:00","published_at":null}}"#;
+    let sink = SinkUnderTest::start().await?;
+    let producer = blogctl::producer(sink.bootstrap_servers())?;
+    for _ in 0..2 {
+        blogctl::produce(&producer, sink.topic.as_str(), None, SEED_EVENT).await?;
+    }
+    e2e::wait::until("the sink to skip the second copy", TIMEOUT, || async {
+        Ok(sink.metrics().await?.contains("sink_events_duplicate_total 1"))
+    })
+    .await?;
+    assert_eq!(db2_count(&sink, "SELECT count(*) FROM articles WHERE id = 999").await?, 1);
+    let md5 = format!("{:x}", Md5::digest(SEED_EVENT.as_bytes()));
+    let db2 = sink.db2_client().await?;
+    let rows = db2.query("SELECT event_id, event_type, article_id FROM processed_events", &[]).await?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), md5);
+    assert_eq!(rows[0].get::<_, String>(1), "article.created");
+    assert_eq!(rows[0].get::<_, i64>(2), 999);
+    let title: String = db2.query_one("SELECT title FROM articles WHERE id = 999", &[]).await?.get(0);
+    assert_eq!(title, "Duplicate Test");
+    Ok(())
+}
+
+/// Versions make the replica converge whatever arrives: an older update is recorded but changes
+/// nothing, a replayed event id is skipped, and an older event after a deletion cannot resurrect
+/// the article (its tombstone refuses it). Produced by hand, in one burst, so that the sink
+/// applies them together in one pipelined transaction as well as one by one.
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_replayed_and_post_deletion_events_change_nothing() -> anyhow::Result<()> {
+    fn event(event_id: &str, event_type: &str, id: i64, version: i64, title: &str) -> String {
+        json!({
+            "event_id": event_id, "event_type": event_type, "timestamp": "2026-11-22T10:00:00Z",
+            "data": {"id": id, "title": title, "content": "c", "author": "a", "category": null, "tags": [],
+                     "status": "draft", "views_count": 0, "created_at": "2026-11-22T10:00:00Z",
+                     "updated_at": "2026-11-22T10:00:00Z", "published_at": null, "version": version}
+        })
+        .to_string()
+    }
+    let sink = SinkUnderTest::start().await?;
+    let producer = blogctl::producer(sink.bootstrap_servers())?;
+    let events = [
+        ("7000", event("e1", "article.created", 7000, 1, "v1")),
+        ("7000", event("e3", "article.updated", 7000, 3, "v3")),
+        ("7000", event("e2", "article.updated", 7000, 2, "v2 (stale)")),
+        ("7000", event("e3", "article.updated", 7000, 3, "v3")),
+        ("7001", event("f2", "article.updated", 7001, 2, "kept")),
+        ("7001", event("f1", "article.created", 7001, 1, "older (stale)")),
+        ("7002", event("g1", "article.created", 7002, 1, "deleted")),
+        ("7002", event("g2", "article.deleted", 7002, 2, "deleted")),
+        ("7002", event("g0", "article.created", 7002, 1, "resurrected?")),
+    ];
+    for (key, value) in &events {
+        blogctl::produce(&producer, sink.topic.as_str(), Some(key), value).await?;
+    }
+    e2e::wait::until("the sink to see all nine events", TIMEOUT, || async {
+        Ok(db2_count(&sink, "SELECT count(*) FROM processed_events").await? == 8)
+    })
+    .await?;
+    let metrics = sink.metrics().await?;
+    assert!(metrics.contains("sink_events_duplicate_total 1"), "e3 twice: {metrics}");
+    assert!(metrics.contains("sink_events_stale_total 3"), "e2, f1 and g0 are stale: {metrics}");
+    let db2 = sink.db2_client().await?;
+    let rows = db2.query("SELECT id, title, version FROM articles ORDER BY id", &[]).await?;
+    let articles: Vec<(i64, String, i64)> = rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+    assert_eq!(articles, [(7000, "v3".to_owned(), 3), (7001, "kept".to_owned(), 2)], "7002 stays deleted");
+    let tombstone: i64 = db2.query_one("SELECT version FROM article_tombstones WHERE id = 7002", &[]).await?.get(0);
+    assert_eq!(tombstone, 2);
+    Ok(())
+}
+
+/// Poison records (not UTF-8, not JSON, unknown event type, missing fields, wrong types) between
+/// good ones: the good ones are applied, the poison goes to `articles.dlq` with headers saying why
+/// and where from, and the pipeline keeps going.
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_goes_to_the_dead_letter_topic_and_good_events_are_applied() -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let sink = SinkUnderTest::start().await?;
+    let good = |id: i64| {
+        format!(
+            r#"{{"event_type":"article.created","timestamp":"2024-12-02T10:00:00","data":{{"id":{id},"title":"Good {id}","content":"c","author":"a","category":null,"tags":[],"status":"draft","views_count":0,"created_at":"2024-12-02T10:00:00","updated_at":"2024-12-02T10:00:00","published_at":null}}}}"#
+        )
+        .into_bytes()
+    };
+    let records: Vec<Vec<u8>> = vec![
+        good(7001),
+        b"\xff\xfe not utf-8".to_vec(),
+        b"not json at all".to_vec(),
+        String::from_utf8(good(7002))?.replace("article.created", "article.exploded").into_bytes(),
+        br#"{"event_type":"article.created","timestamp":"2024-12-02T10:00:00","data":{"id":7003}}"#.to_vec(),
+        String::from_utf8(good(7004))?.replace(r#""id":7004"#, r#""id":"seven""#).into_bytes(),
+        good(7005),
+    ];
+    let producer: FutureProducer = kafka_kit::client_config(sink.bootstrap_servers()).set("acks", "all").create()?;
+    for value in &records {
+        let record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(sink.topic.as_str()).key("poison-test").payload(value);
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| error)?;
+    }
+    let db2 = sink.db2_client().await?;
+    e2e::wait::until("the good events to be applied", TIMEOUT, || async {
+        let applied: i64 = db2.query_one("SELECT count(*) FROM articles WHERE id IN (7001, 7005)", &[]).await?.get(0);
+        Ok(applied == 2)
+    })
+    .await?;
+    let (bootstrap, dlq_topic) = (sink.bootstrap_servers().to_owned(), format!("{}.dlq", sink.topic));
+    let dead = e2e::wait::until_some("five records in the dead-letter topic", TIMEOUT, || {
+        let (bootstrap, dlq_topic) = (bootstrap.clone(), dlq_topic.clone());
+        async move {
+            let dead =
+                tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, &dlq_topic, Duration::from_secs(20)))
+                    .await??;
+            Ok((dead.len() == 5).then_some(dead))
+        }
+    })
+    .await?;
+    let reasons: Vec<&str> = dead.iter().filter_map(|record| record.header("dlq.reason")).collect();
+    assert_eq!(reasons, ["not_utf8", "invalid_event", "invalid_event", "invalid_event", "invalid_event"], "{dead:?}");
+    for record in &dead {
+        assert_eq!(record.header("dlq.source.topic"), Some(sink.topic.as_str()));
+        assert!(record.header("dlq.source.offset").is_some() && record.header("dlq.error").is_some());
+        assert_eq!(record.key.as_deref(), Some("poison-test"));
+    }
+    assert_eq!(dead[0].value.as_deref(), Some(&b"\xff\xfe not utf-8"[..]), "the original bytes are kept");
+    let metrics = sink.metrics().await?;
+    assert!(metrics.contains("sink_events_poison_total{reason=\"invalid_event\"} 4"), "{metrics}");
+    Ok(())
+}

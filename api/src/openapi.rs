@@ -1,14 +1,16 @@
 //! The frame of the OpenAPI document served at `/api/v1/openapi.json`: title, tags, the bearer
 //! token scheme and the error answers operations share. The operations themselves come from the
 //! `#[utoipa::path]` annotations on the handlers in [`crate::routes`], registered with the routes
-//! they describe, so the document is generated from the code and cannot drift from it.
+//! they describe, so the document is generated from the code and cannot drift from it. What every
+//! operation of a kind shares — its tag, and for writes the token and its 401 — is added here by
+//! [`finish`], from the same rule the token middleware applies, rather than repeated per route.
 
 use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
-use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
 
@@ -26,7 +28,6 @@ pub const BEARER_TOKEN: &str = "api_token";
                        writes need `Authorization: Bearer <token>`; reads stay open."
     ),
     components(schemas(ErrorBody)),
-    modifiers(&BearerTokenScheme),
     tags(
         (name = "articles", description = "Articles and their publication"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
@@ -34,16 +35,46 @@ pub const BEARER_TOKEN: &str = "api_token";
 )]
 pub struct ApiDoc;
 
-#[derive(Debug)]
-struct BearerTokenScheme;
-
-impl Modify for BearerTokenScheme {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            BEARER_TOKEN,
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+/// Completes the document once every route is in: registers the bearer scheme; tags each
+/// operation (`articles` under `/api/v1/articles`, `operations` elsewhere); gives every article
+/// operation the answers of reaching DB1 and, under `{id}`, of a bad or unknown id; and gives
+/// every write (any method but GET, HEAD, OPTIONS — what `require_token_for_writes` guards) the
+/// token requirement and its 401. An answer a route documents itself is kept.
+pub fn finish(openapi: &mut utoipa::openapi::OpenApi) {
+    let components = openapi.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        BEARER_TOKEN,
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    for (path, item) in &mut openapi.paths.paths {
+        let articles = path.starts_with("/api/v1/articles");
+        let tag = if articles { "articles" } else { "operations" };
+        let mut shared = BTreeMap::new();
+        if articles {
+            shared.extend(<DatabaseErrors as utoipa::IntoResponses>::responses());
+        }
+        if path.contains("{id}") {
+            shared.extend(<ArticleIdErrors as utoipa::IntoResponses>::responses());
+        }
+        let reads = [&mut item.get, &mut item.head, &mut item.options]
+            .into_iter()
+            .flatten()
+            .map(|operation| (operation, false));
+        let writes = [&mut item.post, &mut item.put, &mut item.patch, &mut item.delete]
+            .into_iter()
+            .flatten()
+            .map(|operation| (operation, true));
+        for (operation, write) in reads.chain(writes) {
+            operation.tags = Some(vec![tag.to_owned()]);
+            let mut answers = shared.clone();
+            if write {
+                operation.security = Some(vec![SecurityRequirement::new(BEARER_TOKEN, Vec::<String>::new())]);
+                answers.extend(<TokenErrors as utoipa::IntoResponses>::responses());
+            }
+            for (status, answer) in answers {
+                operation.responses.responses.entry(status).or_insert(answer);
+            }
+        }
     }
 }
 
@@ -113,19 +144,23 @@ error_response_groups! {
 mod tests {
     use super::*;
 
-    /// `security(("api_token" = []))` in the path annotations must name the scheme registered here.
+    /// Every write, and only writes, needs the registered token scheme and documents its 401.
     #[test]
-    fn every_security_requirement_names_the_registered_scheme() {
+    fn every_write_and_no_read_requires_the_registered_scheme() {
         let document = serde_json::to_value(crate::routes::openapi()).expect("serialises");
         assert_eq!(document["components"]["securitySchemes"][BEARER_TOKEN]["scheme"], "bearer");
         let mut secured = 0;
         for (path, item) in document["paths"].as_object().expect("paths") {
             for (method, operation) in item.as_object().expect("operations") {
-                for requirement in operation["security"].as_array().into_iter().flatten() {
+                let requirements = operation["security"].as_array().cloned().unwrap_or_default();
+                assert_eq!(requirements.is_empty(), method == "get", "{method} {path}");
+                for requirement in &requirements {
                     let names: Vec<&String> = requirement.as_object().expect("requirement").keys().collect();
                     assert_eq!(names, [BEARER_TOKEN], "{method} {path}");
+                    assert!(operation["responses"]["401"].is_object(), "{method} {path}");
                     secured += 1;
                 }
+                assert!(operation["tags"][0].is_string(), "{method} {path} has a tag");
             }
         }
         assert_eq!(secured, 5, "the five writes need the token");

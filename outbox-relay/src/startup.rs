@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::producer::Producer as _;
-use tokio::net::TcpListener;
+use service_kit::ops::OpsServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
@@ -15,16 +15,13 @@ use crate::relay::{Relay, RelaySettings};
 
 #[derive(Debug)]
 pub struct Application {
-    listener: TcpListener,
+    ops: OpsServer,
     config: RelayConfig,
     relay: Relay,
-    readiness: service_kit::ops::ReadinessCheck,
-    metrics: RelayMetrics,
 }
 
 impl Application {
     pub async fn build(config: RelayConfig) -> anyhow::Result<Self> {
-        let listener = service_kit::ops::bind(config.listen_addr).await?;
         let pool =
             service_kit::db::pool(&config.database_url, config.db_pool_size).context("cannot create the DB1 pool")?;
         let settings = RelaySettings {
@@ -46,37 +43,34 @@ impl Application {
                 kafka_kit::topic_reachable(producer.client(), &topic)
             })
         };
-        let relay = Relay::new(pool, config.database_url.clone(), producer, settings, metrics.clone());
-        Ok(Self { listener, config, relay, readiness, metrics })
+        let ops = OpsServer::bind(config.listen_addr, metrics.registry.clone(), readiness).await?;
+        let relay = Relay::new(pool, config.database_url.clone(), producer, settings, metrics);
+        Ok(Self { ops, config, relay })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|addr| addr.port()).unwrap_or(0)
+        self.ops.port()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, config, relay, readiness, metrics } = self;
+        let Self { ops, config, relay } = self;
         tracing::info!(
-            listen_addr = %listener.local_addr()?,
+            port = ops.port(),
             database = %config.database_url,
             bootstrap_servers = %config.kafka_bootstrap_servers,
             topic = %config.kafka_topic,
             "outbox relay starting"
         );
-        let ops = tokio::spawn(service_kit::ops::serve(
-            listener,
-            service_kit::ops::router(metrics.registry.clone(), readiness),
-            shutdown.clone(),
-        ));
-        if service_kit::db::migrate_when_available(&config.database_url, crate::MIGRATIONS, &shutdown).await {
-            let listener =
-                tokio::spawn(crate::listener::listen(config.database_url.clone(), relay.wake(), shutdown.clone()));
-            relay.run(shutdown.clone()).await;
-            listener.abort();
-        }
-        shutdown.cancel();
-        ops.await.context("the ops server panicked")?.context("the ops server failed")?;
-        Ok(())
+        let work = async {
+            if service_kit::db::migrate_when_available(&config.database_url, crate::MIGRATIONS, &shutdown).await {
+                let wake = relay.wake();
+                let listener =
+                    tokio::spawn(crate::listener::listen(config.database_url.clone(), wake, shutdown.clone()));
+                relay.run(shutdown.clone()).await;
+                listener.abort();
+            }
+        };
+        ops.serve_while(shutdown.clone(), work).await
     }
 }
 

@@ -1,7 +1,8 @@
 //! The sink's Prometheus metrics, served at `/metrics`.
 
 use events::EventType;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
+use service_kit::metrics::{counter, counter_vec, histogram, histogram_vec, int_gauge_vec};
 
 #[derive(Debug, Clone)]
 pub struct SinkMetrics {
@@ -25,43 +26,49 @@ pub struct SinkMetrics {
 impl SinkMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let applied = IntCounterVec::new(
-            Opts::new("sink_events_applied_total", "Events applied to DB2, by event type"),
+        let applied = counter_vec(
+            &registry,
+            "sink_events_applied_total",
+            "Events applied to DB2, by event type",
             &["event_type"],
         )?;
-        let duplicates =
-            IntCounter::new("sink_events_duplicate_total", "Events skipped because they were already processed")?;
-        let stale = IntCounter::new("sink_events_stale_total", "Events older than the replica's state (no change)")?;
-        let poison = IntCounterVec::new(
-            Opts::new("sink_events_poison_total", "Records that cannot be applied, by reason"),
-            &["reason"],
-        )?;
-        let apply_duration = HistogramVec::new(
-            HistogramOpts::new("sink_apply_duration_seconds", "Time to apply one event to DB2")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
-            &["event_type"],
-        )?;
-        let end_to_end_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "sink_end_to_end_latency_seconds",
-                "Time from the event timestamp (DB1 commit) to the change applied in DB2",
-            )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
-        )?;
-        registry.register(Box::new(end_to_end_latency.clone()))?;
-        let lag = IntGaugeVec::new(
-            Opts::new("sink_consumer_lag", "Records not yet consumed, per assigned partition"),
-            &["partition"],
-        )?;
-        registry.register(Box::new(lag.clone()))?;
-        registry.register(Box::new(applied.clone()))?;
-        registry.register(Box::new(duplicates.clone()))?;
-        registry.register(Box::new(stale.clone()))?;
-        registry.register(Box::new(poison.clone()))?;
-        registry.register(Box::new(apply_duration.clone()))?;
         for kind in EventType::ALL {
             applied.with_label_values(&[kind.as_str()]);
         }
-        Ok(Self { registry, applied, duplicates, stale, poison, apply_duration, end_to_end_latency, lag })
+        Ok(Self {
+            applied,
+            duplicates: counter(
+                &registry,
+                "sink_events_duplicate_total",
+                "Events skipped because they were already processed",
+            )?,
+            stale: counter(&registry, "sink_events_stale_total", "Events older than the replica's state (no change)")?,
+            poison: counter_vec(
+                &registry,
+                "sink_events_poison_total",
+                "Records that cannot be applied, by reason",
+                &["reason"],
+            )?,
+            apply_duration: histogram_vec(
+                &registry,
+                "sink_apply_duration_seconds",
+                "Time to apply one event to DB2",
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+                &["event_type"],
+            )?,
+            end_to_end_latency: histogram(
+                &registry,
+                "sink_end_to_end_latency_seconds",
+                "Time from the event timestamp (DB1 commit) to the change applied in DB2",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            )?,
+            lag: int_gauge_vec(
+                &registry,
+                "sink_consumer_lag",
+                "Records not yet consumed, per assigned partition",
+                &["partition"],
+            )?,
+            registry,
+        })
     }
 }

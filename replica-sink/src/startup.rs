@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use tokio::net::TcpListener;
+use service_kit::ops::OpsServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SinkConfig;
@@ -15,11 +15,10 @@ use crate::metrics::SinkMetrics;
 use crate::sink::Sink;
 
 pub struct Application {
-    listener: TcpListener,
+    ops: OpsServer,
     config: SinkConfig,
     sink: Sink,
     consumer: Arc<StreamConsumer>,
-    readiness: service_kit::ops::ReadinessCheck,
     metrics: SinkMetrics,
 }
 
@@ -31,7 +30,6 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     pub async fn build(config: SinkConfig) -> anyhow::Result<Self> {
-        let listener = service_kit::ops::bind(config.listen_addr).await?;
         let pool = service_kit::db::pool(&config.replica_database_url, config.db_pool_size)
             .context("cannot create the DB2 pool")?;
         let consumer: Arc<StreamConsumer> = Arc::new(
@@ -54,36 +52,37 @@ impl Application {
             .context("cannot create the dead-letter producer")?;
         let dlq_topic = config.kafka_dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", config.kafka_topic));
         let sink = Sink::new(pool, consumer.clone(), metrics.clone(), DeadLetters::new(dlq, dlq_topic));
-        Ok(Self { listener, config, sink, consumer, readiness, metrics })
+        let ops = OpsServer::bind(config.listen_addr, metrics.registry.clone(), readiness).await?;
+        Ok(Self { ops, config, sink, consumer, metrics })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|addr| addr.port()).unwrap_or(0)
+        self.ops.port()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, config, sink, consumer, readiness, metrics } = self;
+        let Self { ops, config, sink, consumer, metrics } = self;
         tracing::info!(
-            listen_addr = %listener.local_addr()?,
+            port = ops.port(),
             database = %config.replica_database_url,
             bootstrap_servers = %config.kafka_bootstrap_servers,
             topic = %config.kafka_topic,
             group = %config.kafka_group_id,
             "replica sink starting"
         );
-        let ops = tokio::spawn(service_kit::ops::serve(
-            listener,
-            service_kit::ops::router(metrics.registry.clone(), readiness),
-            shutdown.clone(),
-        ));
-        if service_kit::db::migrate_when_available(&config.replica_database_url, crate::MIGRATIONS, &shutdown).await {
-            consumer.subscribe(&[&config.kafka_topic]).context("cannot subscribe")?;
-            let lag = tokio::spawn(crate::lag::report_lag(consumer.clone(), metrics.clone(), shutdown.clone()));
-            sink.run(shutdown.clone()).await;
-            lag.abort();
-        }
-        shutdown.cancel();
-        ops.await.context("the ops server panicked")?.context("the ops server failed")?;
-        Ok(())
+        let mut subscribed = Ok(());
+        let work = async {
+            if service_kit::db::migrate_when_available(&config.replica_database_url, crate::MIGRATIONS, &shutdown).await
+            {
+                subscribed = consumer.subscribe(&[&config.kafka_topic]);
+                if subscribed.is_ok() {
+                    let lag = tokio::spawn(crate::lag::report_lag(consumer.clone(), metrics, shutdown.clone()));
+                    sink.run(shutdown.clone()).await;
+                    lag.abort();
+                }
+            }
+        };
+        ops.serve_while(shutdown.clone(), work).await?;
+        subscribed.context("cannot subscribe")
     }
 }

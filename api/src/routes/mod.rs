@@ -13,7 +13,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::openapi;
@@ -37,21 +36,15 @@ pub fn router(state: AppState) -> Router {
 }
 
 fn documented_routes() -> OpenApiRouter<AppState> {
-    let api = OpenApiRouter::new()
-        .routes(routes!(read::list_articles, write::create_article))
-        .routes(routes!(read::get_article, write::replace_article, write::patch_article, write::delete_article))
-        .routes(routes!(write::publish_article))
-        .routes(routes!(operations::metrics))
-        .routes(routes!(operations::openapi_document));
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .nest("/api/v1", api)
-        .routes(routes!(operations::health))
-        .routes(routes!(operations::ready))
+    let api = read::routes().merge(write::routes()).merge(operations::api_routes());
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).nest("/api/v1", api).merge(operations::probes())
 }
 
 /// The OpenAPI document of this API, generated from the handlers' annotations.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes().split_for_parts().1
+    let mut document = documented_routes().split_for_parts().1;
+    openapi::finish(&mut document);
+    document
 }
 
 /// [`openapi`] as JSON, built once.

@@ -6,30 +6,28 @@ use axum::extract::{Query, State};
 use events::{Article, ArticleStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::article_id::ArticleId;
 use crate::articles::{self, ListFilter};
 use crate::error::ApiError;
-use crate::openapi::{ArticleIdErrors, DatabaseErrors, ListErrors};
+use crate::openapi::ListErrors;
 use crate::state::AppState;
+
+/// The read routes, each with its OpenAPI operation.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_articles)).routes(routes!(get_article))
+}
 
 /// Articles per page when the query does not say.
 pub const DEFAULT_PER_PAGE: i64 = 20;
 /// Most articles one page may hold.
 pub const MAX_PER_PAGE: i64 = 100;
 
-#[utoipa::path(
-    get,
-    path = "/articles/{id}",
-    tag = "articles",
-    summary = "One article",
-    params(ArticleId),
-    responses((status = OK, description = "The article", body = Article), ArticleIdErrors, DatabaseErrors)
-)]
-pub(super) async fn get_article(
-    State(state): State<AppState>,
-    ArticleId { id }: ArticleId,
-) -> Result<Json<Article>, ApiError> {
+#[utoipa::path(get, path = "/articles/{id}", summary = "One article", params(ArticleId),
+    responses((status = OK, description = "The article", body = Article)))]
+async fn get_article(State(state): State<AppState>, ArticleId { id }: ArticleId) -> Result<Json<Article>, ApiError> {
     let client = state.client().await?;
     articles::find(&client, id).await?.map(Json).ok_or(ApiError::ArticleNotFound(id))
 }
@@ -37,7 +35,7 @@ pub(super) async fn get_article(
 /// Query of `GET /articles`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(super) struct ListParams {
+struct ListParams {
     /// Page number, from 1.
     #[param(minimum = 1, maximum = 1_000_000)]
     page: Option<i64>,
@@ -57,7 +55,7 @@ pub(super) struct ListParams {
 
 /// Answer of `GET /articles`.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ArticlePage {
+struct ArticlePage {
     items: Vec<Article>,
     page: i64,
     per_page: i64,
@@ -66,15 +64,10 @@ pub(super) struct ArticlePage {
     pages: i64,
 }
 
-#[utoipa::path(
-    get,
-    path = "/articles",
-    tag = "articles",
-    summary = "List articles in creation order (ascending id), with filters",
+#[utoipa::path(get, path = "/articles", summary = "List articles in creation order (ascending id), with filters",
     params(ListParams),
-    responses((status = OK, description = "One page of articles", body = ArticlePage), ListErrors, DatabaseErrors)
-)]
-pub(super) async fn list_articles(
+    responses((status = OK, description = "One page of articles", body = ArticlePage), ListErrors))]
+async fn list_articles(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ArticlePage>, ApiError> {

@@ -12,14 +12,29 @@ use chrono::Utc;
 use deadpool_postgres::Transaction;
 use events::{Article, ArticleEvent, EventType};
 use outbox::NewEvent;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::article_id::ArticleId;
 use crate::articles;
 use crate::error::ApiError;
-use crate::openapi::{ArticleIdErrors, BodyErrors, DatabaseErrors, PublishErrors, TokenErrors};
+use crate::openapi::{BodyErrors, PublishErrors};
 use crate::state::AppState;
-use crate::validation::{ArticleInput, ArticlePatch};
+use crate::validation::{ArticleFields, ArticleInput, ArticlePatch};
+
+/// A JSON body, or why axum refused it (turned into our JSON error).
+type Body<T> = Result<Json<T>, JsonRejection>;
+/// An article answered as JSON, or an error answer.
+type Answer = Result<Json<Article>, ApiError>;
+
+/// The write routes, each with its OpenAPI operation.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_article))
+        .routes(routes!(replace_article, patch_article, delete_article))
+        .routes(routes!(publish_article))
+}
 
 /// Runs `change` on a new transaction, writes the `event_type` event of the article it returns to
 /// the outbox on the same transaction, and commits both.
@@ -47,25 +62,19 @@ async fn commit_with_event(
     transaction.commit().await?;
     state.metrics.writes.with_label_values(&[event_type.as_str()]).inc();
     let article = event.data;
-    tracing::info!(article_id = article.id, %event_type, %event_id, title = %article.title, "article change committed with its outbox event");
+    tracing::info!(
+        article_id = article.id, %event_type, %event_id, title = %article.title,
+        "article change committed with its outbox event"
+    );
     Ok(article)
 }
 
-#[utoipa::path(
-    post,
-    path = "/articles",
-    tag = "articles",
-    summary = "Create a draft article",
-    request_body = ArticleInput,
-    security(("api_token" = [])),
-    responses(
-        (status = CREATED, description = "Created, with its `article.created` event", body = Article),
-        BodyErrors, TokenErrors, DatabaseErrors,
-    )
-)]
-pub(super) async fn create_article(
+#[utoipa::path(post, path = "/articles", summary = "Create a draft article", request_body = ArticleInput,
+    responses((status = CREATED, description = "Created, with its `article.created` event", body = Article),
+        BodyErrors))]
+async fn create_article(
     State(state): State<AppState>,
-    body: Result<Json<ArticleInput>, JsonRejection>,
+    body: Body<ArticleInput>,
 ) -> Result<(StatusCode, Json<Article>), ApiError> {
     let fields = body?.0.validate()?;
     let article = commit_with_event(&state, EventType::Created, async |transaction| {
@@ -75,76 +84,46 @@ pub(super) async fn create_article(
     Ok((StatusCode::CREATED, Json(article)))
 }
 
-#[utoipa::path(
-    put,
-    path = "/articles/{id}",
-    tag = "articles",
-    summary = "Replace an article's fields",
-    params(ArticleId),
+#[utoipa::path(put, path = "/articles/{id}", summary = "Replace an article's fields", params(ArticleId),
     request_body = ArticleInput,
-    security(("api_token" = [])),
-    responses(
-        (status = OK, description = "Updated, with its `article.updated` event", body = Article),
-        ArticleIdErrors, BodyErrors, TokenErrors, DatabaseErrors,
-    )
-)]
-pub(super) async fn replace_article(
+    responses((status = OK, description = "Updated, with its `article.updated` event", body = Article), BodyErrors))]
+async fn replace_article(
     State(state): State<AppState>,
     ArticleId { id }: ArticleId,
-    body: Result<Json<ArticleInput>, JsonRejection>,
-) -> Result<Json<Article>, ApiError> {
+    body: Body<ArticleInput>,
+) -> Answer {
     let fields = body?.0.validate()?;
-    let article = commit_with_event(&state, EventType::Updated, async |transaction| {
-        articles::update(transaction, id, &fields).await?.ok_or(ApiError::ArticleNotFound(id))
-    })
-    .await?;
-    Ok(Json(article))
+    update_article(&state, id, |_current| Ok(fields)).await
 }
 
-#[utoipa::path(
-    patch,
-    path = "/articles/{id}",
-    tag = "articles",
-    summary = "Change some of an article's fields",
-    params(ArticleId),
+#[utoipa::path(patch, path = "/articles/{id}", summary = "Change some of an article's fields", params(ArticleId),
     request_body = ArticlePatch,
-    security(("api_token" = [])),
-    responses(
-        (status = OK, description = "Updated, with its `article.updated` event", body = Article),
-        ArticleIdErrors, BodyErrors, TokenErrors, DatabaseErrors,
-    )
-)]
-pub(super) async fn patch_article(
-    State(state): State<AppState>,
-    ArticleId { id }: ArticleId,
-    body: Result<Json<ArticlePatch>, JsonRejection>,
-) -> Result<Json<Article>, ApiError> {
+    responses((status = OK, description = "Updated, with its `article.updated` event", body = Article), BodyErrors))]
+async fn patch_article(State(state): State<AppState>, ArticleId { id }: ArticleId, body: Body<ArticlePatch>) -> Answer {
     let patch = body?.0;
-    let article = commit_with_event(&state, EventType::Updated, async |transaction| {
+    update_article(&state, id, |current| patch.apply_to(current)).await
+}
+
+/// `PUT` and `PATCH`: locks the article, computes its new fields from the current ones, and writes
+/// them with an `article.updated` event.
+async fn update_article(
+    state: &AppState,
+    id: i64,
+    new_fields: impl FnOnce(&Article) -> Result<ArticleFields, ApiError>,
+) -> Answer {
+    let article = commit_with_event(state, EventType::Updated, async |transaction| {
         let current = articles::find_for_update(transaction, id).await?.ok_or(ApiError::ArticleNotFound(id))?;
-        let fields = patch.apply_to(&current)?;
+        let fields = new_fields(&current)?;
         articles::update(transaction, id, &fields).await?.ok_or(ApiError::ArticleNotFound(id))
     })
     .await?;
     Ok(Json(article))
 }
 
-#[utoipa::path(
-    post,
-    path = "/articles/{id}/publish",
-    tag = "articles",
-    summary = "Publish a draft",
-    params(ArticleId),
-    security(("api_token" = [])),
-    responses(
-        (status = OK, description = "Published, with its `article.published` event", body = Article),
-        ArticleIdErrors, PublishErrors, TokenErrors, DatabaseErrors,
-    )
-)]
-pub(super) async fn publish_article(
-    State(state): State<AppState>,
-    ArticleId { id }: ArticleId,
-) -> Result<Json<Article>, ApiError> {
+#[utoipa::path(post, path = "/articles/{id}/publish", summary = "Publish a draft", params(ArticleId),
+    responses((status = OK, description = "Published, with its `article.published` event", body = Article),
+        PublishErrors))]
+async fn publish_article(State(state): State<AppState>, ArticleId { id }: ArticleId) -> Answer {
     let article = commit_with_event(&state, EventType::Published, async |transaction| {
         match articles::publish(transaction, id).await? {
             Some(article) => Ok(article),
@@ -156,22 +135,9 @@ pub(super) async fn publish_article(
     Ok(Json(article))
 }
 
-#[utoipa::path(
-    delete,
-    path = "/articles/{id}",
-    tag = "articles",
-    summary = "Delete an article",
-    params(ArticleId),
-    security(("api_token" = [])),
-    responses(
-        (status = NO_CONTENT, description = "Deleted, with its `article.deleted` event"),
-        ArticleIdErrors, TokenErrors, DatabaseErrors,
-    )
-)]
-pub(super) async fn delete_article(
-    State(state): State<AppState>,
-    ArticleId { id }: ArticleId,
-) -> Result<StatusCode, ApiError> {
+#[utoipa::path(delete, path = "/articles/{id}", summary = "Delete an article", params(ArticleId),
+    responses((status = NO_CONTENT, description = "Deleted, with its `article.deleted` event")))]
+async fn delete_article(State(state): State<AppState>, ArticleId { id }: ArticleId) -> Result<StatusCode, ApiError> {
     commit_with_event(&state, EventType::Deleted, async |transaction| {
         articles::delete(transaction, id).await?.ok_or(ApiError::ArticleNotFound(id))
     })

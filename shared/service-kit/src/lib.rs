@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod config;
 pub mod db;
+pub mod metrics;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;

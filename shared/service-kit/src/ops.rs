@@ -115,6 +115,41 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
+/// The ops endpoints of a service that is not an HTTP server itself (the relay, the sink): bound
+/// when the service is built (port 0 in tests), served while the service works.
+#[derive(Debug)]
+pub struct OpsServer {
+    listener: TcpListener,
+    registry: Registry,
+    readiness: ReadinessCheck,
+}
+
+impl OpsServer {
+    pub async fn bind(
+        addr: std::net::SocketAddr,
+        registry: Registry,
+        readiness: ReadinessCheck,
+    ) -> anyhow::Result<Self> {
+        Ok(Self { listener: bind(addr).await?, registry, readiness })
+    }
+
+    /// The port bound (the chosen one when asked for port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|addr| addr.port()).unwrap_or(0)
+    }
+
+    /// Serves `/health`, `/ready` and `/metrics` while `work` runs; when `work` returns (it does
+    /// on `shutdown`), cancels `shutdown` and stops the server.
+    pub async fn serve_while(self, shutdown: CancellationToken, work: impl Future<Output = ()>) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let router = router(self.registry, self.readiness);
+        let server = tokio::spawn(serve(self.listener, router, shutdown.clone()));
+        work.await;
+        shutdown.cancel();
+        server.await.context("the ops server panicked")?.context("the ops server failed")
+    }
+}
+
 /// Binds `addr`, naming it in the error (a taken port is the usual start-up failure).
 pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;

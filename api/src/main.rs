@@ -2,17 +2,10 @@
 
 use api::config::{Cli, Command};
 use api::startup::Application;
-use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let _telemetry = service_kit::telemetry::init("api");
-    match cli.command {
+fn main() -> anyhow::Result<()> {
+    service_kit::shutdown::run_binary("api", async |cli: Cli, shutdown| match cli.command {
         Some(Command::Migrate) => Ok(service_kit::db::migrate(&cli.config.database_url, api::MIGRATIONS).await?),
-        None => {
-            let application = Application::build(cli.config).await?;
-            application.run_until_stopped(service_kit::shutdown::token_cancelled_on_signal()).await
-        }
-    }
+        None => Application::build(cli.config).await?.run_until_stopped(shutdown).await,
+    })
 }

@@ -1,20 +1,13 @@
 //! `outbox-relay`: parse the configuration, start logging, relay until SIGINT/SIGTERM.
 
-use clap::Parser;
 use outbox_relay::config::{Cli, Command};
 use outbox_relay::startup::Application;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let _telemetry = service_kit::telemetry::init("outbox-relay");
-    match cli.command {
-        Some(Command::Migrate) => {
-            Ok(service_kit::db::migrate(&cli.config.database_url, outbox_relay::MIGRATIONS).await?)
-        }
-        None => {
-            let application = Application::build(cli.config).await?;
-            application.run_until_stopped(service_kit::shutdown::token_cancelled_on_signal()).await
-        }
-    }
+fn main() -> anyhow::Result<()> {
+    service_kit::shutdown::run_binary("outbox-relay", async |cli: Cli, shutdown| {
+        let Some(Command::Migrate) = cli.command else {
+            return Application::build(cli.config).await?.run_until_stopped(shutdown).await;
+        };
+        Ok(service_kit::db::migrate(&cli.config.database_url, outbox_relay::MIGRATIONS).await?)
+    })
 }

@@ -1,7 +1,7 @@
 //! The relay's Prometheus metrics, served at `/metrics`.
 
-use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
-use service_kit::metrics::{counter, counter_vec, gauge, histogram, int_gauge};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use service_kit::metrics::{LATENCY_BUCKETS, register};
 
 #[derive(Debug, Clone)]
 pub struct RelayMetrics {
@@ -27,29 +27,30 @@ pub struct RelayMetrics {
 impl RelayMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let sent_help = "Total Kafka messages sent (acknowledged by the broker)";
+        let sent = Opts::new("kafka_messages_sent_total", "Total Kafka messages sent (acknowledged by the broker)");
+        let commit_to_ack = HistogramOpts::new(
+            "outbox_commit_to_ack_seconds",
+            "Time from outbox row creation to broker acknowledgement",
+        );
+        let reconciled_help = "Outbox rows found on the topic by read-back and settled without publishing again";
         Ok(Self {
-            leader: int_gauge(&registry, "outbox_relay_leader", "1 while this relay holds the leader lock")?,
-            epoch: int_gauge(&registry, "outbox_relay_epoch", "Fencing epoch this relay last led")?,
-            reconciled: counter(
+            leader: register(
                 &registry,
-                "outbox_reconciled_total",
-                "Outbox rows found on the topic by read-back and settled without publishing again",
+                IntGauge::new("outbox_relay_leader", "1 while this relay holds the leader lock"),
             )?,
-            messages_sent: counter_vec(&registry, "kafka_messages_sent_total", sent_help, &["event_type"])?,
-            publish_errors: counter(
+            epoch: register(&registry, IntGauge::new("outbox_relay_epoch", "Fencing epoch this relay last led"))?,
+            reconciled: register(&registry, IntCounter::new("outbox_reconciled_total", reconciled_help))?,
+            messages_sent: register(&registry, IntCounterVec::new(sent, &["event_type"]))?,
+            publish_errors: register(
                 &registry,
-                "outbox_publish_errors_total",
-                "Records the broker refused or that timed out",
+                IntCounter::new("outbox_publish_errors_total", "Records the broker refused or that timed out"),
             )?,
-            backlog: int_gauge(&registry, "outbox_backlog_rows", "Outbox rows not yet published")?,
-            oldest_age: gauge(&registry, "outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row")?,
-            commit_to_ack: histogram(
+            backlog: register(&registry, IntGauge::new("outbox_backlog_rows", "Outbox rows not yet published"))?,
+            oldest_age: register(
                 &registry,
-                "outbox_commit_to_ack_seconds",
-                "Time from outbox row creation to broker acknowledgement",
-                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                Gauge::new("outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row"),
             )?,
+            commit_to_ack: register(&registry, Histogram::with_opts(commit_to_ack.buckets(LATENCY_BUCKETS.to_vec())))?,
             registry,
         })
     }

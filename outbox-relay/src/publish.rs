@@ -65,22 +65,12 @@ pub(crate) async fn send(
 
 /// The producer span of one row: a child of the request that wrote it (`SpanKind::Producer`).
 pub(crate) fn publish_span(topic: &str, row: &OutboxRow) -> tracing::Span {
-    let span = tracing::info_span!(
-        "outbox.publish",
-        otel.name = %format!("outbox.publish {topic}"),
-        otel.kind = "producer",
-        otel.status_code = tracing::field::Empty,
-        messaging.system = "kafka",
-        messaging.operation.type = "send",
-        messaging.destination.name = %topic,
-        messaging.message.id = %row.event_id,
-        messaging.kafka.message.key = %row.article_id,
-        messaging.destination.partition.id = tracing::field::Empty,
-        messaging.kafka.offset = tracing::field::Empty,
-        event_type = %row.event_type,
-        article.id = row.article_id,
-        trace_id = tracing::field::Empty,
-    );
+    let otel_name = format!("outbox.publish {topic}");
+    let span = service_kit::kafka_span!("outbox.publish", producer = "send", otel_name, topic);
+    span.record("messaging.message.id", tracing::field::display(&row.event_id));
+    span.record("messaging.kafka.message.key", row.article_id);
+    span.record("event_type", row.event_type.as_str());
+    span.record("article.id", row.article_id);
     service_kit::telemetry::continue_trace(&span, &service_kit::telemetry::MapCarrier(&row.trace_context));
     span
 }

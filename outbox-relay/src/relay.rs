@@ -71,12 +71,6 @@ pub(crate) struct Relay {
     wake: Arc<Notify>,
 }
 
-impl std::fmt::Debug for Relay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("settings", &self.settings).finish_non_exhaustive()
-    }
-}
-
 impl Relay {
     pub(crate) fn new(
         pool: Pool,

@@ -13,11 +13,16 @@ use crate::metrics::RelayMetrics;
 use crate::publish::{ProducerSettings, create_producer};
 use crate::relay::{Relay, RelaySettings};
 
-#[derive(Debug)]
 pub struct Application {
     ops: OpsServer,
     config: RelayConfig,
     relay: Relay,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("ops", &self.ops).field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 impl Application {

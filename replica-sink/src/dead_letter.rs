@@ -16,12 +16,6 @@ pub(crate) struct DeadLetters {
     topic: String,
 }
 
-impl std::fmt::Debug for DeadLetters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadLetters").field("topic", &self.topic).finish_non_exhaustive()
-    }
-}
-
 impl DeadLetters {
     pub(crate) fn new(producer: FutureProducer, topic: String) -> Self {
         Self { producer, topic }

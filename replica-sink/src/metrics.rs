@@ -1,8 +1,8 @@
 //! The sink's Prometheus metrics, served at `/metrics`.
 
 use events::EventType;
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
-use service_kit::metrics::{counter, counter_vec, histogram, histogram_vec, int_gauge_vec};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use service_kit::metrics::{LATENCY_BUCKETS, register};
 
 #[derive(Debug, Clone)]
 pub struct SinkMetrics {
@@ -26,48 +26,41 @@ pub struct SinkMetrics {
 impl SinkMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let applied = counter_vec(
+        let applied = register(
             &registry,
-            "sink_events_applied_total",
-            "Events applied to DB2, by event type",
-            &["event_type"],
+            IntCounterVec::new(
+                Opts::new("sink_events_applied_total", "Events applied to DB2, by event type"),
+                &["event_type"],
+            ),
         )?;
         for kind in EventType::ALL {
             applied.with_label_values(&[kind.as_str()]);
         }
+        let apply = HistogramOpts::new("sink_apply_duration_seconds", "Time to apply one event to DB2")
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]);
+        let end_to_end = HistogramOpts::new(
+            "sink_end_to_end_latency_seconds",
+            "Time from the event timestamp (DB1 commit) to the change applied in DB2",
+        );
+        let poison = Opts::new("sink_events_poison_total", "Records that cannot be applied, by reason");
+        let lag = Opts::new("sink_consumer_lag", "Records not yet consumed, per assigned partition");
         Ok(Self {
             applied,
-            duplicates: counter(
+            duplicates: register(
                 &registry,
-                "sink_events_duplicate_total",
-                "Events skipped because they were already processed",
+                IntCounter::new("sink_events_duplicate_total", "Events skipped because they were already processed"),
             )?,
-            stale: counter(&registry, "sink_events_stale_total", "Events older than the replica's state (no change)")?,
-            poison: counter_vec(
+            stale: register(
                 &registry,
-                "sink_events_poison_total",
-                "Records that cannot be applied, by reason",
-                &["reason"],
+                IntCounter::new("sink_events_stale_total", "Events older than the replica's state (no change)"),
             )?,
-            apply_duration: histogram_vec(
+            poison: register(&registry, IntCounterVec::new(poison, &["reason"]))?,
+            apply_duration: register(&registry, HistogramVec::new(apply, &["event_type"]))?,
+            end_to_end_latency: register(
                 &registry,
-                "sink_apply_duration_seconds",
-                "Time to apply one event to DB2",
-                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
-                &["event_type"],
+                Histogram::with_opts(end_to_end.buckets(LATENCY_BUCKETS[2..].to_vec())),
             )?,
-            end_to_end_latency: histogram(
-                &registry,
-                "sink_end_to_end_latency_seconds",
-                "Time from the event timestamp (DB1 commit) to the change applied in DB2",
-                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
-            )?,
-            lag: int_gauge_vec(
-                &registry,
-                "sink_consumer_lag",
-                "Records not yet consumed, per assigned partition",
-                &["partition"],
-            )?,
+            lag: register(&registry, IntGaugeVec::new(lag, &["partition"]))?,
             registry,
         })
     }

@@ -65,12 +65,6 @@ pub(crate) struct Sink {
     dead_letters: DeadLetters,
 }
 
-impl std::fmt::Debug for Sink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sink").field("dead_letters", &self.dead_letters).finish_non_exhaustive()
-    }
-}
-
 impl Sink {
     pub(crate) fn new(
         pool: Pool,
@@ -177,21 +171,11 @@ impl Sink {
         let header_event_id = kafka_kit::header_str(message, kafka_kit::EVENT_ID_HEADER);
         let decoded = decode(message.payload(), header_event_id);
         let event_type = decoded.as_ref().map_or("poison", |decoded| decoded.event.event_type.as_str());
-        let span = tracing::info_span!(
-            "sink.apply",
-            otel.name = %format!("sink.apply {event_type}"),
-            otel.kind = "consumer",
-            otel.status_code = tracing::field::Empty,
-            messaging.system = "kafka",
-            messaging.operation.type = "process",
-            messaging.destination.name = %message.topic(),
-            messaging.destination.partition.id = message.partition(),
-            messaging.kafka.offset = message.offset(),
-            messaging.message.id = tracing::field::Empty,
-            article.id = tracing::field::Empty,
-            event_type,
-            trace_id = tracing::field::Empty,
-        );
+        let otel_name = format!("sink.apply {event_type}");
+        let span = service_kit::kafka_span!("sink.apply", consumer = "process", otel_name, message.topic());
+        span.record("messaging.destination.partition.id", message.partition());
+        span.record("messaging.kafka.offset", message.offset());
+        span.record("event_type", event_type);
         service_kit::telemetry::continue_trace(
             &span,
             &service_kit::telemetry::MapCarrier(&kafka_kit::headers_map(message)),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
-use crate::process::{ManagedProcess, ProcessSpec, find_program};
+use crate::process::{ManagedProcess, ProcessSpec, Server, find_program};
 
 /// The environment variable that picks the broker (`kafka` or `nisshi`).
 pub const BROKER_ENV: &str = "BROKER";
@@ -95,7 +95,7 @@ pub struct BrokerOptions {
 pub struct Broker {
     pub kind: BrokerKind,
     pub port: u16,
-    process: ManagedProcess,
+    pub(crate) process: ManagedProcess,
     dir: PathBuf,
     /// What runs, for messages: "Apache Kafka 4.1.1", "nisshi 0.7.0-pre.2".
     description: String,
@@ -138,27 +138,6 @@ impl Broker {
         &self.description
     }
 
-    async fn wait_until_up(&self) -> anyhow::Result<()> {
-        let bootstrap = self.bootstrap_servers();
-        // A JVM starts in seconds, and recovers an unclean log after a kill before it listens.
-        crate::wait::until("the broker to answer metadata requests", Duration::from_secs(90), || {
-            let bootstrap = bootstrap.clone();
-            async move {
-                tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
-                    let consumer: BaseConsumer = kafka_kit::client_config(&bootstrap).create()?;
-                    Ok(consumer.fetch_metadata(None, Duration::from_secs(2)).is_ok())
-                })
-                .await?
-            }
-        })
-        .await
-        .with_context(|| format!("{} did not start; its log:\n{}", self.description, self.process.log_tail(30)))?;
-        if self.kind == BrokerKind::Nisshi {
-            self.index_nisshi_headers().await?;
-        }
-        Ok(())
-    }
-
     /// nisshi's sqlite schema has no index for reading record headers back, which makes every
     /// fetch scan all headers; this adds it (idempotent, survives restarts).
     async fn index_nisshi_headers(&self) -> anyhow::Result<()> {
@@ -177,28 +156,6 @@ impl Broker {
             }
         })
         .await
-    }
-
-    /// SIGKILL: the broker dies mid-write; its log on disk survives.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    pub async fn stop(&mut self) {
-        self.process.stop(Duration::from_secs(30)).await;
-    }
-
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.process.restart()?;
-        self.wait_until_up().await
-    }
-
-    pub fn process(&self) -> &ManagedProcess {
-        &self.process
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.process.is_running()
     }
 }
 
@@ -343,3 +300,30 @@ rootLogger.appenderRef.out.ref = out
 logger.server.name = kafka.server.KafkaRaftServer
 logger.server.level = info
 ";
+
+impl Server for Broker {
+    fn process_mut(&mut self) -> &mut ManagedProcess {
+        &mut self.process
+    }
+
+    async fn wait_until_up(&self) -> anyhow::Result<()> {
+        let bootstrap = self.bootstrap_servers();
+        // A JVM starts in seconds, and recovers an unclean log after a kill before it listens.
+        crate::wait::until("the broker to answer metadata requests", Duration::from_secs(90), || {
+            let bootstrap = bootstrap.clone();
+            async move {
+                tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+                    let consumer: BaseConsumer = kafka_kit::client_config(&bootstrap).create()?;
+                    Ok(consumer.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+                })
+                .await?
+            }
+        })
+        .await
+        .with_context(|| format!("{} did not start; its log:\n{}", self.description, self.process.log_tail(30)))?;
+        if self.kind == BrokerKind::Nisshi {
+            self.index_nisshi_headers().await?;
+        }
+        Ok(())
+    }
+}

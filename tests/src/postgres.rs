@@ -10,13 +10,13 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use service_kit::config::DatabaseUrl;
 
-use crate::process::{ManagedProcess, ProcessSpec, running_as_root, user_ids};
+use crate::process::{ManagedProcess, ProcessSpec, Server, running_as_root, user_ids};
 
 #[derive(Debug)]
 pub struct PgCluster {
     pub name: String,
     pub port: u16,
-    process: ManagedProcess,
+    pub(crate) process: ManagedProcess,
 }
 
 /// Options that differ between the test harness and the local stack.
@@ -92,15 +92,6 @@ impl PgCluster {
         Ok(cluster)
     }
 
-    async fn wait_until_up(&self) -> anyhow::Result<()> {
-        let url = self.url("postgres", "postgres");
-        crate::wait::until(&format!("{} to accept connections", self.name), Duration::from_secs(30), || async {
-            Ok(service_kit::db::connect(&url).await.is_ok())
-        })
-        .await
-        .with_context(|| format!("{} did not start; its log:\n{}", self.name, self.process.log_tail(20)))
-    }
-
     /// A URL for `user` on `database`.
     pub fn url(&self, user: &str, database: &str) -> DatabaseUrl {
         format!("postgres://{user}@127.0.0.1:{}/{database}", self.port).parse().expect("a well-formed URL")
@@ -120,28 +111,19 @@ impl PgCluster {
         }
         Ok(())
     }
+}
 
-    /// Fast shutdown (SIGINT): clients are disconnected, data is kept.
-    pub async fn stop(&mut self) {
-        self.process.stop(Duration::from_secs(30)).await;
+impl Server for PgCluster {
+    fn process_mut(&mut self) -> &mut ManagedProcess {
+        &mut self.process
     }
 
-    /// SIGKILL of the postmaster.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    /// Starts the server again on the same data and port.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.process.restart()?;
-        self.wait_until_up().await
-    }
-
-    pub fn process(&self) -> &ManagedProcess {
-        &self.process
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.process.is_running()
+    async fn wait_until_up(&self) -> anyhow::Result<()> {
+        let url = self.url("postgres", "postgres");
+        crate::wait::until(&format!("{} to accept connections", self.name), Duration::from_secs(30), || async {
+            Ok(service_kit::db::connect(&url).await.is_ok())
+        })
+        .await
+        .with_context(|| format!("{} did not start; its log:\n{}", self.name, self.process.log_tail(20)))
     }
 }

@@ -207,3 +207,25 @@ pub fn find_program(program: &str) -> anyhow::Result<PathBuf> {
         .find(|candidate| candidate.is_file())
         .with_context(|| format!("{program} not found on PATH; run scripts/setup.sh"))
 }
+
+/// A server the harness runs as one child process (a PostgreSQL cluster, a broker): stopped and
+/// restarted the same way, and waited for after a restart until it answers again.
+#[allow(async_fn_in_trait, reason = "test harness: awaited in place, never spawned")]
+pub trait Server {
+    /// The server's process, to kill it or ask whether it runs.
+    fn process_mut(&mut self) -> &mut ManagedProcess;
+
+    /// Waits until the server answers.
+    async fn wait_until_up(&self) -> anyhow::Result<()>;
+
+    /// A clean stop with its stop signal (PostgreSQL: fast shutdown); its data stays.
+    async fn stop(&mut self) {
+        self.process_mut().stop(Duration::from_secs(30)).await;
+    }
+
+    /// Starts it again on the same data and port, and waits until it answers.
+    async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process_mut().restart()?;
+        self.wait_until_up().await
+    }
+}

@@ -12,6 +12,7 @@ use service_kit::config::DatabaseUrl;
 use crate::api_client::ApiClient;
 use crate::broker::{Broker, BrokerKind, BrokerOptions};
 use crate::postgres::{PgCluster, PgOptions};
+use crate::process::Server as _;
 use crate::process::{ManagedProcess, ProcessSpec, binary};
 
 pub const DB1_NAME: &str = "blogdb";
@@ -326,13 +327,13 @@ impl Stack {
             }
         }
         if let Some(broker) = self.broker.as_mut()
-            && !broker.is_running()
+            && !broker.process_mut().is_running()
         {
             eprintln!("[stack] the broker exited; restarting it");
             broker.restart().await?;
         }
         for cluster in [&mut self.db1, &mut self.db2] {
-            if !cluster.is_running() {
+            if !cluster.process_mut().is_running() {
                 eprintln!("[stack] {} exited; restarting it", cluster.name);
                 cluster.restart().await?;
             }
@@ -365,11 +366,10 @@ impl Stack {
 
     /// Every process the stack started.
     fn processes(&self) -> impl Iterator<Item = &ManagedProcess> {
-        [self.db1.process(), self.db2.process()].into_iter().chain(self.broker.as_ref().map(Broker::process)).chain([
-            &self.api,
-            &self.relay,
-            &self.sink,
-        ])
+        [&self.db1.process, &self.db2.process]
+            .into_iter()
+            .chain(self.broker.as_ref().map(|broker| &broker.process))
+            .chain([&self.api, &self.relay, &self.sink])
     }
 
     /// The log tails of every process, for a failing test's report.

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use e2e::process::Server as _;
 use e2e::stack::{FAST_TAKEOVER, Service};
 use e2e::verify::{TopicReport, check_topic};
 use e2e::workload::{self, WorkloadReport};
@@ -87,7 +88,7 @@ async fn broker_killed_mid_write_loses_and_duplicates_nothing() -> anyhow::Resul
     let mut rng = fastrand::Rng::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
-        stack.broker_mut()?.kill();
+        stack.broker_mut()?.process_mut().kill();
         tokio::time::sleep(Duration::from_millis(rng.u64(200..1500))).await;
         stack.broker_mut()?.restart().await?;
     }

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::Stack;
+use e2e::process::Server as _;
 use e2e::stack::{FAST_TAKEOVER, Service};
 use reqwest::Method;
 use serde_json::json;

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use e2e::process::Server as _;
 use e2e::stack::Service;
 use e2e::{ApiClient, Stack};
 use events::{ArticleEvent, ArticleStatus, EventType};
@@ -247,7 +248,7 @@ async fn writes_succeed_while_kafka_is_down_and_arrive_once_it_is_back() -> anyh
     api.create(&article_body("Before the outage", "ops")).await?;
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
 
-    stack.broker_mut()?.kill();
+    stack.broker_mut()?.process_mut().kill();
     let mut created = Vec::new();
     for i in 0..20 {
         created.push(api.create(&article_body(&format!("During the outage {i}"), "ops")).await?.id);

@@ -212,3 +212,30 @@ impl Extractor for HeaderCarrier<'_> {
         self.0.keys().map(axum::http::HeaderName::as_str).collect()
     }
 }
+
+/// A span for one Kafka record (OpenTelemetry messaging conventions):
+/// `kafka_span!("outbox.publish", producer = "send", otel_name, topic)` — the span's name in logs,
+/// its kind (`producer` or `consumer`) and operation, its name in traces, the topic. Every
+/// messaging attribute is declared, so callers record what they know (`messaging.message.id`,
+/// `messaging.kafka.message.key`, partition, offset, `event_type`, `article.id`).
+#[macro_export]
+macro_rules! kafka_span {
+    ($name:literal, $kind:ident = $operation:literal, $otel_name:expr, $topic:expr $(,)?) => {
+        tracing::info_span!(
+            $name,
+            otel.name = %$otel_name,
+            otel.kind = stringify!($kind),
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = $operation,
+            messaging.destination.name = %$topic,
+            messaging.message.id = tracing::field::Empty,
+            messaging.kafka.message.key = tracing::field::Empty,
+            messaging.destination.partition.id = tracing::field::Empty,
+            messaging.kafka.offset = tracing::field::Empty,
+            event_type = tracing::field::Empty,
+            article.id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        )
+    };
+}

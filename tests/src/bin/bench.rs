@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use e2e::process::Server as _;
 use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, FAST_TAKEOVER, Service};
 use e2e::{ApiClient, Stack};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -484,7 +485,7 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .map(|service| (service.binary_name(), stack.process(service).pid()))
         .collect();
-    processes.push(("broker", stack.broker_mut()?.process().pid()));
+    processes.push(("broker", stack.broker_mut()?.process_mut().pid()));
     for (name, pid) in processes {
         let peak = peak_rss_mib(pid);
         println!("peak RSS {name:<13} {:>6.1} MiB", peak.unwrap_or(f64::NAN));

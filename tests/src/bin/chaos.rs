@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
+use e2e::process::Server as _;
 use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, FAST_TAKEOVER, Service, TOPIC};
 use e2e::verify::check_topic;
 use e2e::{ApiClient, Ports, Stack, workload};
@@ -104,7 +105,7 @@ impl Victims {
         match self {
             Self::Own(stack) => {
                 match part {
-                    Part::Broker => stack.broker_mut()?.kill(),
+                    Part::Broker => stack.broker_mut()?.process_mut().kill(),
                     Part::Relay => stack.kill(Service::Relay),
                     Part::Sink => stack.kill(Service::Sink),
                 }

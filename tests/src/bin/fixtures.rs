@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use e2e::broker::{BROKER_ENV, Broker, BrokerKind, BrokerOptions};
 use e2e::postgres::{PgCluster, PgOptions};
+use e2e::process::Server as _;
 
 /// Runs one broker (Apache Kafka, or nisshi) and one PostgreSQL cluster on free ports until stopped.
 #[derive(Debug, Parser)]

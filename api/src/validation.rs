@@ -65,32 +65,21 @@ fn text_schema(max: usize, nullable: bool) -> Object {
         .build()
 }
 
-fn title_schema() -> Object {
-    text_schema(MAX_TITLE_CHARS, false)
+/// The `schema_with` functions of the text fields: `name => (at most this many characters, nullable)`.
+macro_rules! text_schemas {
+    ($($name:ident => ($max:expr, $nullable:expr)),+ $(,)?) => {
+        $(fn $name() -> Object { text_schema($max, $nullable) })+
+    };
 }
 
-fn content_schema() -> Object {
-    text_schema(MAX_CONTENT_CHARS, false)
-}
-
-fn author_schema() -> Object {
-    text_schema(MAX_AUTHOR_CHARS, false)
-}
-
-fn optional_title_schema() -> Object {
-    text_schema(MAX_TITLE_CHARS, true)
-}
-
-fn optional_content_schema() -> Object {
-    text_schema(MAX_CONTENT_CHARS, true)
-}
-
-fn optional_author_schema() -> Object {
-    text_schema(MAX_AUTHOR_CHARS, true)
-}
-
-fn category_schema() -> Object {
-    text_schema(MAX_CATEGORY_CHARS, true)
+text_schemas! {
+    title_schema => (MAX_TITLE_CHARS, false),
+    content_schema => (MAX_CONTENT_CHARS, false),
+    author_schema => (MAX_AUTHOR_CHARS, false),
+    optional_title_schema => (MAX_TITLE_CHARS, true),
+    optional_content_schema => (MAX_CONTENT_CHARS, true),
+    optional_author_schema => (MAX_AUTHOR_CHARS, true),
+    category_schema => (MAX_CATEGORY_CHARS, true),
 }
 
 fn tags_schema() -> utoipa::openapi::schema::Array {

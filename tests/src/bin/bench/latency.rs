@@ -1,0 +1,139 @@
+//! Phase 4: end-to-end latency (API response → the event's row in DB2's `processed_events`) at
+//! two open-loop write rates, and its plot.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use e2e::Stack;
+use serde_json::json;
+
+use crate::{Results, Sizes};
+
+/// Each rate's label and sorted latencies, for the plot.
+pub(crate) type Series = Vec<(String, Vec<f64>)>;
+
+pub(crate) async fn run(stack: &Stack, sizes: &Sizes, results: &mut Results) -> anyhow::Result<Series> {
+    let mut series = Vec::new();
+    let mut latency_rows = Vec::new();
+    for rate in sizes.rates {
+        let (latencies, sent) = end_to_end(stack, rate, sizes.phase).await?;
+        let (p50, p95, p99, max) = (
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.95),
+            percentile(&latencies, 0.99),
+            percentile(&latencies, 1.0),
+        );
+        println!(
+            "end-to-end at {rate:>4} writes/s: p50 {p50:>7.1} ms  p95 {p95:>7.1} ms  p99 {p99:>7.1} ms  max {max:>7.1} ms  ({} of {sent} seen)",
+            latencies.len()
+        );
+        latency_rows.push(json!({"rate": rate, "sent": sent, "seen": latencies.len(), "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": max}));
+        series.push((format!("{rate} writes/s (n={})", latencies.len()), latencies));
+    }
+    results.insert("end_to_end".into(), json!(latency_rows));
+    Ok(series)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Open-loop creates at `rate`/s for `duration`; returns each latency in ms from the API's
+/// response to the event's row in DB2's `processed_events`.
+async fn end_to_end(stack: &Stack, rate: u64, duration: Duration) -> anyhow::Result<(Vec<f64>, usize)> {
+    let api = stack.api();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let total = (rate as f64 * duration.as_secs_f64()) as usize;
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        ticker.tick().await;
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let article =
+                api.create(&json!({"title": format!("e2e {i}"), "content": "latency", "author": "e2e"})).await?;
+            anyhow::Ok((article.id, Utc::now()))
+        }));
+    }
+    let mut responses = Vec::with_capacity(total);
+    for task in tasks {
+        responses.push(task.await??);
+    }
+    stack.wait_for_replica(Duration::from_secs(300)).await?;
+    let db2 = stack.db2_client().await?;
+    let ids: Vec<i64> = responses.iter().map(|(id, _)| *id).collect();
+    let rows = db2
+        .query(
+            "SELECT article_id, processed_at AT TIME ZONE current_setting('TimeZone') FROM processed_events \
+             WHERE event_type = 'article.created' AND article_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let applied: std::collections::HashMap<i64, DateTime<Utc>> =
+        rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let mut latencies: Vec<f64> = responses
+        .iter()
+        .filter_map(|(id, responded)| {
+            let micros = (*applied.get(id)? - *responded).num_microseconds()?;
+            Some((micros as f64 / 1000.0).max(0.0))
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok((latencies, total))
+}
+
+pub(crate) fn svg_plot(series: &[(String, Vec<f64>)]) -> String {
+    let (width, height, margin) = (720.0, 420.0, 60.0);
+    let max_ms = series.iter().flat_map(|(_, values)| values.iter().copied()).fold(1.0_f64, f64::max);
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='12'>\
+         <rect width='100%' height='100%' fill='white'/>\
+         <text x='{}' y='20' text-anchor='middle' font-size='14'>End-to-end latency (API response → applied in DB2): cumulative distribution</text>\
+         <line x1='{margin}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{margin}' y1='{margin}' x2='{margin}' y2='{}' stroke='black'/>\
+         <text x='{}' y='{}' text-anchor='middle'>latency (ms), max {max_ms:.1}</text><text x='15' y='{}' transform='rotate(-90 15 {})' text-anchor='middle'>fraction of events</text>",
+        width / 2.0,
+        height - margin,
+        width - 20.0,
+        height - margin,
+        height - margin,
+        width / 2.0,
+        height - 15.0,
+        height / 2.0,
+        height / 2.0
+    );
+    for tick in 0..=4 {
+        let fraction = tick as f64 / 4.0;
+        let y = height - margin - fraction * (height - 2.0 * margin);
+        let x = margin + fraction * (width - margin - 20.0);
+        svg.push_str(&format!(
+            "<text x='{}' y='{}' text-anchor='end'>{fraction:.2}</text><text x='{x}' y='{}' text-anchor='middle'>{:.0}</text>",
+            margin - 5.0, y + 4.0, height - margin + 15.0, fraction * max_ms
+        ));
+    }
+    for (index, (label, values)) in series.iter().enumerate() {
+        let color = colors[index % colors.len()];
+        let points: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| {
+                let x = margin + ms / max_ms * (width - margin - 20.0);
+                let y = height - margin - (i + 1) as f64 / values.len() as f64 * (height - 2.0 * margin);
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        svg.push_str(&format!(
+            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
+            points.join(" ")
+        ));
+        svg.push_str(&format!(
+            "<text x='{}' y='{}' fill='{color}'>{label}</text>",
+            width - 240.0,
+            height - margin - 40.0 - 18.0 * index as f64
+        ));
+    }
+    svg.push_str("</svg>");
+    svg
+}

@@ -1,0 +1,132 @@
+//! `bench`: measures the pipeline against the physical ceilings of the parts it drives, side by
+//! side in one run (these machines are shared and noisy, so every figure is a ratio measured now):
+//!
+//! 1. API creates/s at 8 and 32 connections vs pgbench running the same SQL on the same DB1.
+//! 2. Relay drain of an outbox backlog vs a bare rdkafka producer sending the same payloads.
+//! 3. Sink apply rate on a topic backlog vs pgbench running the sink's apply SQL on DB2.
+//! 4. End-to-end latency (API response → row visible in DB2's `processed_events`) at two rates.
+//! 5. Peak RSS of each service.
+//!
+//! Everything runs on one broker of its own, the one `BROKER` names (Apache Kafka by default, or
+//! nisshi), so each ceiling is measured on the broker the pipeline used; `scripts/bench.sh` runs
+//! it once per broker. Prints a table, writes `results.json` and `latency.svg` into `--out`.
+//! `--short` proves the benchmark works (CI); it asserts nothing about speed.
+
+mod api;
+mod latency;
+mod measure;
+mod pgbench;
+mod relay;
+mod sink;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::Utc;
+use clap::Parser;
+use e2e::Stack;
+use e2e::process::Server as _;
+use e2e::stack::{FAST_TAKEOVER, Service};
+use serde_json::json;
+
+/// What the run measured, written to `results.json`.
+type Results = serde_json::Map<String, serde_json::Value>;
+
+/// Prints a phase's line of the table and keeps its figures under `key`.
+fn report(results: &mut Results, key: &str, line: &str, figures: serde_json::Value) {
+    println!("{line}");
+    results.insert(key.to_owned(), figures);
+}
+
+/// Measures the pipeline against its ceilings (see the module docs).
+#[derive(Debug, Parser)]
+#[command(name = "bench", version)]
+struct Cli {
+    /// A quick run proving the benchmark works (small backlog, short phases).
+    #[arg(long)]
+    short: bool,
+    /// Where to write results.json and latency.svg.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// The sink's `KAFKA_FETCH_WAIT_MAX_MS` (unset: the sink's default), to measure its trade-off
+    /// between catching up and following closely.
+    #[arg(long)]
+    sink_fetch_wait_ms: Option<u64>,
+}
+
+/// How long each phase runs and how much it moves.
+struct Sizes {
+    /// How long each measured phase runs.
+    phase: Duration,
+    /// Outbox rows the relay drains (and the sink then applies).
+    backlog: i64,
+    /// Write rates of the latency phase, per second.
+    rates: [u64; 2],
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let sizes = if cli.short {
+        Sizes { phase: Duration::from_secs(2), backlog: 3_000, rates: [50, 100] }
+    } else {
+        Sizes { phase: Duration::from_secs(10), backlog: 100_000, rates: [200, 1000] }
+    };
+    std::fs::create_dir_all(&cli.out)?;
+    let mut results = serde_json::Map::new();
+    let mut stack = Stack::start_for_test_configured(|options| {
+        // Figures of a broker of its own, never of one shared with tests running beside it.
+        options.shared_broker = None;
+        options.durable = true;
+        options.rust_log = "warn".to_owned();
+        options.relay_delivery_timeout = Some(FAST_TAKEOVER);
+        options.service_env_by_name = cli
+            .sink_fetch_wait_ms
+            .map(|wait| (Service::Sink, "KAFKA_FETCH_WAIT_MAX_MS".to_owned(), wait.to_string()))
+            .into_iter()
+            .collect();
+        options.print_logs_on_drop = false;
+    })
+    .await?;
+    println!(
+        "stack: {}, durable PostgreSQL, release services with RUST_LOG=warn, sink fetch wait {}",
+        stack.broker_description(),
+        cli.sink_fetch_wait_ms.map_or_else(|| "default".to_owned(), |wait| format!("{wait} ms"))
+    );
+    results.insert("broker".into(), json!(stack.broker_description()));
+    results.insert("sink_fetch_wait_ms".into(), json!(cli.sink_fetch_wait_ms));
+    let scripts = tempfile::tempdir()?;
+
+    // One article through the whole pipeline first, so that the topic exists and the sink's group
+    // has its assignment before the sink is stopped (nisshi did not assign partitions to a member
+    // that joined after one that left before the topic existed).
+    stack.api().create(&json!({"title": "first", "content": "c", "author": "bench"})).await?;
+    stack.wait_for_replica(Duration::from_secs(60)).await?;
+
+    api::run(&mut stack, &sizes, scripts.path(), &mut results).await?;
+    let backlog_size = relay::run(&mut stack, &sizes, &mut results).await?;
+    sink::run(&mut stack, &sizes, backlog_size, scripts.path(), &mut results).await?;
+    let series = latency::run(&stack, &sizes, &mut results).await?;
+
+    // 5. Peak RSS (the broker's for comparison: a JVM against nisshi).
+    let mut rss = serde_json::Map::new();
+    let mut processes: Vec<(&str, Option<u32>)> = [Service::Api, Service::Relay, Service::Sink]
+        .into_iter()
+        .map(|service| (service.binary_name(), stack.process(service).pid()))
+        .collect();
+    processes.push(("broker", stack.broker_mut()?.process_mut().pid()));
+    for (name, pid) in processes {
+        let peak = measure::peak_rss_mib(pid);
+        println!("peak RSS {name:<13} {:>6.1} MiB", peak.unwrap_or(f64::NAN));
+        rss.insert(name.into(), json!(peak));
+    }
+    results.insert("peak_rss_mib".into(), json!(rss));
+    results.insert("short".into(), json!(cli.short));
+    results.insert("date".into(), json!(Utc::now().to_rfc3339()));
+
+    std::fs::write(cli.out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(cli.out.join("latency.svg"), latency::svg_plot(&series))?;
+    println!("results: {}, plot: {}", cli.out.join("results.json").display(), cli.out.join("latency.svg").display());
+    stack.shutdown().await;
+    Ok(())
+}

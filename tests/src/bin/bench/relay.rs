@@ -1,0 +1,133 @@
+//! Phase 2: the relay's drain of an outbox backlog (topped up to the target size) against a bare
+//! rdkafka producer sending the same records to the same broker.
+
+use std::time::{Duration, Instant};
+
+use e2e::Stack;
+use e2e::stack::Service;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+
+use crate::measure::drain_rate;
+use crate::{Results, Sizes};
+
+/// Returns how many events the backlog held (all on the topic afterwards, for phase 3).
+pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results) -> anyhow::Result<i64> {
+    // pgbench's rows all carry the same sample payload: they are removed, the API's rows stay.
+    let db1 = stack.db1_client().await?;
+    db1.batch_execute(
+        "DELETE FROM outbox WHERE payload LIKE '%6f1c2b8e-7a51-4a8e-9c43-0d9a3f5b2e11%'; DELETE FROM articles WHERE title = 'bench'",
+    )
+    .await?;
+    let pending: i64 = db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0);
+    if pending < sizes.backlog {
+        db1.execute(
+            "INSERT INTO articles (title, content, author) SELECT 'backlog ' || g, repeat('x', 300), 'bench' FROM generate_series(1, $1::bigint) g",
+            &[&(sizes.backlog - pending)],
+        )
+        .await?;
+        db1.execute(
+            &format!(
+                "INSERT INTO outbox (event_id, article_id, event_type, payload) \
+                 SELECT e.event_id, a.id, 'article.created', {EVENT_SQL} \
+                 FROM articles a CROSS JOIN LATERAL (SELECT gen_random_uuid() AS event_id, a.id AS per_row) e \
+                 WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.article_id = a.id) ORDER BY a.id"
+            ),
+            &[],
+        )
+        .await?;
+    }
+    let backlog: Vec<BacklogRecord> = db1
+        .query("SELECT article_id::text, payload, event_id::text, event_type FROM outbox ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|row| BacklogRecord { key: row.get(0), payload: row.get(1), event_id: row.get(2), event_type: row.get(3) })
+        .collect();
+    let backlog_size = backlog.len() as i64;
+    stack.restart(Service::Relay).await?;
+    let (relay_rate, relay_time) =
+        drain_rate(0, || async { Ok(db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0)) }).await?;
+    // The relay's ceiling: a bare producer sending the same records (key, payload and the
+    // `event_id` and `event_type` headers the relay adds) to another topic of the same broker. On
+    // nisshi every header is a row of its own, so the same payloads without headers are measured
+    // too, to show what the headers cost the broker.
+    let with_headers = bare_produce(&stack.bootstrap_servers(), &backlog, true).await?;
+    let without_headers = bare_produce(&stack.bootstrap_servers(), &backlog, false).await?;
+    let (ratio, ratio_without_headers) = (relay_rate / with_headers, relay_rate / without_headers);
+    let line = format!(
+        "relay drain of {backlog_size} events: {relay_rate:>8.0}/s ({relay_time:.1?})   bare producer, same records: \
+         {with_headers:>8.0}/s   ratio {ratio:.2}   (without headers: {without_headers:>8.0}/s, ratio {ratio_without_headers:.2})"
+    );
+    let figures = json!({"events": backlog_size, "relay_per_s": relay_rate, "bare_producer_per_s": with_headers,
+        "ratio": ratio, "bare_producer_without_headers_per_s": without_headers,
+        "ratio_without_headers": ratio_without_headers});
+    crate::report(results, "relay_drain", &line, figures);
+    Ok(backlog_size)
+}
+
+/// The payload the API writes for a created article, built in SQL (used by pgbench and the backlog).
+const EVENT_SQL: &str = "json_build_object('event_id', e.event_id::text, 'event_type', 'article.created', \
+    'timestamp', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'data', json_build_object(\
+    'id', a.id, 'title', a.title, 'content', a.content, 'author', a.author, 'category', a.category, 'tags', a.tags, \
+    'status', a.status, 'views_count', a.views_count, \
+    'created_at', to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+    'updated_at', to_char(a.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+    'published_at', NULL, 'version', a.version))::text";
+
+/// One outbox row as the relay publishes it.
+#[derive(Debug)]
+struct BacklogRecord {
+    key: String,
+    payload: String,
+    event_id: String,
+    event_type: String,
+}
+
+/// Sends `backlog` to the topic `bench-bare` with an idempotent producer set up like the relay's
+/// (acks=all, linger 5 ms), all in flight at once; returns records acknowledged per second.
+async fn bare_produce(bootstrap_servers: &str, backlog: &[BacklogRecord], headers: bool) -> anyhow::Result<f64> {
+    let producer: FutureProducer = kafka_kit::client_config(bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "200000")
+        .create()?;
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(backlog.len());
+    for record in backlog {
+        let mut message = FutureRecord::to("bench-bare").key(&record.key).payload(&record.payload);
+        if headers {
+            message = message.headers(
+                OwnedHeaders::new()
+                    .insert(Header { key: kafka_kit::EVENT_ID_HEADER, value: Some(&record.event_id) })
+                    .insert(Header { key: kafka_kit::EVENT_TYPE_HEADER, value: Some(&record.event_type) }),
+            );
+        }
+        loop {
+            match producer.send_result(message) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    break;
+                }
+                Err((_, returned)) => {
+                    message = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    for delivery in futures_util_join(deliveries).await {
+        delivery.map_err(|_| anyhow::anyhow!("delivery canceled"))?.map_err(|(error, _)| error)?;
+    }
+    Ok(backlog.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Awaits every delivery, in order.
+async fn futures_util_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut outputs = Vec::with_capacity(futures.len());
+    for future in futures {
+        outputs.push(future.await);
+    }
+    outputs
+}

@@ -4,15 +4,15 @@
 
 use service_kit::db::MigrationSet;
 
-pub mod articles;
+mod articles;
 pub mod config;
-pub mod error;
-pub mod metrics;
-pub mod openapi;
-pub mod routes;
+mod error;
+mod metrics;
+mod openapi;
+mod routes;
 pub mod startup;
-pub mod state;
-pub mod validation;
+mod state;
+mod validation;
 
 mod embedded_migrations {
     refinery::embed_migrations!("../sql/articles");

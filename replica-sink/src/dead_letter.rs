@@ -8,7 +8,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use service_kit::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
-use crate::sink::Handled;
+/// Whether a record is done with (its offset may be stored) or the sink is stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handled {
+    Done,
+    Interrupted,
+}
 
 /// The producer and topic for records that can never be applied.
 pub(crate) struct DeadLetters {

@@ -21,19 +21,12 @@ use service_kit::db::{error_chain, is_transient};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyOutcome, apply_all};
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::{DeadLetters, Handled};
 use crate::decode::{DecodedEvent, Poison, decode};
 use crate::metrics::SinkMetrics;
 
 /// Most records applied in one DB2 transaction.
 const MAX_BATCH: usize = 500;
-
-/// Whether a record is done with (its offset may be stored) or the sink is stopping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Handled {
-    Done,
-    Interrupted,
-}
 
 /// A decoded record on its way to DB2, with its consumer span.
 struct Pending<'m> {

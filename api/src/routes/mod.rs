@@ -18,8 +18,6 @@ use crate::error::ApiError;
 use crate::openapi;
 use crate::state::AppState;
 
-pub use read::{DEFAULT_PER_PAGE, MAX_PER_PAGE};
-
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -50,3 +48,30 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// [`openapi`] as JSON, built once.
 static OPENAPI_JSON: LazyLock<String> =
     LazyLock::new(|| openapi().to_json().expect("an OpenAPI document always serialises"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every write, and only writes, needs the registered token scheme and documents its 401.
+    #[test]
+    fn every_write_and_no_read_requires_the_registered_scheme() {
+        let document = serde_json::to_value(openapi()).expect("serialises");
+        assert_eq!(document["components"]["securitySchemes"][openapi::BEARER_TOKEN]["scheme"], "bearer");
+        let mut secured = 0;
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("operations") {
+                let requirements = operation["security"].as_array().cloned().unwrap_or_default();
+                assert_eq!(requirements.is_empty(), method == "get", "{method} {path}");
+                for requirement in &requirements {
+                    let names: Vec<&String> = requirement.as_object().expect("requirement").keys().collect();
+                    assert_eq!(names, [openapi::BEARER_TOKEN], "{method} {path}");
+                    assert!(operation["responses"]["401"].is_object(), "{method} {path}");
+                    secured += 1;
+                }
+                assert!(operation["tags"][0].is_string(), "{method} {path} has a tag");
+            }
+        }
+        assert_eq!(secured, 5, "the five writes need the token");
+    }
+}

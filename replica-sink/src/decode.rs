@@ -60,7 +60,7 @@ pub fn decode(value: Option<&[u8]>, header_event_id: Option<&str>) -> Result<Dec
 mod tests {
     use super::*;
 
-    const SEED_EVENT: &[u8] = br#"{"event_type":"article.created","timestamp":"2024-12-02T10:00:00","data":{"id":999,"title":"Duplicate Test","content":"Testing idempotency","author":"Test","category":"test","tags":[],"status":"draft","views_count":0,"created_at":"2024-12-02T10:00:00","updated_at":"2024-12-02T10:00:00","published_at":null}}"#;
+    const SEED_EVENT: &[u8] = events::SEED_HAND_WRITTEN_EVENT.as_bytes();
 
     #[test]
     fn hand_written_event_gets_the_md5_of_its_value() {

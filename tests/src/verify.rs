@@ -63,3 +63,46 @@ pub fn check_topic(records: &[blogctl::Record], expected: &BTreeSet<(i64, i64)>)
     report.missing = expected.iter().filter(|change| !seen_changes.contains_key(change)).copied().collect();
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record of the pipeline: `event_id` header, the envelope of `(article, version)`.
+    fn record(partition: i32, offset: i64, event_id: &str, article: i64, version: i64) -> blogctl::Record {
+        let mut event: ArticleEvent = serde_json::from_str(events::SEED_HAND_WRITTEN_EVENT).expect("the seed event");
+        (event.data.id, event.data.version) = (article, version);
+        blogctl::Record {
+            partition,
+            offset,
+            timestamp_ms: None,
+            key: Some(article.to_string()),
+            headers: vec![(kafka_kit::EVENT_ID_HEADER.to_owned(), event_id.to_owned())],
+            value: Some(serde_json::to_vec(&event).expect("serialises")),
+        }
+    }
+
+    #[test]
+    fn a_clean_topic_passes_and_foreign_records_are_ignored() {
+        let mut foreign = record(0, 2, "x", 9, 9);
+        foreign.headers.clear();
+        let records = [record(0, 0, "a", 1, 1), record(1, 0, "b", 2, 1), record(0, 1, "c", 1, 2), foreign];
+        let report = check_topic(&records, &BTreeSet::from([(1, 1), (1, 2), (2, 1)]));
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!((report.records, report.events, report.unacknowledged), (4, 3, 0));
+    }
+
+    #[test]
+    fn duplicates_gaps_and_reordering_are_each_caught() {
+        let duplicated = [record(0, 0, "a", 1, 1), record(0, 1, "a", 1, 1)];
+        assert_eq!(check_topic(&duplicated, &BTreeSet::from([(1, 1)])).duplicates, 1);
+        let missing = check_topic(&[record(0, 0, "a", 1, 1)], &BTreeSet::from([(1, 1), (1, 2)]));
+        assert_eq!(missing.missing, [(1, 2)]);
+        let reordered = [record(0, 0, "b", 1, 2), record(0, 1, "a", 1, 1)];
+        let report = check_topic(&reordered, &BTreeSet::from([(1, 1), (1, 2)]));
+        assert_eq!(report.order_violations, 1);
+        assert!(!report.is_clean());
+        let unacknowledged = check_topic(&[record(0, 0, "a", 1, 1)], &BTreeSet::new());
+        assert_eq!(unacknowledged.unacknowledged, 1, "written but never acknowledged to the client");
+    }
+}

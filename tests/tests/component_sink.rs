@@ -51,7 +51,7 @@ async fn db2_count(sink: &SinkUnderTest, sql: &str) -> anyhow::Result<i64> {
 /// value, and the second delivery counted as a duplicate.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_hand_written_event_twice_is_applied_once() -> anyhow::Result<()> {
-    const SEED_EVENT: &str = r#"{"event_type":"article.created","timestamp":"2024-12-02T10:00:00","data":{"id":999,"title":"Duplicate Test","content":"Testing idempotency","author":"Test","category":"test","tags":[],"status":"draft","views_count":0,"created_at":"2024-12-02T10:00:00","updated_at":"2024-12-02T10:00:00","published_at":null}}"#;
+    const SEED_EVENT: &str = events::SEED_HAND_WRITTEN_EVENT;
     let sink = SinkUnderTest::start().await?;
     let producer = blogctl::producer(sink.bootstrap_servers())?;
     for _ in 0..2 {

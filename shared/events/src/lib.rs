@@ -146,6 +146,10 @@ pub struct ArticleEvent {
     pub data: Article,
 }
 
+/// The hand-written event of the seed guide's idempotence test: no `event_id`, no `version`, naive
+/// timestamps. Every consumer of the topic must still accept it.
+pub const SEED_HAND_WRITTEN_EVENT: &str = r#"{"event_type":"article.created","timestamp":"2024-12-02T10:00:00","data":{"id":999,"title":"Duplicate Test","content":"Testing idempotency","author":"Test","category":"test","tags":[],"status":"draft","views_count":0,"created_at":"2024-12-02T10:00:00","updated_at":"2024-12-02T10:00:00","published_at":null}}"#;
+
 /// Timestamps are written as UTC with microseconds (`2024-12-02T10:30:45.123456Z`), PostgreSQL's
 /// precision, so a value survives DB1 → JSON → DB2 unchanged. On the way in, RFC 3339 with any
 /// offset is accepted, and so are the seed's naive timestamps, read as UTC.
@@ -198,11 +202,9 @@ pub mod optional_timestamp {
 mod tests {
     use super::*;
 
-    const SEED_EVENT: &str = r#"{"event_type":"article.created","timestamp":"2024-12-02T10:00:00","data":{"id":999,"title":"Duplicate Test","content":"Testing idempotency","author":"Test","category":"test","tags":[],"status":"draft","views_count":0,"created_at":"2024-12-02T10:00:00","updated_at":"2024-12-02T10:00:00","published_at":null}}"#;
-
     #[test]
     fn decodes_the_seed_hand_written_event() {
-        let event: ArticleEvent = serde_json::from_str(SEED_EVENT).expect("seed event decodes");
+        let event: ArticleEvent = serde_json::from_str(SEED_HAND_WRITTEN_EVENT).expect("seed event decodes");
         assert_eq!(event.event_type, EventType::Created);
         assert_eq!(event.event_id, None);
         assert_eq!(event.data.id, 999);

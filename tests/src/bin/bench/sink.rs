@@ -34,14 +34,24 @@ pub(crate) async fn run(
     // The sink applies the records waiting for it in one transaction, one statement per event,
     // pipelined: the ceiling runs the very same statement (`replica_sink::apply::UPSERT`) for
     // APPLY_BATCH events per transaction in a pgbench pipeline.
-    // The statement's parameters: the article as JSON, the event id, the event type.
-    let article = "jsonb_build_object('id', :id::bigint, 'title', 'bench', 'content', repeat('x', 300), 'author', 'bench', \
-                   'category', NULL, 'tags', '[]'::jsonb, 'status', 'draft', 'views_count', 0, 'created_at', now(), \
-                   'updated_at', now(), 'published_at', NULL, 'version', 1)::text";
-    let upsert = replica_sink::UPSERT
-        .replace("$1", article)
-        .replace("$2", "md5(random()::text)")
-        .replace("$3", "'article.created'");
+    let mut upsert = replica_sink::UPSERT.to_owned();
+    // Each parameter by its name; highest first, so that `$1` does not match the start of `$13`.
+    for (index, name) in replica_sink::UPSERT_PARAMETERS.iter().enumerate().rev() {
+        let value = match *name {
+            "id" => ":id",
+            "title" | "author" => "'bench'",
+            "content" => "repeat('x', 300)",
+            "category" | "published_at" => "NULL",
+            "tags" => "'{}'",
+            "status" => "'draft'",
+            "views_count" => "0",
+            "created_at" | "updated_at" => "now()",
+            "version" => "1",
+            "event_id" => "md5(random()::text)",
+            _ => "'article.created'",
+        };
+        upsert = upsert.replace(&format!("${}", index + 1), value);
+    }
     let mut script = String::from("BEGIN;\n\\startpipeline\n");
     for _ in 0..APPLY_BATCH {
         script.push_str("\\set id random(100000000, 900000000)\n");

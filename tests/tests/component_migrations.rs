@@ -46,6 +46,22 @@ async fn each_binary_applies_only_its_sets_each_with_its_own_history() -> anyhow
     Ok(())
 }
 
+/// The runner the services had before the split: DB1's three versions in refinery's default
+/// history table, V1 creating `articles` and `outbox` together. Built from today's statements,
+/// which differ from those only by `IF NOT EXISTS`.
+fn pre_split_migrations() -> anyhow::Result<refinery::Runner> {
+    let statements = |runner: refinery::Runner| -> Vec<String> {
+        runner.get_migrations().iter().map(|migration| migration.sql().unwrap_or_default().to_owned()).collect()
+    };
+    let (articles, outbox) = (statements((api::MIGRATIONS[1].embedded)()), statements(outbox::migrations()));
+    let migrations = [
+        refinery::Migration::unapplied("V1__articles_and_outbox", &format!("{}\n{}", articles[0], outbox[0]))?,
+        refinery::Migration::unapplied("V2__relay_leadership_and_checkpoints", &outbox[1])?,
+        refinery::Migration::unapplied("V3__outbox_trace_context", &outbox[2])?,
+    ];
+    Ok(refinery::Runner::new(&migrations))
+}
+
 /// A DB1 as the services created it before the split (one history for everything): the new sets
 /// apply as no-ops over the existing tables, and its articles, waiting outbox rows and relay epoch
 /// stay as they were.
@@ -53,10 +69,8 @@ async fn each_binary_applies_only_its_sets_each_with_its_own_history() -> anyhow
 async fn a_database_from_before_the_split_keeps_its_rows() -> anyhow::Result<()> {
     let fixtures = Fixtures::start().await?;
     let db1 = fixtures.database("upgrade").await?;
-    let client = service_kit::db::connect(&db1).await?;
-    let before =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/db1_before_migration_sets.sql"))?;
-    client.batch_execute(&before).await?;
+    let mut client = service_kit::db::connect(&db1).await?;
+    pre_split_migrations()?.run_async(&mut client).await?;
     client
         .batch_execute(
             "INSERT INTO articles (title, content, author) VALUES ('kept', 'c', 'a'); \
@@ -78,5 +92,6 @@ async fn a_database_from_before_the_split_keeps_its_rows() -> anyhow::Result<()>
     assert_eq!(count("SELECT epoch FROM relay_leader").await?, 7, "the fencing epoch is not reset");
     assert_eq!(versions(&client, "api_schema_history").await?, [1]);
     assert_eq!(versions(&client, outbox::HISTORY_TABLE).await?, [1, 2, 3]);
+    assert_eq!(versions(&client, "refinery_schema_history").await?, [1, 2, 3], "the old history is left as it was");
     Ok(())
 }

@@ -18,6 +18,14 @@ pub mod workload;
 pub use api_client::ApiClient;
 pub use stack::{Ports, Stack, StackOptions};
 
+/// The sum of every sample of metric `name` (all its label sets) in Prometheus text; 0 when absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Lowest port [`free_port`] hands out.
 const LOWEST_TEST_PORT: u16 = 10_000;
 
@@ -56,4 +64,15 @@ fn os_assigned_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("the OS hands out a free port")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_metric_sums_its_label_sets_and_never_a_longer_name() {
+        let text = "# HELP x_total X\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 3\nx_total_more 100\ny 7\n";
+        assert_eq!(super::metric(text, "x_total"), 5.0);
+        assert_eq!(super::metric(text, "y"), 7.0);
+        assert_eq!(super::metric(text, "absent"), 0.0);
+    }
 }

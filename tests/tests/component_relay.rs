@@ -13,14 +13,28 @@ use uuid::Uuid;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A DB1 with the outbox contract's tables, and a pool to write rows the way any writer does.
-async fn outbox_database(
-    fixtures: &Fixtures,
-) -> anyhow::Result<(service_kit::config::DatabaseUrl, deadpool_postgres::Pool)> {
-    let db1 = fixtures.database("relay").await?;
-    service_kit::db::migrate(&db1, outbox_relay::MIGRATIONS).await?;
-    let pool = service_kit::db::pool(&db1, 2)?;
-    Ok((db1, pool))
+/// What a relay test works on: a DB1 with the outbox contract's tables, a pool to write rows the
+/// way any writer does, and a topic of its own.
+struct Outbox {
+    fixtures: Fixtures,
+    db1: service_kit::config::DatabaseUrl,
+    pool: deadpool_postgres::Pool,
+    topic: String,
+}
+
+impl Outbox {
+    async fn start() -> anyhow::Result<Self> {
+        let fixtures = Fixtures::start().await?;
+        let db1 = fixtures.database("relay").await?;
+        service_kit::db::migrate(&db1, outbox_relay::MIGRATIONS).await?;
+        let pool = service_kit::db::pool(&db1, 2)?;
+        Ok(Self { fixtures, db1, pool, topic: Fixtures::unique("articles") })
+    }
+}
+
+/// `count` events spread over articles 1 to `articles`, in order.
+fn events(count: i64, articles: i64) -> Vec<(i64, Uuid)> {
+    (0..count).map(|index| (index % articles + 1, Uuid::new_v4())).collect()
 }
 
 /// Writes one outbox row per `(article id, event id)`, in order, each in its own transaction.
@@ -63,22 +77,13 @@ fn log_ends(records: &[blogctl::Record]) -> BTreeMap<i32, i64> {
     ends
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Every row becomes one record keyed by its article id, in row order per article, with the
 /// event id and type in headers; once acknowledged, its row is gone and each partition's
 /// checkpoint stands at the log's end.
 #[tokio::test(flavor = "multi_thread")]
 async fn each_row_is_published_once_in_order_per_article_and_settled_up_to_the_log_end() -> anyhow::Result<()> {
-    let fixtures = Fixtures::start().await?;
-    let (db1, pool) = outbox_database(&fixtures).await?;
-    let topic = Fixtures::unique("articles");
-    let events: Vec<(i64, Uuid)> = (0..60).map(|index| (index % 7 + 1, Uuid::new_v4())).collect();
+    let Outbox { fixtures, db1, pool, topic } = Outbox::start().await?;
+    let events = events(60, 7);
     enqueue(&pool, &events).await?;
     let relay = component::relay(&db1, fixtures.bootstrap_servers(), &topic, &[("batch-size", "16")]).await?;
     e2e::wait::until("the outbox to drain", TIMEOUT, || async { Ok(outbox_rows(&pool).await? == 0) }).await?;
@@ -98,8 +103,8 @@ async fn each_row_is_published_once_in_order_per_article_and_settled_up_to_the_l
     assert_eq!(on_topic, written, "per article, the records follow the rows' order");
     assert_eq!(checkpoints(&pool, &topic).await?, log_ends(&records), "checkpoints at the log's end");
     let metrics = e2e::ApiClient::new(&relay.url()).text("/metrics").await?;
-    assert_eq!(metric(&metrics, "kafka_messages_sent_total"), 60.0, "{metrics}");
-    assert_eq!(metric(&metrics, "outbox_reconciled_total"), 0.0, "nothing was on the topic before");
+    assert_eq!(e2e::metric(&metrics, "kafka_messages_sent_total"), 60.0, "{metrics}");
+    assert_eq!(e2e::metric(&metrics, "outbox_reconciled_total"), 0.0, "nothing was on the topic before");
     relay.stop().await
 }
 
@@ -108,10 +113,8 @@ async fn each_row_is_published_once_in_order_per_article_and_settled_up_to_the_l
 /// being published again, and only the others are published.
 #[tokio::test(flavor = "multi_thread")]
 async fn read_back_settles_rows_already_on_the_topic_without_publishing_them_again() -> anyhow::Result<()> {
-    let fixtures = Fixtures::start().await?;
-    let (db1, pool) = outbox_database(&fixtures).await?;
-    let topic = Fixtures::unique("articles");
-    let already_published: Vec<(i64, Uuid)> = (0..25).map(|index| (index % 5 + 1, Uuid::new_v4())).collect();
+    let Outbox { fixtures, db1, pool, topic } = Outbox::start().await?;
+    let already_published = events(25, 5);
     let producer: FutureProducer =
         kafka_kit::client_config(fixtures.bootstrap_servers()).set("acks", "all").create()?;
     for (article_id, event_id) in &already_published {
@@ -126,7 +129,7 @@ async fn read_back_settles_rows_already_on_the_topic_without_publishing_them_aga
         .send(FutureRecord::<str, str>::to(&topic).key("9").payload("by hand"), TIMEOUT)
         .await
         .map_err(|(error, _)| error)?;
-    let new: Vec<(i64, Uuid)> = (0..15).map(|index| (index % 5 + 1, Uuid::new_v4())).collect();
+    let new = events(15, 5);
     enqueue(&pool, &already_published).await?;
     enqueue(&pool, &new).await?;
 
@@ -145,8 +148,8 @@ async fn read_back_settles_rows_already_on_the_topic_without_publishing_them_aga
         assert_eq!(seen.get(event_id.to_string().as_str()), Some(&1), "event {event_id} once");
     }
     let metrics = e2e::ApiClient::new(&relay.url()).text("/metrics").await?;
-    assert_eq!(metric(&metrics, "outbox_reconciled_total"), 25.0, "the window was reached: {metrics}");
-    assert_eq!(metric(&metrics, "kafka_messages_sent_total"), 15.0, "{metrics}");
+    assert_eq!(e2e::metric(&metrics, "outbox_reconciled_total"), 25.0, "the window was reached: {metrics}");
+    assert_eq!(e2e::metric(&metrics, "kafka_messages_sent_total"), 15.0, "{metrics}");
     assert_eq!(checkpoints(&pool, &topic).await?, log_ends(&records));
     relay.stop().await
 }

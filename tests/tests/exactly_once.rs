@@ -37,14 +37,6 @@ async fn assert_exactly_once(stack: &Stack, workload: &WorkloadReport) -> anyhow
     Ok(topic)
 }
 
-/// Sums every series of metric `name` in Prometheus text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The Prometheus text of the relay or sink serving on `port`.
 async fn relay_metrics(port: u16) -> anyhow::Result<String> {
     ApiClient::new(&format!("http://127.0.0.1:{port}")).text("/metrics").await
@@ -61,7 +53,8 @@ async fn relay_killed_at_random_points_publishes_each_change_exactly_once() -> a
     while kills < 3 || !writes.is_finished() {
         // Kill only a relay that is publishing (past its takeover wait), at a random moment.
         e2e::wait::until("the relay to publish", Duration::from_secs(60), || async {
-            Ok(writes.is_finished() || metric(&relay_metrics(relay_port).await?, "kafka_messages_sent_total") > 0.0)
+            Ok(writes.is_finished()
+                || e2e::metric(&relay_metrics(relay_port).await?, "kafka_messages_sent_total") > 0.0)
         })
         .await?;
         tokio::time::sleep(Duration::from_millis(rng.u64(0..800))).await;
@@ -94,7 +87,7 @@ async fn broker_killed_mid_write_loses_and_duplicates_nothing() -> anyhow::Resul
     }
     let report = writes.await?;
     let relay = relay_metrics(stack.port(Service::Relay)).await?;
-    println!("publish errors seen by the relay: {}", metric(&relay, "outbox_publish_errors_total"));
+    println!("publish errors seen by the relay: {}", e2e::metric(&relay, "outbox_publish_errors_total"));
     assert_exactly_once(&stack, &report).await?;
     Ok(())
 }
@@ -104,8 +97,8 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
     let mut stack = fast_takeover_stack().await?;
     let (first_port, second_port) = (stack.port(Service::Relay), e2e::free_port());
     let mut second = stack.start_extra_relay("outbox-relay-2", second_port).await?;
-    assert_eq!(metric(&relay_metrics(first_port).await?, "outbox_relay_leader"), 1.0, "the first relay leads");
-    assert_eq!(metric(&relay_metrics(second_port).await?, "outbox_relay_leader"), 0.0, "the second stands by");
+    assert_eq!(e2e::metric(&relay_metrics(first_port).await?, "outbox_relay_leader"), 1.0, "the first relay leads");
+    assert_eq!(e2e::metric(&relay_metrics(second_port).await?, "outbox_relay_leader"), 0.0, "the second stands by");
 
     let api = stack.api();
     let writes = tokio::spawn(async move { workload::run(&api, 3, 200, Duration::from_millis(20)).await });
@@ -115,20 +108,20 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
     stack.kill(Service::Relay);
     let killed_at = Instant::now();
     e2e::wait::until("the standby to take the lock", Duration::from_secs(30), || async {
-        Ok(metric(&relay_metrics(second_port).await?, "outbox_relay_leader") == 1.0)
+        Ok(e2e::metric(&relay_metrics(second_port).await?, "outbox_relay_leader") == 1.0)
     })
     .await?;
     let took_lock = killed_at.elapsed();
-    let sent_before = metric(&relay_metrics(second_port).await?, "kafka_messages_sent_total");
+    let sent_before = e2e::metric(&relay_metrics(second_port).await?, "kafka_messages_sent_total");
     e2e::wait::until("the new leader to publish", Duration::from_secs(60), || async {
-        Ok(metric(&relay_metrics(second_port).await?, "kafka_messages_sent_total") > sent_before)
+        Ok(e2e::metric(&relay_metrics(second_port).await?, "kafka_messages_sent_total") > sent_before)
     })
     .await?;
     println!("standby took the lock {took_lock:?} and published {:?} after the leader was killed", killed_at.elapsed());
 
     // 2. The first relay comes back as a standby; then the leader's lock connection is cut.
     stack.restart(Service::Relay).await?;
-    let epoch_before = metric(&relay_metrics(second_port).await?, "outbox_relay_epoch");
+    let epoch_before = e2e::metric(&relay_metrics(second_port).await?, "outbox_relay_epoch");
     let db1 = stack.db1_client().await?;
     let cut = db1
         .execute(
@@ -140,8 +133,8 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
     assert_eq!(cut, 1, "exactly one relay holds a lock connection");
     e2e::wait::until("a new epoch with exactly one leader", Duration::from_secs(30), || async {
         let (first, second) = (relay_metrics(first_port).await?, relay_metrics(second_port).await?);
-        let leaders = metric(&first, "outbox_relay_leader") + metric(&second, "outbox_relay_leader");
-        let epoch = metric(&first, "outbox_relay_epoch").max(metric(&second, "outbox_relay_epoch"));
+        let leaders = e2e::metric(&first, "outbox_relay_leader") + e2e::metric(&second, "outbox_relay_leader");
+        let epoch = e2e::metric(&first, "outbox_relay_epoch").max(e2e::metric(&second, "outbox_relay_epoch"));
         Ok(leaders == 1.0 && epoch > epoch_before)
     })
     .await?;
@@ -149,17 +142,17 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
     let topic = assert_exactly_once(&stack, &report).await?;
     let (first, second_text) = (relay_metrics(first_port).await?, relay_metrics(second_port).await?);
     let (first_sent, second_sent) =
-        (metric(&first, "kafka_messages_sent_total"), metric(&second_text, "kafka_messages_sent_total"));
+        (e2e::metric(&first, "kafka_messages_sent_total"), e2e::metric(&second_text, "kafka_messages_sent_total"));
     println!("events: {}, sent by the first relay: {first_sent}, by the second: {second_sent}", topic.events);
 
     // The relay that does not lead now publishes nothing while more writes come in.
-    let idle_port = if metric(&first, "outbox_relay_leader") == 1.0 { second_port } else { first_port };
-    let idle_sent = metric(&relay_metrics(idle_port).await?, "kafka_messages_sent_total");
+    let idle_port = if e2e::metric(&first, "outbox_relay_leader") == 1.0 { second_port } else { first_port };
+    let idle_sent = e2e::metric(&relay_metrics(idle_port).await?, "kafka_messages_sent_total");
     let more = workload::run(&stack.api(), 1, 20, Duration::ZERO).await;
     assert_eq!(more.errors, 0);
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
     assert_eq!(
-        metric(&relay_metrics(idle_port).await?, "kafka_messages_sent_total"),
+        e2e::metric(&relay_metrics(idle_port).await?, "kafka_messages_sent_total"),
         idle_sent,
         "a standby never produces"
     );
@@ -286,7 +279,7 @@ async fn sigterm_under_load_stops_cleanly_and_loses_nothing() -> anyhow::Result<
             _ => (stack.port(Service::Relay), "kafka_messages_sent_total"),
         };
         e2e::wait::until("the service to be working", Duration::from_secs(60), || async {
-            Ok(metric(&relay_metrics(port).await?, counter) > 0.0)
+            Ok(e2e::metric(&relay_metrics(port).await?, counter) > 0.0)
         })
         .await?;
         tokio::time::sleep(Duration::from_millis(rng.u64(0..500))).await;

@@ -55,7 +55,7 @@ struct OpsState {
 }
 
 /// `/health`, `/ready` and `/metrics` over `registry` and `ready`.
-pub fn router(registry: Registry, ready: ReadinessCheck) -> Router {
+fn router(registry: Registry, ready: ReadinessCheck) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(readiness))

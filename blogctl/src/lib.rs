@@ -3,6 +3,8 @@
 //! librdkafka too old for nisshi). The `blogctl` binary wraps them; the end-to-end tests use them
 //! to inspect the topic.
 
+pub mod dead_letters;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -156,7 +158,6 @@ pub fn read_all(bootstrap_servers: &str, topic: &str, timeout: Duration) -> anyh
     kafka_kit::read_to_end(
         bootstrap_servers,
         topic,
-        |_| None,
         Instant::now() + timeout,
         |message| {
             records.push(Record::from_message(message));

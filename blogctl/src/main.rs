@@ -1,9 +1,11 @@
-//! `blogctl`: the seed guide's Kafka CLI steps against any Kafka-protocol broker.
+//! `blogctl`: the seed guide's Kafka CLI steps against any Kafka-protocol broker, and the
+//! relay's dead letters in DB1.
 
 use std::io::BufRead as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use blogctl::dead_letters::{self, Action};
 use blogctl::{Start, consume, group_lag, produce, producer};
 use clap::{Parser, Subcommand};
 
@@ -47,6 +49,40 @@ enum Command {
         #[arg(long, env = "KAFKA_GROUP_ID", default_value = "blog-sync-group")]
         group: String,
     },
+    /// The outbox in DB1: the relay's dead letters.
+    Outbox {
+        /// DB1 (the outbox's database) connection string.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Rows the broker refused (too large, invalid), kept in `outbox_dead_letters`; the later rows
+    /// of their articles wait behind them.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// List the dead letters: id, event id, article, type, size, when and why they failed, and
+    /// how many rows of the same article wait behind each.
+    List,
+    /// Put a dead letter back into the outbox under its original id (after fixing the cause,
+    /// e.g. raising the topic's max.message.bytes): it is published before its article's later rows.
+    Requeue {
+        /// The dead letter's id (the outbox id it had).
+        id: i64,
+    },
+    /// Delete a dead letter for good: its event is never published, its article's later rows flow again.
+    Discard {
+        /// The dead letter's id (the outbox id it had).
+        id: i64,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -88,6 +124,26 @@ async fn main() -> anyhow::Result<()> {
                     "{:<20} {:<12} {:>9} {:>15} {:>15} {:>8}",
                     group, cli.topic, lag.partition, current, lag.log_end_offset, lag.lag
                 );
+            }
+        }
+        Command::Outbox { database_url, command: OutboxCommand::DeadLetters(command) } => {
+            let pool = dead_letters::connect(&database_url)?;
+            match command {
+                DeadLetterCommand::List => {
+                    let dead = dead_letters::list(&pool).await?;
+                    for letter in &dead {
+                        println!("{}", dead_letters::display_line(letter));
+                    }
+                    eprintln!("{} dead letters", dead.len());
+                }
+                DeadLetterCommand::Requeue { id } => {
+                    dead_letters::act(&pool, Action::Requeue, id).await?;
+                    println!("requeued dead letter {id}: back in the outbox under its id, published before its article's later rows");
+                }
+                DeadLetterCommand::Discard { id } => {
+                    dead_letters::act(&pool, Action::Discard, id).await?;
+                    println!("discarded dead letter {id}: its event will not be published; its article's later rows flow again");
+                }
             }
         }
     }

@@ -43,14 +43,20 @@ pub struct RelayConfig {
     #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub poll_interval_ms: u64,
     /// Milliseconds the producer keeps retrying one record before reporting it failed (Kafka's
-    /// `message.timeout.ms`); failed rows stay in the outbox. A relay taking over waits this long
-    /// (plus 2 s) before reading the topic back, so it bounds the takeover time.
+    /// `message.timeout.ms`); failed rows stay in the outbox. This relay declares it (plus its 3 s
+    /// lease and 2 s) as its bound: a relay taking over after it crashed waits that long before
+    /// reading the topic back; after a clean stop it does not wait.
     #[arg(long, env = "KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..))]
     pub delivery_timeout_ms: u64,
     /// Milliseconds the producer waits to fill a request before sending it (Kafka's `linger.ms`):
     /// lower answers sooner, higher sends fewer, larger requests to the broker.
     #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub linger_ms: u32,
+    /// The largest record the relay sends, in bytes (Kafka's `message.max.bytes`); larger rows are
+    /// moved to `outbox_dead_letters`. The relay warns at start when the topic's
+    /// `max.message.bytes` is lower.
+    #[arg(long, env = "KAFKA_MESSAGE_MAX_BYTES", default_value_t = outbox::DEFAULT_MAX_RECORD_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1000..=1_000_000_000))]
+    pub message_max_bytes: usize,
     /// Name of this relay in `relay_leader.holder` and the logs (default: host name and process id).
     #[arg(long, env = "RELAY_INSTANCE_ID")]
     pub instance_id: Option<String>,

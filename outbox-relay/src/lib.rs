@@ -6,6 +6,7 @@
 pub mod config;
 mod error;
 pub mod leadership;
+mod limits;
 mod listener;
 mod metrics;
 mod publish;

@@ -22,6 +22,26 @@ pub struct RelayMetrics {
     pub epoch: IntGauge,
     /// Outbox rows found on the topic by reconciliation and settled without republishing.
     pub reconciled: IntCounter,
+    /// Seconds the last takeover waited for its predecessor's bound (0 after a clean handover).
+    pub takeover_wait: Gauge,
+    /// Times this relay found itself deposed (DB1's epoch moved on, or the broker fenced it).
+    pub fenced: IntCounter,
+    /// Times this relay's lease lapsed while it led (it stood down).
+    pub lease_lapsed: IntCounter,
+    /// Checkpoints found above the log's end: the log was lost.
+    pub checkpoint_ahead: IntCounter,
+    /// Logs replaced under their checkpoint (the last settled record gone from its offset).
+    pub log_replaced: IntCounter,
+    /// Partitions whose records were removed by retention before they were settled.
+    pub truncated: IntCounter,
+    /// Records of a deposed leader found after its successor's records.
+    pub stale_leader_records: IntCounter,
+    /// Rows moved to `outbox_dead_letters` because the broker refuses them.
+    pub dead_letters: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    register(registry, IntCounter::new(name, help))
 }
 
 impl RelayMetrics {
@@ -51,6 +71,37 @@ impl RelayMetrics {
                 Gauge::new("outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row"),
             )?,
             commit_to_ack: register(&registry, Histogram::with_opts(commit_to_ack.buckets(LATENCY_BUCKETS.to_vec())))?,
+            takeover_wait: register(
+                &registry,
+                Gauge::new("outbox_takeover_wait_seconds", "Seconds the last takeover waited out its predecessor's bound"),
+            )?,
+            fenced: counter(&registry, "outbox_producer_fenced_total", "Times this relay found a newer leader had fenced it")?,
+            lease_lapsed: counter(&registry, "outbox_lease_lapsed_total", "Times this relay's leader lease lapsed while it led")?,
+            checkpoint_ahead: counter(
+                &registry,
+                "outbox_checkpoint_ahead_of_log_total",
+                "Checkpoints found above the log's end (the log was lost)",
+            )?,
+            log_replaced: counter(
+                &registry,
+                "outbox_log_replaced_total",
+                "Partitions whose last settled record was gone from its offset (the log was replaced)",
+            )?,
+            truncated: counter(
+                &registry,
+                "outbox_readback_truncated_total",
+                "Partitions whose unsettled records were removed by retention",
+            )?,
+            stale_leader_records: counter(
+                &registry,
+                "outbox_stale_leader_records_total",
+                "Records of a deposed leader found after its successor's",
+            )?,
+            dead_letters: counter(
+                &registry,
+                "outbox_dead_letters_total",
+                "Outbox rows moved to outbox_dead_letters because the broker refuses them",
+            )?,
             registry,
         })
     }

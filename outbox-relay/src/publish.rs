@@ -1,16 +1,23 @@
-//! Publishing one batch: each outbox row becomes a record keyed by article id, with the event id
-//! and type in headers and the trace context carried on; the idempotent producer keeps the order
-//! per partition and writes no duplicates of its own retries. [`Acknowledgements`] then sorts the
-//! broker's answers into what may be settled.
+//! Publishing one batch: each outbox row becomes a record keyed by article id, with the event id,
+//! the event type and the leader's epoch in headers and the trace context carried on. A batch is
+//! one Kafka transaction of a transactional producer whose `transactional.id` every relay of this
+//! outbox shares: when a new leader's producer registers it, the broker aborts the previous
+//! leader's open transaction and refuses every later request of the old producer, even one that
+//! was sitting in a socket of a paused process. The producer is idempotent (no duplicates or
+//! reordering from its own retries). [`Acknowledgements`] sorts the broker's answers into what
+//! may be settled once the transaction is committed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use kafka_kit::{EVENT_ID_HEADER, EVENT_TYPE_HEADER};
+use kafka_kit::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, RELAY_EPOCH_HEADER};
 use outbox::OutboxRow;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use uuid::Uuid;
+
+use crate::readback::Checkpoint;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 /// What the producer needs to know.
 #[derive(Debug, Clone)]
@@ -18,22 +25,63 @@ pub(crate) struct ProducerSettings {
     pub(crate) bootstrap_servers: String,
     pub(crate) delivery_timeout: Duration,
     pub(crate) linger: Duration,
+    /// The largest record the producer sends (`message.max.bytes`).
+    pub(crate) max_record_bytes: usize,
 }
 
-/// Creates an idempotent producer: a new producer session.
-pub(crate) fn create_producer(settings: &ProducerSettings) -> Result<FutureProducer, KafkaError> {
-    producer_config(settings).create()
+impl ProducerSettings {
+    /// How long one produce request may wait for the broker's answer: well below the delivery
+    /// timeout, so a request cannot outlive the bound a leader declares to its successor.
+    fn request_timeout(&self) -> Duration {
+        (self.delivery_timeout / 2).max(Duration::from_millis(500))
+    }
 }
 
-fn producer_config(settings: &ProducerSettings) -> rdkafka::ClientConfig {
+/// Creates the transactional producer of a new producer session, and registers its
+/// `transactional_id` with the broker, which fences every earlier producer of that id (aborting
+/// its open transaction). Blocks: call from `spawn_blocking`.
+pub(crate) fn start_session(settings: &ProducerSettings, transactional_id: &str) -> Result<FutureProducer, KafkaError> {
+    let producer: FutureProducer = producer_config(settings, transactional_id).create()?;
+    producer.init_transactions(settings.delivery_timeout * 3)?;
+    Ok(producer)
+}
+
+fn producer_config(settings: &ProducerSettings, transactional_id: &str) -> rdkafka::ClientConfig {
     let mut config = kafka_kit::client_config(&settings.bootstrap_servers);
     config
+        .set("transactional.id", transactional_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", settings.linger.as_millis().to_string())
         .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
+        .set("request.timeout.ms", settings.request_timeout().as_millis().to_string())
+        .set("transaction.timeout.ms", (settings.delivery_timeout * 6).as_millis().to_string())
+        .set("message.max.bytes", settings.max_record_bytes.to_string())
         .set("queue.buffering.max.messages", "200000");
     config
+}
+
+/// Whether the broker (or the producer, before sending) refuses this record for what it is —
+/// too large, invalid — so that sending it again can never succeed. Timeouts, authorisation and
+/// an unreachable broker are not: the row waits for them to pass.
+pub(crate) fn refuses_record(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+        )
+    )
+}
+
+/// Whether `error` says another producer registered our transactional id: this one is fenced.
+pub(crate) fn is_producer_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fenced)
+    )
 }
 
 /// Hands one row to the producer, waiting while its queue is full (back-pressure, not failure).
@@ -41,14 +89,17 @@ pub(crate) async fn send(
     producer: &FutureProducer,
     topic: &str,
     row: &OutboxRow,
+    epoch: i64,
     trace_headers: &HashMap<String, String>,
 ) -> Result<DeliveryFuture, KafkaError> {
     let key = row.article_id.to_string();
     let event_id = row.event_id.to_string();
+    let epoch = epoch.to_string();
     loop {
-        let mut headers = OwnedHeaders::new_with_capacity(2 + trace_headers.len())
+        let mut headers = OwnedHeaders::new_with_capacity(3 + trace_headers.len())
             .insert(Header { key: EVENT_ID_HEADER, value: Some(event_id.as_str()) })
-            .insert(Header { key: EVENT_TYPE_HEADER, value: Some(row.event_type.as_str()) });
+            .insert(Header { key: EVENT_TYPE_HEADER, value: Some(row.event_type.as_str()) })
+            .insert(Header { key: RELAY_EPOCH_HEADER, value: Some(epoch.as_str()) });
         for (name, value) in trace_headers {
             headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
         }
@@ -80,34 +131,42 @@ pub(crate) fn publish_span(topic: &str, row: &OutboxRow) -> tracing::Span {
 pub(crate) struct Acknowledgements {
     /// Outbox ids of the rows the broker acknowledged.
     pub(crate) acknowledged: Vec<i64>,
-    /// Per partition, the offset after the last acknowledged record: the checkpoints to move to.
+    /// Per partition, the checkpoint after the last acknowledged record: where to move to.
     /// Empty after any failure: a record that timed out may still have been written, so the
     /// checkpoints stay and the next read-back reads the whole batch.
-    pub(crate) next_offsets: BTreeMap<i32, i64>,
+    pub(crate) next: BTreeMap<i32, Checkpoint>,
     /// How many records failed, and the first error.
     pub(crate) failed: usize,
     pub(crate) first_failure: Option<KafkaError>,
+    /// The lowest outbox id whose record the broker refused for what it is ([`refuses_record`]).
+    pub(crate) first_refused: Option<i64>,
 }
 
 impl Acknowledgements {
-    /// Records the answer for outbox row `id`: its partition and offset, or why it failed.
-    pub(crate) fn record(&mut self, id: i64, answer: Result<(i32, i64), KafkaError>) {
+    /// Records the answer for outbox row `id` (event `event_id`): its partition and offset, or
+    /// why it failed.
+    pub(crate) fn record(&mut self, id: i64, event_id: Uuid, answer: Result<(i32, i64), KafkaError>) {
         match answer {
             Ok((partition, offset)) => {
                 self.acknowledged.push(id);
-                let next = self.next_offsets.entry(partition).or_insert(0);
-                *next = (*next).max(offset + 1);
+                let next = self.next.entry(partition).or_default();
+                if offset + 1 > next.next_offset {
+                    *next = Checkpoint { next_offset: offset + 1, last: Some((offset, event_id)) };
+                }
             }
             Err(error) => {
                 self.failed += 1;
+                if refuses_record(&error) {
+                    self.first_refused = Some(self.first_refused.map_or(id, |first| first.min(id)));
+                }
                 self.first_failure.get_or_insert(error);
             }
         }
     }
 
     /// The checkpoints a settle may move to: none once anything failed.
-    pub(crate) fn checkpoints(&self) -> BTreeMap<i32, i64> {
-        if self.failed > 0 { BTreeMap::new() } else { self.next_offsets.clone() }
+    pub(crate) fn checkpoints(&self) -> BTreeMap<i32, Checkpoint> {
+        if self.failed > 0 { BTreeMap::new() } else { self.next.clone() }
     }
 }
 
@@ -117,41 +176,71 @@ mod tests {
 
     #[test]
     fn checkpoints_move_past_the_highest_acknowledged_offset_of_each_partition() {
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let mut acks = Acknowledgements::default();
-        acks.record(1, Ok((0, 10)));
-        acks.record(2, Ok((1, 4)));
-        acks.record(3, Ok((0, 11)));
+        acks.record(1, a, Ok((0, 10)));
+        acks.record(2, b, Ok((1, 4)));
+        acks.record(3, c, Ok((0, 11)));
         assert_eq!(acks.acknowledged, [1, 2, 3]);
-        assert_eq!(acks.checkpoints(), BTreeMap::from([(0, 12), (1, 5)]));
+        assert_eq!(
+            acks.checkpoints(),
+            BTreeMap::from([
+                (0, Checkpoint { next_offset: 12, last: Some((11, c)) }),
+                (1, Checkpoint { next_offset: 5, last: Some((4, b)) })
+            ])
+        );
         assert_eq!(acks.failed, 0);
     }
 
     #[test]
     fn one_failure_keeps_every_checkpoint_but_settles_the_acknowledged_rows() {
         let mut acks = Acknowledgements::default();
-        acks.record(1, Ok((0, 10)));
-        acks.record(2, Err(KafkaError::Canceled));
-        acks.record(3, Ok((0, 11)));
-        acks.record(4, Err(KafkaError::NoMessageReceived));
+        acks.record(1, Uuid::new_v4(), Ok((0, 10)));
+        acks.record(2, Uuid::new_v4(), Err(KafkaError::Canceled));
+        acks.record(3, Uuid::new_v4(), Ok((0, 11)));
+        acks.record(4, Uuid::new_v4(), Err(KafkaError::NoMessageReceived));
         assert_eq!(acks.acknowledged, [1, 3]);
         assert!(acks.checkpoints().is_empty());
         assert_eq!(acks.failed, 2);
         assert!(matches!(acks.first_failure, Some(KafkaError::Canceled)));
+        assert_eq!(acks.first_refused, None, "neither failure is about the record itself");
     }
 
     #[test]
-    fn the_producer_is_idempotent_and_waits_for_every_replica() {
+    fn only_errors_about_the_record_itself_mark_it_refused() {
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        let unauthorised = KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed);
+        let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
+        assert!(refuses_record(&too_large));
+        assert!(refuses_record(&KafkaError::MessageProduction(RDKafkaErrorCode::InvalidRecord)));
+        for error in [&timed_out, &unauthorised, &down] {
+            assert!(!refuses_record(error), "{error}");
+        }
+        let mut acks = Acknowledgements::default();
+        acks.record(7, Uuid::new_v4(), Err(timed_out));
+        acks.record(9, Uuid::new_v4(), Err(too_large.clone()));
+        acks.record(8, Uuid::new_v4(), Err(too_large));
+        assert_eq!(acks.first_refused, Some(8), "the lowest refused id is isolated first");
+    }
+
+    #[test]
+    fn the_producer_is_transactional_and_its_timeouts_stay_inside_the_delivery_bound() {
         let settings = ProducerSettings {
             bootstrap_servers: "localhost:1".to_owned(),
             delivery_timeout: Duration::from_secs(7),
             linger: Duration::from_millis(3),
+            max_record_bytes: 2_000_000,
         };
-        let config = producer_config(&settings);
+        let config = producer_config(&settings, "outbox-relay-x");
+        assert_eq!(config.get("transactional.id"), Some("outbox-relay-x"));
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         assert_eq!(config.get("acks"), Some("all"));
         assert_eq!(config.get("message.timeout.ms"), Some("7000"));
+        assert_eq!(config.get("request.timeout.ms"), Some("3500"));
         assert_eq!(config.get("linger.ms"), Some("3"));
-        // Creating the producer needs no broker: it connects lazily.
-        assert!(create_producer(&settings).is_ok());
+        assert_eq!(config.get("message.max.bytes"), Some("2000000"));
+        assert!(is_producer_fenced(&KafkaError::MessageProduction(RDKafkaErrorCode::InvalidProducerEpoch)));
+        assert!(!is_producer_fenced(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)));
     }
 }

@@ -2,24 +2,29 @@
 //! module — [`crate::leadership`], [`crate::readback`], [`crate::publish`], [`crate::settle`]; this
 //! one puts them in order and decides what an error means.
 //!
-//! Only the leader publishes (see [`crate::leadership`]). A leader, before publishing anything and
-//! again after any error, **reconciles**: it reads every partition back from its checkpoint to the
-//! high watermark and settles the outbox rows whose `event_id` it finds there, without
-//! republishing them. Then it loops: read the oldest rows in id order, hand them all to the
-//! idempotent producer (no duplicates from its own retries; order kept per partition; records keyed
-//! by article id), wait for every acknowledgement, and **settle** — delete the acknowledged rows and
-//! move each partition's checkpoint past them, in one DB1 transaction fenced by the leader epoch.
+//! Only the leader publishes (see [`crate::leadership`]). A new leader first starts a producer
+//! session under this outbox's `transactional.id`, which makes the broker fence the previous
+//! leader's producer; then, before publishing anything and again after any error, it
+//! **reconciles**: it reads every partition back from its checkpoint to its end and settles the
+//! outbox rows whose `event_id` it finds there, without republishing them. Then it loops: read the
+//! oldest rows in id order, send them in one Kafka transaction (records keyed by article id),
+//! wait for every acknowledgement, commit, and **settle** — delete the acknowledged rows and move
+//! each partition's checkpoint past them, in one DB1 transaction fenced by the leader epoch.
 //!
 //! A row is therefore published again only if reconciliation did not find it on the topic, after
-//! the previous session's deliveries can no longer land: a new leader first waits out the previous
-//! leader's delivery timeout, and after an error in its own session a leader drops that producer
-//! and waits [`SESSION_END_GRACE`]. The assumptions are spelled out in docs/guarantees.md.
+//! the previous session's records can no longer become visible: the broker refuses a fenced
+//! producer, and where it might not (a broker without transactional fencing), a new leader first
+//! waits out the bound its predecessor declared — unless that one stopped cleanly. Rows the broker
+//! refuses for what they are go to the dead letters instead of blocking the outbox. The
+//! assumptions are spelled out in docs/guarantees.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use deadpool_postgres::Pool;
+use outbox::OutboxRow;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer as _, PurgeConfig};
 use service_kit::backoff::Backoff;
 use service_kit::config::DatabaseUrl;
@@ -28,13 +33,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RelayError;
-use crate::leadership::Leadership;
+use crate::leadership::{LEASE, Lease, Leadership};
 use crate::metrics::RelayMetrics;
-use crate::publish::{Acknowledgements, ProducerSettings, create_producer};
-use crate::settle::{self, Published};
+use crate::publish::{Acknowledgements, ProducerSettings, refuses_record};
+use crate::readback::{Finding, ReadBack};
+use crate::settle::{self, Published, Settled};
 
 /// How long a batch still in flight may take to finish once shutdown is requested; after that
-/// it is abandoned (its rows stay in the outbox and the next leader reconciles them).
+/// it is abandoned (its transaction aborted, its rows stay in the outbox).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// After this relay's own producer session ended, how long to wait before reading back, so that
 /// produce requests already on the wire are processed (or not) by the broker first.
@@ -51,6 +57,15 @@ enum Outcome {
     Empty,
 }
 
+/// Why a leader stopped leading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Shutdown with nothing in flight: the successor may publish at once.
+    Clean,
+    /// Anything else (lock or lease lost, fenced, a batch abandoned): the successor waits.
+    Unclean,
+}
+
 /// Settings of the relay loop.
 #[derive(Debug, Clone)]
 pub(crate) struct RelaySettings {
@@ -62,24 +77,36 @@ pub(crate) struct RelaySettings {
     pub(crate) instance: String,
 }
 
+impl RelaySettings {
+    /// The bound this relay declares as leader: once its lease lapsed, nothing it handed to its
+    /// producer can land later than this (the lease, then librdkafka's delivery timeout, then
+    /// the time for requests already on the wire).
+    fn delivery_bound(&self) -> Duration {
+        LEASE + self.producer.delivery_timeout + SESSION_END_GRACE
+    }
+}
+
+/// The producer session of one leadership: its producer and transactional id.
+struct Session {
+    producer: FutureProducer,
+    transactional_id: String,
+}
+
 pub(crate) struct Relay {
     pool: Pool,
     database_url: DatabaseUrl,
-    producer: FutureProducer,
     settings: RelaySettings,
     metrics: RelayMetrics,
     wake: Arc<Notify>,
+    session: Option<Session>,
+    /// An outbox id whose record the broker refused inside a batch: the next rounds publish the
+    /// rows before it, then it alone, to find out whether it is the culprit.
+    suspect: Option<i64>,
 }
 
 impl Relay {
-    pub(crate) fn new(
-        pool: Pool,
-        database_url: DatabaseUrl,
-        producer: FutureProducer,
-        settings: RelaySettings,
-        metrics: RelayMetrics,
-    ) -> Self {
-        Self { pool, database_url, producer, settings, metrics, wake: Arc::new(Notify::new()) }
+    pub(crate) fn new(pool: Pool, database_url: DatabaseUrl, settings: RelaySettings, metrics: RelayMetrics) -> Self {
+        Self { pool, database_url, settings, metrics, wake: Arc::new(Notify::new()), session: None, suspect: None }
     }
 
     /// The handle the NOTIFY listener wakes the relay through.
@@ -89,20 +116,24 @@ impl Relay {
 
     /// Stands by, leads while holding the lock, stands by again after losing it; until `shutdown`.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let bound = self.settings.delivery_bound();
         while !shutdown.is_cancelled() {
             self.metrics.leader.set(0);
-            let Some(leadership) = Leadership::acquire(&self.database_url, &self.settings.instance, &shutdown).await
+            let Some(leadership) =
+                Leadership::acquire(&self.database_url, &self.settings.instance, bound, &shutdown).await
             else {
                 break;
             };
+            let epoch = leadership.epoch.epoch;
             self.metrics.leader.set(1);
-            self.metrics.epoch.set(leadership.epoch);
-            self.lead(&leadership, &shutdown).await;
+            self.metrics.epoch.set(epoch);
+            let ended = self.lead(&leadership, &shutdown).await;
             // Whatever is still queued or in flight must not go out once we stop leading.
-            self.producer.purge(PurgeConfig::default().queue().inflight());
-            self.replace_producer();
-            if !shutdown.is_cancelled() {
-                tracing::warn!(epoch = leadership.epoch, "stepped down as leader; standing by");
+            self.end_session().await;
+            if ended == Ended::Clean {
+                self.record_clean_stop(epoch).await;
+            } else if !shutdown.is_cancelled() {
+                tracing::warn!(epoch, "stepped down as leader; standing by");
             }
         }
         self.metrics.leader.set(0);
@@ -110,15 +141,17 @@ impl Relay {
     }
 
     /// Publishes while `leadership` holds; returns when it is lost, fenced, or on shutdown.
-    async fn lead(&mut self, leadership: &Leadership, shutdown: &CancellationToken) {
-        let epoch = leadership.epoch;
+    async fn lead(&mut self, leadership: &Leadership, shutdown: &CancellationToken) -> Ended {
+        let epoch = leadership.epoch.epoch;
         let lost = leadership.lost();
-        if let Some(wait) = crate::leadership::takeover_wait(epoch, self.settings.producer.delivery_timeout) {
-            tracing::info!(epoch, ?wait, "waiting out the previous leader's delivery timeout before reading back");
+        let wait = crate::leadership::takeover_wait(&leadership.epoch, self.settings.delivery_bound());
+        self.metrics.takeover_wait.set(wait.unwrap_or_default().as_secs_f64());
+        if let Some(wait) = wait {
+            tracing::info!(epoch, ?wait, "the previous leader did not stop cleanly: waiting out its declared bound before reading back");
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = lost.cancelled() => return,
-                () = shutdown.cancelled() => return,
+                () = lost.cancelled() => return Ended::Unclean,
+                () = shutdown.cancelled() => return Ended::Clean,
             }
         }
         let mut reconciled = false;
@@ -130,14 +163,14 @@ impl Relay {
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             };
             let result = tokio::select! {
-                result = self.round(epoch, reconciled) => result,
+                result = self.round(leadership, reconciled) => result,
                 () = lost.cancelled() => {
                     tracing::error!(epoch, "leader lock lost; stopping production at once");
-                    return;
+                    return Ended::Unclean;
                 }
                 () = shutdown_grace => {
                     tracing::warn!("shutdown grace period over; abandoning the batch in flight (the next leader reconciles it)");
-                    return;
+                    return Ended::Unclean;
                 }
             };
             if backlog_refreshed.elapsed() >= BACKLOG_REFRESH {
@@ -158,15 +191,21 @@ impl Relay {
                     }
                 }
                 Err(error) if error.is_fenced() => {
-                    tracing::error!(error = %error_chain(&error), "a newer leader took over");
-                    return;
+                    self.metrics.fenced.inc();
+                    tracing::error!(epoch, error = %error_chain(&error), "fenced: a newer leader took over; standing down");
+                    return Ended::Unclean;
+                }
+                Err(RelayError::LeaseLapsed) => {
+                    self.metrics.lease_lapsed.inc();
+                    tracing::error!(epoch, "the lease lapsed (was this process paused?); nothing more is handed to the producer; standing down");
+                    return Ended::Unclean;
                 }
                 Err(error) => {
                     reconciled = false;
                     let mut delay = backoff.next_delay();
                     tracing::warn!(error = %error_chain(&error), ?delay, "relay round failed; rows stay in the outbox, reconciling before the next round");
                     if self.session_ended(&error) {
-                        self.replace_producer();
+                        self.end_session().await;
                         delay = delay.max(SESSION_END_GRACE);
                     }
                     tokio::select! {
@@ -177,14 +216,46 @@ impl Relay {
                 }
             }
         }
+        if lost.is_cancelled() { Ended::Unclean } else { Ended::Clean }
     }
 
-    /// Reconciles first if needed, then publishes one batch.
-    async fn round(&self, epoch: i64, reconciled: bool) -> Result<Outcome, RelayError> {
+    /// Starts a producer session if there is none, reconciles if needed, then publishes one batch.
+    async fn round(&mut self, leadership: &Leadership, reconciled: bool) -> Result<Outcome, RelayError> {
+        let epoch = leadership.epoch.epoch;
+        if self.session.is_none() {
+            self.start_session(&leadership.epoch.transactional_id).await?;
+        }
         if !reconciled {
             self.reconcile(epoch).await?;
         }
-        self.publish_batch(epoch).await
+        self.publish_batch(epoch, leadership.lease()).await
+    }
+
+    /// A new producer session: the broker fences every earlier producer of this outbox.
+    async fn start_session(&mut self, transactional_id: &str) -> Result<(), RelayError> {
+        let started = Instant::now();
+        let (settings, id) = (self.settings.producer.clone(), transactional_id.to_owned());
+        let producer =
+            tokio::task::spawn_blocking(move || crate::publish::start_session(&settings, &id)).await?.map_err(RelayError::Session)?;
+        tracing::info!(transactional_id, elapsed = ?started.elapsed(), "producer session started; earlier producers of this outbox are fenced");
+        let producer_settings = &self.settings.producer;
+        crate::limits::check_topic(&producer_settings.bootstrap_servers, &self.settings.topic, producer_settings.max_record_bytes)
+            .await;
+        self.session = Some(Session { producer, transactional_id: transactional_id.to_owned() });
+        Ok(())
+    }
+
+    /// Drops the producer session, purging what it still holds.
+    async fn end_session(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        session.producer.purge(PurgeConfig::default().queue().inflight());
+        // Aborting tells the broker at once; a fenced or broken session cannot, which is fine:
+        // the next session's registration aborts whatever it left open.
+        let producer = session.producer.clone();
+        let aborted = tokio::task::spawn_blocking(move || producer.abort_transaction(Duration::from_secs(2))).await;
+        tracing::debug!(transactional_id = %session.transactional_id, ?aborted, "producer session ended");
     }
 
     /// Reads the topic back from the checkpoints and settles the rows found there.
@@ -197,6 +268,7 @@ impl Relay {
             checkpoints.clone(),
         )
         .await?;
+        self.report_read_back(&read_back);
         let settled = settle::settle(
             &mut self.pool.get().await?,
             epoch,
@@ -205,31 +277,73 @@ impl Relay {
             &read_back.ends,
         )
         .await?;
-        self.metrics.reconciled.inc_by(settled);
+        self.metrics.reconciled.inc_by(settled.deleted);
         tracing::info!(
             epoch,
             records_read = read_back.records,
-            rows_settled = settled,
+            rows_settled = settled.deleted,
             from = ?checkpoints,
             to = ?read_back.ends,
             elapsed = ?started.elapsed(),
             "reconciled with the topic; rows found there are settled without being published again"
         );
-        Ok(settled)
+        Ok(settled.deleted)
     }
 
-    /// Publishes up to `batch_size` of the oldest rows and settles those acknowledged.
-    async fn publish_batch(&self, epoch: i64) -> Result<Outcome, RelayError> {
+    /// Raises the alarms of a read-back: lost or replaced logs, records gone by retention,
+    /// records of a deposed leader.
+    fn report_read_back(&self, read_back: &ReadBack) {
+        let topic = &self.settings.topic;
+        for &(partition, finding) in &read_back.findings {
+            match finding {
+                Finding::AheadOfLog { checkpoint, end } => {
+                    self.metrics.checkpoint_ahead.inc();
+                    tracing::error!(topic, partition, checkpoint, log_end = end, "checkpoint ahead of the log: the log was lost (topic recreated, broker data wiped or unclean leader election); the events settled below the checkpoint are gone from it. Reading the partition as it is now and publishing every row not on it");
+                }
+                Finding::Replaced { offset, expected, found } => {
+                    self.metrics.log_replaced.inc();
+                    tracing::error!(topic, partition, offset, %expected, found = ?found, "the last settled record is not at its offset: the log was replaced; the events settled before are gone from it. Reading the partition as it is now and publishing every row not on it");
+                }
+                Finding::Truncated { checkpoint, start } => {
+                    self.metrics.truncated.inc();
+                    tracing::warn!(topic, partition, checkpoint, log_start = start, "records below the log's start were removed (retention) before they were settled: outbox rows of theirs, if any, are taken for unpublished and published again");
+                }
+            }
+        }
+        for stale in &read_back.stale {
+            self.metrics.stale_leader_records.inc();
+            tracing::error!(topic, partition = stale.partition, offset = stale.offset, event_id = ?stale.event_id, epoch = stale.epoch, newer_epoch = stale.newer_epoch, "a record of a deposed leader landed after its successor's: a possible duplicate");
+        }
+    }
+
+    /// Publishes up to `batch_size` of the oldest rows in one transaction and settles those
+    /// acknowledged once it committed.
+    async fn publish_batch(&mut self, epoch: i64, lease: &Lease) -> Result<Outcome, RelayError> {
         let mut client = self.pool.get().await?;
         let rows = outbox::fetch_pending(&client, self.settings.batch_size).await?;
+        let rows = self.isolate_suspect(rows);
         if rows.is_empty() {
             return Ok(Outcome::Empty);
         }
-        let topic = &self.settings.topic;
+        let Some(session) = &self.session else {
+            return Err(RelayError::NoSession);
+        };
+        let producer = session.producer.clone();
+        producer.begin_transaction().map_err(RelayError::Session)?;
+        let topic = self.settings.topic.clone();
         let mut deliveries = Vec::with_capacity(rows.len());
-        let mut spans = Vec::with_capacity(rows.len());
+        let mut sent = Vec::with_capacity(rows.len());
+        let mut refused: Vec<(i64, KafkaError)> = Vec::new();
+        let mut held_back = std::collections::HashSet::new();
         for row in &rows {
-            let span = crate::publish::publish_span(topic, row);
+            if !lease.is_valid() {
+                return Err(RelayError::LeaseLapsed);
+            }
+            if held_back.contains(&row.article_id) {
+                // A row of this article was refused: its later rows wait behind the dead letter.
+                continue;
+            }
+            let span = crate::publish::publish_span(&topic, row);
             span.in_scope(|| {
                 tracing::info!(
                     article_id = row.article_id,
@@ -244,58 +358,151 @@ impl Relay {
             if trace_headers.is_empty() {
                 trace_headers.clone_from(&row.trace_context);
             }
-            let delivery = crate::publish::send(&self.producer, topic, row, &trace_headers).await;
-            deliveries.push(delivery.map_err(RelayError::Enqueue)?);
-            spans.push(span);
+            match crate::publish::send(&producer, &topic, row, epoch, &trace_headers).await {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    sent.push((row, span));
+                }
+                Err(error) if refuses_record(&error) => {
+                    held_back.insert(row.article_id);
+                    refused.push((row.id, error));
+                }
+                Err(error) => return Err(RelayError::Enqueue(error)),
+            }
         }
         let results = futures_util::future::join_all(deliveries).await;
         let mut acks = Acknowledgements::default();
-        for ((row, result), span) in rows.iter().zip(results).zip(&spans) {
+        for ((row, span), result) in sent.iter().zip(results) {
             let answer = match result {
                 Ok(Ok(delivery)) => {
                     span.record("messaging.destination.partition.id", delivery.partition);
                     span.record("messaging.kafka.offset", delivery.offset);
-                    self.metrics.messages_sent.with_label_values(&[&row.event_type]).inc();
-                    let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
-                    self.metrics.commit_to_ack.observe(age.as_secs_f64());
                     Ok((delivery.partition, delivery.offset))
                 }
                 Ok(Err((error, _message))) => Err(error),
-                Err(_canceled) => Err(rdkafka::error::KafkaError::Canceled),
+                Err(_canceled) => Err(KafkaError::Canceled),
             };
             if answer.is_err() {
                 span.record("otel.status_code", "error");
             }
-            acks.record(row.id, answer);
+            acks.record(row.id, row.event_id, answer);
         }
-        self.metrics.publish_errors.inc_by(acks.failed as u64);
-        settle::settle(&mut client, epoch, topic, Published::Rows(&acks.acknowledged), &acks.checkpoints()).await?;
+        self.metrics.publish_errors.inc_by((acks.failed + refused.len()) as u64);
         if let Some(first) = acks.first_failure {
-            return Err(RelayError::Delivery { failed: acks.failed, attempted: rows.len(), first });
+            // Nothing of an aborted transaction becomes visible: the whole batch stays in the outbox.
+            if let Some(suspect) = acks.first_refused {
+                tracing::warn!(suspect, "the broker refused a record of the batch; publishing the rows before it, then it alone");
+                self.suspect = Some(suspect);
+            }
+            self.abort(&producer).await;
+            return Err(RelayError::Delivery { failed: acks.failed, attempted: sent.len(), first });
         }
-        tracing::debug!(published = acks.acknowledged.len(), "batch acknowledged and settled");
+        self.commit(&producer).await?;
+        for (row, _) in &sent {
+            self.metrics.messages_sent.with_label_values(&[&row.event_type]).inc();
+            let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
+            self.metrics.commit_to_ack.observe(age.as_secs_f64());
+        }
+        for (id, error) in &refused {
+            self.dead_letter(&mut client, epoch, &rows, *id, error).await?;
+        }
+        let Settled { lowered, .. } =
+            settle::settle(&mut client, epoch, &topic, Published::Rows(&acks.acknowledged), &acks.checkpoints()).await?;
+        for lowered in lowered {
+            self.metrics.checkpoint_ahead.inc();
+            tracing::error!(topic, partition = lowered.partition, checkpoint = lowered.from, log_end = lowered.to, "checkpoint ahead of the log: the broker acknowledged records below the checkpoint, so the log was lost or replaced; the events settled below the old checkpoint are gone from it");
+        }
+        tracing::debug!(published = acks.acknowledged.len(), "batch committed and settled");
         Ok(Outcome::Published(acks.acknowledged.len()))
     }
 
-    /// Whether `error` ends the idempotent producer session. A fatal error does; so does any
-    /// failed delivery: librdkafka bumps the producer epoch on timeouts, and a broker that lost
-    /// or never stored that epoch (nisshi after a crash) then refuses every later record of the
-    /// session. A new producer starts a clean session.
+    /// With a suspect, the rows before it form the batch; the suspect then goes alone. Without
+    /// one (or once it left the outbox), the rows as they are.
+    fn isolate_suspect(&mut self, rows: Vec<OutboxRow>) -> Vec<OutboxRow> {
+        let Some(suspect) = self.suspect else {
+            return rows;
+        };
+        match rows.first() {
+            Some(first) if first.id == suspect => {
+                // Alone this time: whatever its answer, it is the answer about this record.
+                self.suspect = None;
+                rows.into_iter().take(1).collect()
+            }
+            Some(first) if first.id < suspect => rows.into_iter().take_while(|row| row.id < suspect).collect(),
+            _ => {
+                self.suspect = None;
+                rows
+            }
+        }
+    }
+
+    /// Moves refused row `id` to the dead letters; the rows of other articles keep flowing.
+    async fn dead_letter(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        epoch: i64,
+        rows: &[OutboxRow],
+        id: i64,
+        error: &KafkaError,
+    ) -> Result<(), RelayError> {
+        let reason = error_chain(error);
+        if settle::dead_letter(client, epoch, id, &reason).await? {
+            self.metrics.dead_letters.inc();
+            let row = rows.iter().find(|row| row.id == id);
+            tracing::error!(
+                outbox_id = id,
+                event_id = ?row.map(|row| row.event_id),
+                article_id = ?row.map(|row| row.article_id),
+                payload_bytes = ?row.map(|row| row.payload.len()),
+                error = %reason,
+                "the broker refuses this record for what it is: moved to outbox_dead_letters; later rows of its article wait until it is requeued or discarded (blogctl outbox dead-letters)"
+            );
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, producer: &FutureProducer) -> Result<(), RelayError> {
+        let committing = producer.clone();
+        let timeout = self.settings.producer.delivery_timeout;
+        match tokio::task::spawn_blocking(move || committing.commit_transaction(timeout)).await? {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.abort(producer).await;
+                Err(RelayError::Commit(error))
+            }
+        }
+    }
+
+    async fn abort(&self, producer: &FutureProducer) {
+        let aborting = producer.clone();
+        let timeout = self.settings.producer.delivery_timeout;
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || aborting.abort_transaction(timeout)).await {
+            tracing::debug!(error = %error_chain(&error), "cannot abort the transaction (the session is replaced)");
+        }
+    }
+
+    /// Whether `error` ends the producer session: any producer or transaction error does (a new
+    /// session starts clean, and its registration aborts whatever this one left open).
     fn session_ended(&self, error: &RelayError) -> bool {
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
+        if let Some(session) = &self.session
+            && let Some((code, reason)) = session.producer.client().fatal_error()
+        {
             tracing::error!(?code, %reason, "fatal producer error");
             return true;
         }
-        matches!(error, RelayError::Delivery { .. } | RelayError::Enqueue(_))
+        matches!(
+            error,
+            RelayError::Delivery { .. } | RelayError::Enqueue(_) | RelayError::Commit(_) | RelayError::Session(_)
+        )
     }
 
-    fn replace_producer(&mut self) {
-        tracing::info!("starting a new producer session");
-        match create_producer(&self.settings.producer) {
-            Ok(producer) => self.producer = producer,
-            Err(error) => {
-                tracing::error!(error = %error_chain(&error), "cannot create a new producer")
-            }
+    async fn record_clean_stop(&self, epoch: i64) {
+        match self.pool.get().await {
+            Ok(mut client) => match settle::record_clean_stop(&mut client, epoch).await {
+                Ok(()) => tracing::info!(epoch, "stopped cleanly with nothing in flight; a successor publishes at once"),
+                Err(error) => tracing::warn!(error = %error_chain(&error), "cannot record the clean stop; a successor will wait out this relay's bound"),
+            },
+            Err(error) => tracing::warn!(error = %error_chain(&error), "cannot record the clean stop; a successor will wait out this relay's bound"),
         }
     }
 

@@ -4,14 +4,26 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::producer::Producer as _;
+use rdkafka::producer::{FutureProducer, Producer as _};
+use service_kit::config::DatabaseUrl;
 use service_kit::ops::OpsServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
 use crate::metrics::RelayMetrics;
-use crate::publish::{ProducerSettings, create_producer};
+use crate::publish::ProducerSettings;
 use crate::relay::{Relay, RelaySettings};
+
+/// Set on every DB1 session of the relay, so that a relay stopped mid-transaction (SIGSTOP, a
+/// frozen VM) cannot hold up its successor: its open transaction is ended by the server, and a
+/// statement waiting for a lock gives up and is retried.
+const SESSION_SETTINGS: &[(&str, &str)] =
+    &[("lock_timeout", "5s"), ("statement_timeout", "60s"), ("idle_in_transaction_session_timeout", "10s")];
+
+/// DB1 as the relay's sessions use it (migrations use the plain URL: they may wait longer).
+fn relay_sessions(url: &DatabaseUrl) -> DatabaseUrl {
+    url.with_session_settings(SESSION_SETTINGS)
+}
 
 pub struct Application {
     ops: OpsServer,
@@ -27,29 +39,34 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     pub async fn build(config: RelayConfig) -> anyhow::Result<Self> {
-        let pool =
-            service_kit::db::pool(&config.database_url, config.db_pool_size).context("cannot create the DB1 pool")?;
+        let sessions = relay_sessions(&config.database_url);
+        let pool = service_kit::db::pool(&sessions, config.db_pool_size).context("cannot create the DB1 pool")?;
         let settings = RelaySettings {
             producer: ProducerSettings {
                 bootstrap_servers: config.kafka_bootstrap_servers.clone(),
                 delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
                 linger: Duration::from_millis(config.linger_ms.into()),
+                max_record_bytes: config.message_max_bytes,
             },
             topic: config.kafka_topic.clone(),
             batch_size: config.batch_size,
             poll_interval: Duration::from_millis(config.poll_interval_ms),
             instance: config.instance_id.clone().unwrap_or_else(default_instance_id),
         };
-        let producer = create_producer(&settings.producer).context("cannot create the Kafka producer")?;
+        // Readiness asks the broker through a client of its own: the publishing producer exists
+        // only while this relay leads.
+        let probe: FutureProducer = kafka_kit::client_config(&config.kafka_bootstrap_servers)
+            .create()
+            .context("cannot create the Kafka client")?;
         let metrics = RelayMetrics::new().context("cannot register metrics")?;
         let readiness = {
-            let (producer, topic) = (producer.clone(), settings.topic.clone());
+            let (producer, topic) = (probe, settings.topic.clone());
             service_kit::ops::database_and_broker(pool.clone(), move || {
                 kafka_kit::topic_reachable(producer.client(), &topic)
             })
         };
         let ops = OpsServer::bind(config.listen_addr, metrics.registry.clone(), readiness).await?;
-        let relay = Relay::new(pool, config.database_url.clone(), producer, settings, metrics);
+        let relay = Relay::new(pool, sessions, settings, metrics);
         Ok(Self { ops, config, relay })
     }
 
@@ -70,7 +87,7 @@ impl Application {
             if service_kit::db::migrate_when_available(&config.database_url, crate::MIGRATIONS, &shutdown).await {
                 let wake = relay.wake();
                 let listener =
-                    tokio::spawn(crate::listener::listen(config.database_url.clone(), wake, shutdown.clone()));
+                    tokio::spawn(crate::listener::listen(relay_sessions(&config.database_url), wake, shutdown.clone()));
                 relay.run(shutdown.clone()).await;
                 listener.abort();
             }

@@ -21,6 +21,8 @@ pub struct SinkMetrics {
     pub end_to_end_latency: Histogram,
     /// Records between the consumer's position and the log end, per assigned partition.
     pub lag: IntGaugeVec,
+    /// Records of a deposed relay leader read after its successor's.
+    pub stale_leader_records: IntCounter,
 }
 
 impl SinkMetrics {
@@ -61,6 +63,13 @@ impl SinkMetrics {
                 Histogram::with_opts(end_to_end.buckets(LATENCY_BUCKETS[2..].to_vec())),
             )?,
             lag: register(&registry, IntGaugeVec::new(lag, &["partition"]))?,
+            stale_leader_records: register(
+                &registry,
+                IntCounter::new(
+                    "sink_stale_leader_records_total",
+                    "Records of a deposed relay leader read after its successor's",
+                ),
+            )?,
             registry,
         })
     }

@@ -56,6 +56,9 @@ pub(crate) struct Sink {
     consumer: Arc<StreamConsumer>,
     metrics: SinkMetrics,
     dead_letters: DeadLetters,
+    /// The relay epochs seen per partition: a record of a deposed relay leader that landed after
+    /// its successor's is said and counted (the version guard keeps it from changing DB2).
+    epochs: std::sync::Mutex<kafka_kit::EpochWatch>,
 }
 
 impl Sink {
@@ -65,7 +68,7 @@ impl Sink {
         metrics: SinkMetrics,
         dead_letters: DeadLetters,
     ) -> Self {
-        Self { pool, consumer, metrics, dead_letters }
+        Self { pool, consumer, metrics, dead_letters, epochs: std::sync::Mutex::default() }
     }
 
     /// Consumes until `shutdown`, then commits the stored offsets and leaves the group.
@@ -188,6 +191,7 @@ impl Sink {
                     );
                     tracing::debug!("Checking idempotency for event ID: {}", decoded.event_id);
                 });
+                self.watch_epoch(message, &decoded.event_id);
                 Ok(Pending { message, decoded, span })
             }
             Err(poison) => {
@@ -204,6 +208,25 @@ impl Sink {
                 });
                 Err(poison)
             }
+        }
+    }
+
+    /// Counts and logs a record whose relay epoch is older than one already seen in its partition.
+    fn watch_epoch(&self, message: &BorrowedMessage<'_>, event_id: &str) {
+        let Some(epoch) = kafka_kit::relay_epoch(message) else {
+            return;
+        };
+        let newer = self.epochs.lock().map(|mut epochs| epochs.see(message.partition(), epoch)).unwrap_or_default();
+        if let Some(newer_epoch) = newer {
+            self.metrics.stale_leader_records.inc();
+            tracing::error!(
+                partition = message.partition(),
+                offset = message.offset(),
+                event_id,
+                epoch,
+                newer_epoch,
+                "a record of a deposed relay leader landed after its successor's: a possible duplicate (applied at most once)"
+            );
         }
     }
 

@@ -1,15 +1,19 @@
 //! Kafka client settings shared by the relay, the sink and `blogctl`, the record headers the
 //! pipeline writes, and reading a topic to its end (the relay's read-back, `blogctl consume`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers, Message};
 
 /// Header carrying the outbox row's event id.
 pub const EVENT_ID_HEADER: &str = "event_id";
 /// Header carrying the event type.
 pub const EVENT_TYPE_HEADER: &str = "event_type";
+/// Header carrying the fencing epoch of the relay leader that published the record.
+pub const RELAY_EPOCH_HEADER: &str = "relay_epoch";
 
 /// How long a metadata request may take before the broker counts as unreachable.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,6 +39,8 @@ pub fn consumer_config(bootstrap_servers: &str, group_id: &str) -> ClientConfig 
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
+        // Records of aborted transactions (a fenced relay's) are skipped, like the relay's read-back.
+        .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("max.poll.interval.ms", "60000")
         .set("session.timeout.ms", "10000")
@@ -104,67 +110,131 @@ pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
     Ok(partitions)
 }
 
-/// Reads every partition of `topic` from `start(partition)` (clamped to the partition's low
-/// watermark; `None` means the low watermark) up to the high watermark it had when the call
-/// began, calling `on_record` for each record. Returns each partition's high watermark, i.e.
-/// the offset the read ended at. Blocking: call from `spawn_blocking`.
+/// A consumer that reads partitions it is assigned, outside any group's offsets: isolation level
+/// `read_committed` set explicitly (records of aborted transactions are skipped, as the sink skips
+/// them) and an end-of-partition event, so a read stops where the log ends whatever holes its
+/// offsets have (transaction markers, aborted records, compaction).
+pub fn reader(bootstrap_servers: &str, group_id: &str) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+    reader_config(bootstrap_servers, group_id).create()
+}
+
+fn reader_config(bootstrap_servers: &str, group_id: &str) -> ClientConfig {
+    let mut config = client_config(bootstrap_servers);
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("allow.auto.create.topics", "false");
+    config
+}
+
+/// The low watermark and the end of `partition` as `consumer` can read it (for a `read_committed`
+/// reader, the last stable offset: the end of the committed records).
+pub fn partition_bounds(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+    use rdkafka::consumer::Consumer as _;
+    consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+}
+
+/// Reads each partition of `from` from its offset until the consumer reports the end of the
+/// partition, calling `on_record` for every record. Holes in offsets are fine: the broker's
+/// end-of-partition event ends the read, not the offset of the last record.
+pub fn read_partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    deadline: std::time::Instant,
+    mut on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<(), ReadBackError> {
+    use rdkafka::consumer::Consumer as _;
+    use rdkafka::error::KafkaError;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    if from.is_empty() {
+        return Ok(());
+    }
+    let mut assignment = TopicPartitionList::new();
+    for (&partition, &offset) in from {
+        assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    consumer.assign(&assignment)?;
+    let mut unfinished: std::collections::BTreeSet<i32> = from.keys().copied().collect();
+    let result = loop {
+        if unfinished.is_empty() {
+            break Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            break Err(ReadBackError::Timeout { partitions: unfinished.iter().copied().collect() });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                unfinished.remove(&partition);
+            }
+            Some(Err(error)) => break Err(error.into()),
+            Some(Ok(message)) => on_record(&message),
+        }
+    };
+    consumer.unassign()?;
+    result
+}
+
+/// Reads every partition of `topic` from its low watermark to its end, calling `on_record` for
+/// each record; returns each partition's end. A topic that does not exist reads as empty.
+/// Blocking: call from `spawn_blocking`.
 pub fn read_to_end(
     bootstrap_servers: &str,
     topic: &str,
-    start: impl Fn(i32) -> Option<i64>,
     deadline: std::time::Instant,
-    mut on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
-) -> Result<std::collections::BTreeMap<i32, i64>, ReadBackError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use rdkafka::{Offset, TopicPartitionList};
-
-    let consumer: BaseConsumer = client_config(bootstrap_servers)
-        .set("group.id", "blog-read-back")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("allow.auto.create.topics", "true")
-        .create()?;
-    let mut ends = std::collections::BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    let mut unfinished = std::collections::BTreeMap::new();
+    on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<BTreeMap<i32, i64>, ReadBackError> {
+    let consumer = reader(bootstrap_servers, "blog-read-to-end")?;
     let partitions = match topic_partitions(&consumer, topic) {
-        // A topic that does not exist holds no record yet: nothing to read back.
-        Err(ReadBackError::UnknownTopic(_)) => return Ok(ends),
+        Err(ReadBackError::UnknownTopic(_)) => return Ok(BTreeMap::new()),
         other => other?,
     };
+    let mut ends = BTreeMap::new();
+    let mut from = BTreeMap::new();
     for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-        let from = start(partition).map_or(low, |offset| offset.max(low));
-        ends.insert(partition, high);
-        if from < high {
-            assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
-            unfinished.insert(partition, high);
+        let (low, end) = partition_bounds(&consumer, topic, partition)?;
+        ends.insert(partition, end);
+        if low < end {
+            from.insert(partition, low);
         }
     }
-    if unfinished.is_empty() {
-        return Ok(ends);
-    }
-    consumer.assign(&assignment)?;
-    while !unfinished.is_empty() {
-        if std::time::Instant::now() >= deadline {
-            return Err(ReadBackError::Timeout { partitions: unfinished.keys().copied().collect() });
-        }
-        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let message = result?;
-        let partition = message.partition();
-        let Some(&end) = unfinished.get(&partition) else {
-            continue;
-        };
-        if message.offset() < end {
-            on_record(&message);
-        }
-        if message.offset() + 1 >= end {
-            unfinished.remove(&partition);
-        }
-    }
+    read_partitions(&consumer, topic, &from, deadline, on_record)?;
     Ok(ends)
+}
+
+/// Watches the leader epochs the relay writes in [`RELAY_EPOCH_HEADER`], per partition: a record
+/// whose epoch is lower than one already seen in its partition was written by a deposed leader
+/// after its successor began, which the relay's fencing is there to prevent. Such a record is a
+/// possible duplicate; whoever reads it counts it and says so.
+#[derive(Debug, Default, Clone)]
+pub struct EpochWatch {
+    highest: BTreeMap<i32, i64>,
+}
+
+impl EpochWatch {
+    /// Sees a record of `partition` written under `epoch`; returns the newer epoch already seen
+    /// in that partition when this record is stale.
+    pub fn see(&mut self, partition: i32, epoch: i64) -> Option<i64> {
+        let highest = self.highest.entry(partition).or_insert(epoch);
+        if epoch < *highest {
+            return Some(*highest);
+        }
+        *highest = epoch;
+        None
+    }
+}
+
+/// The relay epoch a record carries, if it has a well-formed [`RELAY_EPOCH_HEADER`].
+pub fn relay_epoch<M: Message>(message: &M) -> Option<i64> {
+    header_str(message, RELAY_EPOCH_HEADER)?.parse().ok()
 }
 
 /// The record's UTF-8 headers as a map (trace context extraction).
@@ -214,10 +284,30 @@ mod tests {
     }
 
     #[test]
+    fn a_lower_epoch_after_a_higher_one_in_the_same_partition_is_stale() {
+        let mut watch = EpochWatch::default();
+        assert_eq!(watch.see(0, 3), None);
+        assert_eq!(watch.see(0, 3), None);
+        assert_eq!(watch.see(1, 2), None, "partitions are watched apart");
+        assert_eq!(watch.see(0, 4), None);
+        assert_eq!(watch.see(0, 3), Some(4));
+        assert_eq!(watch.see(1, 2), None);
+    }
+
+    #[test]
+    fn readers_skip_aborted_transactions_and_stop_at_the_end_of_a_partition() {
+        let config = reader_config("localhost:1", "read-back");
+        assert_eq!(config.get("isolation.level"), Some("read_committed"));
+        assert_eq!(config.get("enable.partition.eof"), Some("true"));
+        assert_eq!(config.get("enable.auto.commit"), Some("false"));
+    }
+
+    #[test]
     fn consumers_store_offsets_only_when_told_and_bound_their_prefetch() {
         let config = consumer_config("localhost:9092", "blog-sync-group");
         assert_eq!(config.get("group.id"), Some("blog-sync-group"));
         assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(config.get("isolation.level"), Some("read_committed"));
         assert_eq!(config.get("auto.offset.reset"), Some("earliest"));
         assert_eq!(config.get("queued.max.messages.kbytes"), Some("8192"));
         assert_eq!(config.get("bootstrap.servers"), Some("localhost:9092"));

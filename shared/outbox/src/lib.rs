@@ -20,7 +20,7 @@ mod embedded {
 /// The table that records this crate's migrations, apart from any other set in the same database.
 pub const HISTORY_TABLE: &str = "outbox_schema_history";
 
-/// The migrations of `outbox`, `relay_leader` and `relay_checkpoints` (`sql/outbox`); run them
+/// The migrations of `outbox`, `outbox_dead_letters`, `relay_leader` and `relay_checkpoints` (`sql/outbox`); run them
 /// with [`HISTORY_TABLE`] as the history table.
 pub fn migrations() -> refinery::Runner {
     embedded::migrations::runner()
@@ -71,34 +71,121 @@ pub async fn enqueue(transaction: &Transaction<'_>, event: &NewEvent<'_>) -> Res
     transaction
         .execute(&insert, &[&event.event_id, &event.article_id, &event.event_type, &event.payload, &trace_context])
         .await?;
-    // Notifications are delivered at commit and coalesced within a transaction.
+    notify_relay(transaction).await
+}
+
+/// Wakes the relay when `transaction` commits (notifications are delivered at commit and
+/// coalesced within a transaction).
+async fn notify_relay(transaction: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
     let notify = transaction.prepare_cached("SELECT pg_notify($1, '')").await?;
     transaction.execute(&notify, &[&NOTIFY_CHANNEL]).await?;
     Ok(())
 }
 
-/// The oldest `limit` unpublished rows, in the order they must be published.
+/// The records the relay publishes by default may be this large (key, headers and value; the
+/// producer's `message.max.bytes`). A writer's largest event must stay below it, and the topic's
+/// `max.message.bytes` should not be lower (the relay checks at start).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// The oldest `limit` unpublished rows, in the order they must be published, leaving out the
+/// rows of any article that has a dead letter: they wait for an operator (see [`dead_letter`]).
 pub async fn fetch_pending(client: &impl GenericClient, limit: i64) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
-            "SELECT id, event_id, article_id, event_type, payload, created_at, trace_context \
-             FROM outbox ORDER BY id LIMIT $1",
+            "SELECT id, event_id, article_id, event_type, payload, created_at, trace_context FROM outbox o \
+             WHERE NOT EXISTS (SELECT 1 FROM outbox_dead_letters d WHERE d.article_id = o.article_id) \
+             ORDER BY id LIMIT $1",
         )
         .await?;
     let rows = client.query(&statement, &[&limit]).await?;
+    rows.iter().map(OutboxRow::from_row).collect()
+}
+
+impl OutboxRow {
+    fn from_row(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            event_id: row.try_get("event_id")?,
+            article_id: row.try_get("article_id")?,
+            event_type: row.try_get("event_type")?,
+            payload: row.try_get("payload")?,
+            created_at: row.try_get("created_at")?,
+            trace_context: parse_trace_context(row.try_get("trace_context")?),
+        })
+    }
+}
+
+/// A row the broker refused, kept aside in `outbox_dead_letters`.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub row: OutboxRow,
+    /// Why the broker refused it.
+    pub error: String,
+    pub failed_at: DateTime<Utc>,
+    /// Rows of the same article waiting behind it in the outbox.
+    pub waiting: i64,
+}
+
+/// Moves outbox row `id` to `outbox_dead_letters` with `error`, on the caller's transaction (the
+/// relay's fenced settle). Returns whether the row was there.
+pub async fn dead_letter(transaction: &Transaction<'_>, id: i64, error: &str) -> Result<bool, tokio_postgres::Error> {
+    let statement = transaction
+        .prepare_cached(
+            "WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *) \
+             INSERT INTO outbox_dead_letters (id, event_id, article_id, event_type, payload, created_at, trace_context, error) \
+             SELECT id, event_id, article_id, event_type, payload, created_at, trace_context, $2 FROM moved",
+        )
+        .await?;
+    Ok(transaction.execute(&statement, &[&id, &error]).await? == 1)
+}
+
+/// Every dead letter, oldest first.
+pub async fn dead_letters(client: &impl GenericClient) -> Result<Vec<DeadLetter>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT d.*, (SELECT count(*) FROM outbox o WHERE o.article_id = d.article_id) AS waiting \
+             FROM outbox_dead_letters d ORDER BY d.id",
+        )
+        .await?;
+    let rows = client.query(&statement, &[]).await?;
     rows.iter()
         .map(|row| {
-            Ok(OutboxRow {
-                id: row.try_get("id")?,
-                event_id: row.try_get("event_id")?,
-                article_id: row.try_get("article_id")?,
-                event_type: row.try_get("event_type")?,
-                payload: row.try_get("payload")?,
-                created_at: row.try_get("created_at")?,
-                trace_context: parse_trace_context(row.try_get("trace_context")?),
+            Ok(DeadLetter {
+                row: OutboxRow::from_row(row)?,
+                error: row.try_get("error")?,
+                failed_at: row.try_get("failed_at")?,
+                waiting: row.try_get("waiting")?,
             })
         })
         .collect()
+}
+
+/// Puts dead letter `id` back into the outbox under its original id, so it is published before
+/// the later rows of its article, and notifies the relay. Returns whether it was there.
+pub async fn requeue_dead_letter(transaction: &Transaction<'_>, id: i64) -> Result<bool, tokio_postgres::Error> {
+    let statement = transaction
+        .prepare_cached(
+            "WITH moved AS (DELETE FROM outbox_dead_letters WHERE id = $1 RETURNING *) \
+             INSERT INTO outbox (id, event_id, article_id, event_type, payload, created_at, trace_context) \
+             SELECT id, event_id, article_id, event_type, payload, created_at, trace_context FROM moved",
+        )
+        .await?;
+    let moved = transaction.execute(&statement, &[&id]).await? == 1;
+    if moved {
+        notify_relay(transaction).await?;
+    }
+    Ok(moved)
+}
+
+/// Deletes dead letter `id` for good (its event is never published); the article's later rows
+/// then flow again. Returns whether it was there.
+pub async fn discard_dead_letter(transaction: &Transaction<'_>, id: i64) -> Result<bool, tokio_postgres::Error> {
+    let statement = transaction.prepare_cached("DELETE FROM outbox_dead_letters WHERE id = $1").await?;
+    let discarded = transaction.execute(&statement, &[&id]).await? == 1;
+    if discarded {
+        notify_relay(transaction).await?;
+    }
+    Ok(discarded)
 }
 
 /// The stored trace context as a map. A malformed one only loses the trace link, never the event.
@@ -156,9 +243,11 @@ mod tests {
     fn the_migration_set_holds_the_outbox_and_the_relay_tables_and_nothing_else() {
         let runner = migrations();
         let versions: Vec<_> = runner.get_migrations().iter().map(|migration| migration.version()).collect();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(versions, [1, 2, 3, 4]);
         let sql: String = runner.get_migrations().iter().filter_map(|migration| migration.sql()).collect();
-        assert!(sql.contains("outbox") && sql.contains("relay_leader") && sql.contains("relay_checkpoints"));
+        for table in ["outbox", "relay_leader", "relay_checkpoints", "outbox_dead_letters"] {
+            assert!(sql.contains(table), "{table}");
+        }
         assert!(
             !sql.contains("CREATE TABLE IF NOT EXISTS articles"),
             "the outbox set must not create a service's tables"

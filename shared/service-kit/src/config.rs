@@ -25,6 +25,16 @@ impl DatabaseUrl {
         &self.config
     }
 
+    /// The same database, with `settings` (`name`, value) set on every session the connections
+    /// open (PostgreSQL's `options`, `-c name=value`), after those the URL itself sets.
+    pub fn with_session_settings(&self, settings: &[(&str, &str)]) -> Self {
+        let mut config = self.config.clone();
+        let mut options: Vec<String> = config.get_options().map(str::to_owned).into_iter().collect();
+        options.extend(settings.iter().map(|(name, value)| format!("-c {name}={value}")));
+        config.options(options.join(" "));
+        Self { raw: self.raw.clone(), config }
+    }
+
     /// A description safe for logs: the URL with its password replaced by `***`.
     pub fn redacted(&self) -> String {
         redact_password(&self.raw)
@@ -84,6 +94,19 @@ mod tests {
         assert!(!format!("{url:?}").contains("blogpass"));
         let pairs: DatabaseUrl = "host=localhost password=blogpass dbname=blogdb".parse().expect("valid");
         assert_eq!(pairs.to_string(), "host=localhost password=*** dbname=blogdb");
+    }
+
+    #[test]
+    fn session_settings_come_after_the_urls_own_options() {
+        let url: DatabaseUrl = "postgres://u@h/db?options=-c%20search_path%3Dx".parse().expect("valid");
+        let limited = url.with_session_settings(&[("lock_timeout", "5s"), ("statement_timeout", "30s")]);
+        assert_eq!(
+            limited.config().get_options(),
+            Some("-c search_path=x -c lock_timeout=5s -c statement_timeout=30s")
+        );
+        assert_eq!(limited.expose(), url.expose(), "the URL a user gave is unchanged");
+        let plain: DatabaseUrl = "postgres://u@h/db".parse().expect("valid");
+        assert_eq!(plain.with_session_settings(&[("a", "1")]).config().get_options(), Some("-c a=1"));
     }
 
     #[test]

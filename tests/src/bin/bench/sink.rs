@@ -75,7 +75,6 @@ pub(crate) async fn run(
         kafka_kit::read_to_end(
             &bootstrap,
             &topic,
-            |_| None,
             Instant::now() + Duration::from_secs(600),
             |_| {
                 consumed += 1;

@@ -1,0 +1,69 @@
+//! Limits that agree: every record the relay may send (up to its `message.max.bytes`) should be
+//! accepted by the topic (`max.message.bytes`). Checked when a producer session starts, so that a
+//! disagreement is said at once rather than discovered as dead letters.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+
+/// The topic setting that caps one record batch.
+const TOPIC_LIMIT: &str = "max.message.bytes";
+
+/// How the topic's limit compares with the relay's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Agreement {
+    /// The topic takes every record the relay sends.
+    Agrees { topic_limit: usize },
+    /// Records between the two limits are refused by the broker (and dead-lettered).
+    TopicBelowRelay { topic_limit: usize },
+}
+
+pub(crate) fn compare(topic_limit: usize, relay_limit: usize) -> Agreement {
+    if topic_limit >= relay_limit {
+        Agreement::Agrees { topic_limit }
+    } else {
+        Agreement::TopicBelowRelay { topic_limit }
+    }
+}
+
+/// Reads `topic`'s `max.message.bytes` and says how it compares with `relay_limit`. Never fails
+/// the relay: a broker that cannot describe configurations, or a topic not created yet, is logged.
+pub(crate) async fn check_topic(bootstrap_servers: &str, topic: &str, relay_limit: usize) {
+    match topic_limit(bootstrap_servers, topic).await {
+        Ok(Some(topic_limit)) => match compare(topic_limit, relay_limit) {
+            Agreement::Agrees { topic_limit } => {
+                tracing::info!(topic, topic_limit, relay_limit, "the topic accepts every record the relay may send");
+            }
+            Agreement::TopicBelowRelay { topic_limit } => tracing::warn!(
+                topic,
+                topic_limit,
+                relay_limit,
+                "the topic's max.message.bytes is below the relay's KAFKA_MESSAGE_MAX_BYTES: records between the two will be refused by the broker and moved to outbox_dead_letters; raise the topic's limit or lower the relay's"
+            ),
+        },
+        Ok(None) => tracing::info!(topic, "the topic does not say its max.message.bytes (not created yet?); not checked"),
+        Err(error) => tracing::info!(topic, %error, "cannot read the topic's max.message.bytes; not checked"),
+    }
+}
+
+async fn topic_limit(bootstrap_servers: &str, topic: &str) -> Result<Option<usize>, rdkafka::error::KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = kafka_kit::client_config(bootstrap_servers).create()?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let results = admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options).await?;
+    Ok(results.into_iter().flatten().find_map(|resource| {
+        resource.entries.iter().find(|entry| entry.name == TOPIC_LIMIT)?.value.as_deref()?.parse().ok()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_limit_below_the_relays_is_a_disagreement() {
+        assert_eq!(compare(1_048_588, 1_048_576), Agreement::Agrees { topic_limit: 1_048_588 });
+        assert_eq!(compare(1_048_576, 1_048_576), Agreement::Agrees { topic_limit: 1_048_576 });
+        assert_eq!(compare(10_000, 1_048_576), Agreement::TopicBelowRelay { topic_limit: 10_000 });
+    }
+}

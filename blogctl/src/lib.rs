@@ -155,14 +155,9 @@ pub fn consume(
 /// Every record of `topic` present when called, in partition then offset order.
 pub fn read_all(bootstrap_servers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<Record>> {
     let mut records = Vec::new();
-    kafka_kit::read_to_end(
-        bootstrap_servers,
-        topic,
-        Instant::now() + timeout,
-        |message| {
-            records.push(Record::from_message(message));
-        },
-    )?;
+    kafka_kit::read_to_end(bootstrap_servers, topic, Instant::now() + timeout, |message| {
+        records.push(Record::from_message(message));
+    })?;
     records.sort_by_key(|record| (record.partition, record.offset));
     Ok(records)
 }

@@ -138,11 +138,15 @@ async fn main() -> anyhow::Result<()> {
                 }
                 DeadLetterCommand::Requeue { id } => {
                     dead_letters::act(&pool, Action::Requeue, id).await?;
-                    println!("requeued dead letter {id}: back in the outbox under its id, published before its article's later rows");
+                    println!(
+                        "requeued dead letter {id}: back in the outbox under its id, published before its article's later rows"
+                    );
                 }
                 DeadLetterCommand::Discard { id } => {
                     dead_letters::act(&pool, Action::Discard, id).await?;
-                    println!("discarded dead letter {id}: its event will not be published; its article's later rows flow again");
+                    println!(
+                        "discarded dead letter {id}: its event will not be published; its article's later rows flow again"
+                    );
                 }
             }
         }

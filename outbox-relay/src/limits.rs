@@ -42,7 +42,9 @@ pub(crate) async fn check_topic(bootstrap_servers: &str, topic: &str, relay_limi
                 "the topic's max.message.bytes is below the relay's KAFKA_MESSAGE_MAX_BYTES: records between the two will be refused by the broker and moved to outbox_dead_letters; raise the topic's limit or lower the relay's"
             ),
         },
-        Ok(None) => tracing::info!(topic, "the topic does not say its max.message.bytes (not created yet?); not checked"),
+        Ok(None) => {
+            tracing::info!(topic, "the topic does not say its max.message.bytes (not created yet?); not checked")
+        }
         Err(error) => tracing::info!(topic, %error, "cannot read the topic's max.message.bytes; not checked"),
     }
 }

@@ -73,10 +73,21 @@ impl RelayMetrics {
             commit_to_ack: register(&registry, Histogram::with_opts(commit_to_ack.buckets(LATENCY_BUCKETS.to_vec())))?,
             takeover_wait: register(
                 &registry,
-                Gauge::new("outbox_takeover_wait_seconds", "Seconds the last takeover waited out its predecessor's bound"),
+                Gauge::new(
+                    "outbox_takeover_wait_seconds",
+                    "Seconds the last takeover waited out its predecessor's bound",
+                ),
             )?,
-            fenced: counter(&registry, "outbox_producer_fenced_total", "Times this relay found a newer leader had fenced it")?,
-            lease_lapsed: counter(&registry, "outbox_lease_lapsed_total", "Times this relay's leader lease lapsed while it led")?,
+            fenced: counter(
+                &registry,
+                "outbox_producer_fenced_total",
+                "Times this relay found a newer leader had fenced it",
+            )?,
+            lease_lapsed: counter(
+                &registry,
+                "outbox_lease_lapsed_total",
+                "Times this relay's leader lease lapsed while it led",
+            )?,
             checkpoint_ahead: counter(
                 &registry,
                 "outbox_checkpoint_ahead_of_log_total",

@@ -138,8 +138,8 @@ pub(crate) struct Acknowledgements {
     /// How many records failed, and the first error.
     pub(crate) failed: usize,
     pub(crate) first_failure: Option<KafkaError>,
-    /// The lowest outbox id whose record the broker refused for what it is ([`refuses_record`]).
-    pub(crate) first_refused: Option<i64>,
+    /// Outbox ids whose records the broker refused for what they are ([`refuses_record`]).
+    pub(crate) refused: Vec<i64>,
 }
 
 impl Acknowledgements {
@@ -157,7 +157,7 @@ impl Acknowledgements {
             Err(error) => {
                 self.failed += 1;
                 if refuses_record(&error) {
-                    self.first_refused = Some(self.first_refused.map_or(id, |first| first.min(id)));
+                    self.refused.push(id);
                 }
                 self.first_failure.get_or_insert(error);
             }
@@ -203,7 +203,7 @@ mod tests {
         assert!(acks.checkpoints().is_empty());
         assert_eq!(acks.failed, 2);
         assert!(matches!(acks.first_failure, Some(KafkaError::Canceled)));
-        assert_eq!(acks.first_refused, None, "neither failure is about the record itself");
+        assert!(acks.refused.is_empty(), "neither failure is about the record itself");
     }
 
     #[test]
@@ -221,7 +221,7 @@ mod tests {
         acks.record(7, Uuid::new_v4(), Err(timed_out));
         acks.record(9, Uuid::new_v4(), Err(too_large.clone()));
         acks.record(8, Uuid::new_v4(), Err(too_large));
-        assert_eq!(acks.first_refused, Some(8), "the lowest refused id is isolated first");
+        assert_eq!(acks.refused, [9, 8], "only the refused ones are suspects");
     }
 
     #[test]

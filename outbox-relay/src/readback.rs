@@ -128,7 +128,10 @@ fn plan(checkpoint: Option<&Checkpoint>, start: i64, end: i64) -> Plan {
 }
 
 /// Reads `log` from `checkpoints` (partitions without one from their start) to the end.
-pub(crate) fn read_back_log(log: &mut dyn Log, checkpoints: &BTreeMap<i32, Checkpoint>) -> Result<ReadBack, ReadBackError> {
+pub(crate) fn read_back_log(
+    log: &mut dyn Log,
+    checkpoints: &BTreeMap<i32, Checkpoint>,
+) -> Result<ReadBack, ReadBackError> {
     let mut plans = BTreeMap::new();
     for partition in log.partitions()? {
         let (start, end) = log.bounds(partition)?;
@@ -170,7 +173,8 @@ pub(crate) fn read_back_log(log: &mut dyn Log, checkpoints: &BTreeMap<i32, Check
             if let Some(epoch) = record.epoch
                 && let Some(newer_epoch) = epochs.see(partition, epoch)
             {
-                let stale = StaleRecord { partition, offset: record.offset, event_id: record.event_id, epoch, newer_epoch };
+                let stale =
+                    StaleRecord { partition, offset: record.offset, event_id: record.event_id, epoch, newer_epoch };
                 read_back.stale.push(stale);
             }
             if let Some(event_id) = record.event_id {
@@ -186,8 +190,11 @@ pub(crate) fn read_back_log(log: &mut dyn Log, checkpoints: &BTreeMap<i32, Check
 
 /// Reads the partitions of `plans` that have something to read; their records in offset order.
 fn read_plans(log: &mut dyn Log, plans: &BTreeMap<i32, Plan>) -> Result<BTreeMap<i32, Vec<Seen>>, ReadBackError> {
-    let from: BTreeMap<i32, i64> =
-        plans.iter().filter(|(_, plan)| plan.from < plan.end).map(|(&partition, plan)| (partition, plan.from)).collect();
+    let from: BTreeMap<i32, i64> = plans
+        .iter()
+        .filter(|(_, plan)| plan.from < plan.end)
+        .map(|(&partition, plan)| (partition, plan.from))
+        .collect();
     let mut seen: BTreeMap<i32, Vec<Seen>> = BTreeMap::new();
     log.read(&from, &mut |record| seen.entry(record.partition).or_default().push(record))?;
     for records in seen.values_mut() {
@@ -270,10 +277,8 @@ mod tests {
         }
 
         fn add(&mut self, partition: i32, start: i64, end: i64, records: &[(i64, Option<Uuid>, Option<i64>)]) {
-            let records = records
-                .iter()
-                .map(|&(offset, event_id, epoch)| Seen { partition, offset, event_id, epoch })
-                .collect();
+            let records =
+                records.iter().map(|&(offset, event_id, epoch)| Seen { partition, offset, event_id, epoch }).collect();
             self.partitions.insert(partition, FakePartition { start, end, records });
         }
     }
@@ -308,7 +313,8 @@ mod tests {
     fn holes_and_a_marker_at_the_end_neither_stall_the_read_nor_hide_a_record() -> Result<(), ReadBackError> {
         let id = ids(3);
         // Offsets 1 and 3 are transaction markers, 5 the marker of the last transaction.
-        let mut log = FakeLog::with(0, 0, 6, &[(0, Some(id[0]), Some(1)), (2, Some(id[1]), Some(1)), (4, Some(id[2]), Some(1))]);
+        let mut log =
+            FakeLog::with(0, 0, 6, &[(0, Some(id[0]), Some(1)), (2, Some(id[1]), Some(1)), (4, Some(id[2]), Some(1))]);
         let read_back = read_back_log(&mut log, &BTreeMap::new())?;
         assert_eq!(read_back.found, id);
         assert_eq!(read_back.ends[&0], Checkpoint { next_offset: 6, last: Some((4, id[2])) });
@@ -342,7 +348,8 @@ mod tests {
     }
 
     #[test]
-    fn a_replaced_log_that_grew_past_the_checkpoint_is_noticed_by_its_last_settled_record() -> Result<(), ReadBackError> {
+    fn a_replaced_log_that_grew_past_the_checkpoint_is_noticed_by_its_last_settled_record() -> Result<(), ReadBackError>
+    {
         let (old, new) = (Uuid::new_v4(), ids(12));
         let records: Vec<_> = new.iter().enumerate().map(|(offset, id)| (offset as i64, Some(*id), Some(7))).collect();
         let mut log = FakeLog::with(0, 0, 12, &records);
@@ -387,7 +394,12 @@ mod tests {
             0,
             0,
             4,
-            &[(0, Some(id[0]), Some(3)), (1, Some(id[1]), Some(4)), (2, Some(id[2]), Some(3)), (3, Some(id[3]), Some(4))],
+            &[
+                (0, Some(id[0]), Some(3)),
+                (1, Some(id[1]), Some(4)),
+                (2, Some(id[2]), Some(3)),
+                (3, Some(id[3]), Some(4)),
+            ],
         );
         log.add(1, 0, 1, &[(0, Some(Uuid::new_v4()), Some(3))]);
         let read_back = read_back_log(&mut log, &BTreeMap::new())?;

@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RelayError;
-use crate::leadership::{LEASE, Lease, Leadership};
+use crate::leadership::{LEASE, Leadership, Lease};
 use crate::metrics::RelayMetrics;
 use crate::publish::{Acknowledgements, ProducerSettings, refuses_record};
 use crate::readback::{Finding, ReadBack};
@@ -99,14 +99,23 @@ pub(crate) struct Relay {
     metrics: RelayMetrics,
     wake: Arc<Notify>,
     session: Option<Session>,
-    /// An outbox id whose record the broker refused inside a batch: the next rounds publish the
-    /// rows before it, then it alone, to find out whether it is the culprit.
-    suspect: Option<i64>,
+    /// Outbox ids whose records the broker refused inside a batch (a refusal covers a whole
+    /// produce request, so some may be innocent): the next rounds publish the rows before the
+    /// first suspect as a batch, then that suspect alone, which settles or dead-letters it.
+    suspects: std::collections::BTreeSet<i64>,
 }
 
 impl Relay {
     pub(crate) fn new(pool: Pool, database_url: DatabaseUrl, settings: RelaySettings, metrics: RelayMetrics) -> Self {
-        Self { pool, database_url, settings, metrics, wake: Arc::new(Notify::new()), session: None, suspect: None }
+        Self {
+            pool,
+            database_url,
+            settings,
+            metrics,
+            wake: Arc::new(Notify::new()),
+            session: None,
+            suspects: Default::default(),
+        }
     }
 
     /// The handle the NOTIFY listener wakes the relay through.
@@ -147,7 +156,11 @@ impl Relay {
         let wait = crate::leadership::takeover_wait(&leadership.epoch, self.settings.delivery_bound());
         self.metrics.takeover_wait.set(wait.unwrap_or_default().as_secs_f64());
         if let Some(wait) = wait {
-            tracing::info!(epoch, ?wait, "the previous leader did not stop cleanly: waiting out its declared bound before reading back");
+            tracing::info!(
+                epoch,
+                ?wait,
+                "the previous leader did not stop cleanly: waiting out its declared bound before reading back"
+            );
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = lost.cancelled() => return Ended::Unclean,
@@ -197,7 +210,10 @@ impl Relay {
                 }
                 Err(RelayError::LeaseLapsed) => {
                     self.metrics.lease_lapsed.inc();
-                    tracing::error!(epoch, "the lease lapsed (was this process paused?); nothing more is handed to the producer; standing down");
+                    tracing::error!(
+                        epoch,
+                        "the lease lapsed (was this process paused?); nothing more is handed to the producer; standing down"
+                    );
                     return Ended::Unclean;
                 }
                 Err(error) => {
@@ -235,12 +251,17 @@ impl Relay {
     async fn start_session(&mut self, transactional_id: &str) -> Result<(), RelayError> {
         let started = Instant::now();
         let (settings, id) = (self.settings.producer.clone(), transactional_id.to_owned());
-        let producer =
-            tokio::task::spawn_blocking(move || crate::publish::start_session(&settings, &id)).await?.map_err(RelayError::Session)?;
+        let producer = tokio::task::spawn_blocking(move || crate::publish::start_session(&settings, &id))
+            .await?
+            .map_err(RelayError::Session)?;
         tracing::info!(transactional_id, elapsed = ?started.elapsed(), "producer session started; earlier producers of this outbox are fenced");
         let producer_settings = &self.settings.producer;
-        crate::limits::check_topic(&producer_settings.bootstrap_servers, &self.settings.topic, producer_settings.max_record_bytes)
-            .await;
+        crate::limits::check_topic(
+            &producer_settings.bootstrap_servers,
+            &self.settings.topic,
+            producer_settings.max_record_bytes,
+        )
+        .await;
         self.session = Some(Session { producer, transactional_id: transactional_id.to_owned() });
         Ok(())
     }
@@ -298,7 +319,13 @@ impl Relay {
             match finding {
                 Finding::AheadOfLog { checkpoint, end } => {
                     self.metrics.checkpoint_ahead.inc();
-                    tracing::error!(topic, partition, checkpoint, log_end = end, "checkpoint ahead of the log: the log was lost (topic recreated, broker data wiped or unclean leader election); the events settled below the checkpoint are gone from it. Reading the partition as it is now and publishing every row not on it");
+                    tracing::error!(
+                        topic,
+                        partition,
+                        checkpoint,
+                        log_end = end,
+                        "checkpoint ahead of the log: the log was lost (topic recreated, broker data wiped or unclean leader election); the events settled below the checkpoint are gone from it. Reading the partition as it is now and publishing every row not on it"
+                    );
                 }
                 Finding::Replaced { offset, expected, found } => {
                     self.metrics.log_replaced.inc();
@@ -306,7 +333,13 @@ impl Relay {
                 }
                 Finding::Truncated { checkpoint, start } => {
                     self.metrics.truncated.inc();
-                    tracing::warn!(topic, partition, checkpoint, log_start = start, "records below the log's start were removed (retention) before they were settled: outbox rows of theirs, if any, are taken for unpublished and published again");
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        checkpoint,
+                        log_start = start,
+                        "records below the log's start were removed (retention) before they were settled: outbox rows of theirs, if any, are taken for unpublished and published again"
+                    );
                 }
             }
         }
@@ -321,7 +354,7 @@ impl Relay {
     async fn publish_batch(&mut self, epoch: i64, lease: &Lease) -> Result<Outcome, RelayError> {
         let mut client = self.pool.get().await?;
         let rows = outbox::fetch_pending(&client, self.settings.batch_size).await?;
-        let rows = self.isolate_suspect(rows);
+        let (rows, alone) = self.isolate_suspect(rows);
         if rows.is_empty() {
             return Ok(Outcome::Empty);
         }
@@ -390,11 +423,16 @@ impl Relay {
         self.metrics.publish_errors.inc_by((acks.failed + refused.len()) as u64);
         if let Some(first) = acks.first_failure {
             // Nothing of an aborted transaction becomes visible: the whole batch stays in the outbox.
-            if let Some(suspect) = acks.first_refused {
-                tracing::warn!(suspect, "the broker refused a record of the batch; publishing the rows before it, then it alone");
-                self.suspect = Some(suspect);
-            }
             self.abort(&producer).await;
+            if alone && !acks.refused.is_empty() {
+                // Refused on its own: this record is the culprit.
+                self.dead_letter(&mut client, epoch, &rows, rows[0].id, &first).await?;
+                return Ok(Outcome::Published(0));
+            }
+            if !acks.refused.is_empty() {
+                tracing::warn!(suspects = ?acks.refused, "the broker refused records of the batch; publishing them one by one to find which it refuses for what they are");
+                self.suspects.extend(&acks.refused);
+            }
             return Err(RelayError::Delivery { failed: acks.failed, attempted: sent.len(), first });
         }
         self.commit(&producer).await?;
@@ -407,33 +445,42 @@ impl Relay {
             self.dead_letter(&mut client, epoch, &rows, *id, error).await?;
         }
         let Settled { lowered, .. } =
-            settle::settle(&mut client, epoch, &topic, Published::Rows(&acks.acknowledged), &acks.checkpoints()).await?;
+            settle::settle(&mut client, epoch, &topic, Published::Rows(&acks.acknowledged), &acks.checkpoints())
+                .await?;
         for lowered in lowered {
             self.metrics.checkpoint_ahead.inc();
-            tracing::error!(topic, partition = lowered.partition, checkpoint = lowered.from, log_end = lowered.to, "checkpoint ahead of the log: the broker acknowledged records below the checkpoint, so the log was lost or replaced; the events settled below the old checkpoint are gone from it");
+            tracing::error!(
+                topic,
+                partition = lowered.partition,
+                checkpoint = lowered.from,
+                log_end = lowered.to,
+                "checkpoint ahead of the log: the broker acknowledged records below the checkpoint, so the log was lost or replaced; the events settled below the old checkpoint are gone from it"
+            );
         }
         tracing::debug!(published = acks.acknowledged.len(), "batch committed and settled");
         Ok(Outcome::Published(acks.acknowledged.len()))
     }
 
-    /// With a suspect, the rows before it form the batch; the suspect then goes alone. Without
-    /// one (or once it left the outbox), the rows as they are.
-    fn isolate_suspect(&mut self, rows: Vec<OutboxRow>) -> Vec<OutboxRow> {
-        let Some(suspect) = self.suspect else {
-            return rows;
-        };
-        match rows.first() {
-            Some(first) if first.id == suspect => {
-                // Alone this time: whatever its answer, it is the answer about this record.
-                self.suspect = None;
-                rows.into_iter().take(1).collect()
-            }
-            Some(first) if first.id < suspect => rows.into_iter().take_while(|row| row.id < suspect).collect(),
-            _ => {
-                self.suspect = None;
-                rows
+    /// With suspects, the rows before the first one form the batch, or that suspect goes alone;
+    /// suspects no longer in the outbox are forgotten. Without, the rows as they are.
+    /// Returns the rows and whether the one row is a suspect on its own.
+    fn isolate_suspect(&mut self, rows: Vec<OutboxRow>) -> (Vec<OutboxRow>, bool) {
+        while let Some(&suspect) = self.suspects.first() {
+            match rows.first() {
+                Some(first) if first.id == suspect => {
+                    // Alone: whatever its answer, it is the answer about this record.
+                    self.suspects.remove(&suspect);
+                    return (rows.into_iter().take(1).collect(), true);
+                }
+                Some(first) if first.id < suspect => {
+                    return (rows.into_iter().take_while(|row| row.id < suspect).collect(), false);
+                }
+                _ => {
+                    self.suspects.remove(&suspect);
+                }
             }
         }
+        (rows, false)
     }
 
     /// Moves refused row `id` to the dead letters; the rows of other articles keep flowing.
@@ -499,10 +546,16 @@ impl Relay {
     async fn record_clean_stop(&self, epoch: i64) {
         match self.pool.get().await {
             Ok(mut client) => match settle::record_clean_stop(&mut client, epoch).await {
-                Ok(()) => tracing::info!(epoch, "stopped cleanly with nothing in flight; a successor publishes at once"),
-                Err(error) => tracing::warn!(error = %error_chain(&error), "cannot record the clean stop; a successor will wait out this relay's bound"),
+                Ok(()) => {
+                    tracing::info!(epoch, "stopped cleanly with nothing in flight; a successor publishes at once")
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "cannot record the clean stop; a successor will wait out this relay's bound")
+                }
             },
-            Err(error) => tracing::warn!(error = %error_chain(&error), "cannot record the clean stop; a successor will wait out this relay's bound"),
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "cannot record the clean stop; a successor will wait out this relay's bound")
+            }
         }
     }
 

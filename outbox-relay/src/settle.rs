@@ -103,7 +103,8 @@ pub(crate) async fn load(
         .map(|row| {
             let last_offset: Option<i64> = row.try_get("last_offset")?;
             let last_event_id: Option<Uuid> = row.try_get("last_event_id")?;
-            let checkpoint = Checkpoint { next_offset: row.try_get("next_offset")?, last: last_offset.zip(last_event_id) };
+            let checkpoint =
+                Checkpoint { next_offset: row.try_get("next_offset")?, last: last_offset.zip(last_event_id) };
             Ok((row.try_get("partition")?, checkpoint))
         })
         .collect()

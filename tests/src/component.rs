@@ -9,13 +9,16 @@
 //! This tier is for everything that does not need a process to die: routes, settling, read-back,
 //! applying. Kills, pauses and the chaos script stay in the multi-process tier ([`crate::Stack`]).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use outbox::NewEvent;
 use service_kit::config::DatabaseUrl;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::broker::{Broker, BrokerKind, BrokerOptions};
 use crate::postgres::{PgCluster, PgOptions};
@@ -105,6 +108,17 @@ impl Running {
         self.shutdown.cancel();
         let task = self.task.take().context("already stopped")?;
         tokio::time::timeout(Duration::from_secs(30), task).await.context("the service did not stop within 30 s")??
+    }
+}
+
+impl Running {
+    /// Ends the service like a crash does: its task is dropped where it stands, no shutdown code
+    /// runs (its connections close, as a dead process's do).
+    pub async fn crash(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 
@@ -217,4 +231,83 @@ impl Pipeline {
     pub async fn wait_for_replica(&self, timeout: Duration) -> anyhow::Result<Vec<events::Article>> {
         crate::replica::wait_for_replica(&self.db1, &self.db2, timeout).await
     }
+}
+
+/// What a relay test works on: a DB1 with the outbox contract's tables, a pool to write rows the
+/// way any writer does, and a topic of its own.
+#[derive(Debug)]
+pub struct Outbox {
+    pub fixtures: Fixtures,
+    pub db1: DatabaseUrl,
+    pub pool: deadpool_postgres::Pool,
+    pub topic: String,
+}
+
+impl Outbox {
+    pub async fn start() -> anyhow::Result<Self> {
+        let fixtures = Fixtures::start().await?;
+        let db1 = fixtures.database("relay").await?;
+        service_kit::db::migrate(&db1, outbox_relay::MIGRATIONS).await?;
+        let pool = service_kit::db::pool(&db1, 2)?;
+        Ok(Self { fixtures, db1, pool, topic: Fixtures::unique("articles") })
+    }
+
+    /// A relay on this outbox and topic, with extra flags.
+    pub async fn relay(&self, extra: &[(&str, &str)]) -> anyhow::Result<Running> {
+        relay(&self.db1, self.fixtures.bootstrap_servers(), &self.topic, extra).await
+    }
+
+    /// Waits until the outbox holds `rows` rows.
+    pub async fn wait_for_rows(&self, rows: i64) -> anyhow::Result<()> {
+        let what = format!("the outbox to hold {rows} rows");
+        crate::wait::until(&what, Duration::from_secs(60), || async { Ok(outbox_rows(&self.pool).await? == rows) })
+            .await
+    }
+}
+
+/// `count` events spread over articles 1 to `articles`, in order.
+pub fn events(count: i64, articles: i64) -> Vec<(i64, Uuid)> {
+    (0..count).map(|index| (index % articles + 1, Uuid::new_v4())).collect()
+}
+
+/// Writes one outbox row per `(article id, event id)`, in order, each in its own transaction,
+/// with a small JSON payload naming both.
+pub async fn enqueue(pool: &deadpool_postgres::Pool, events: &[(i64, Uuid)]) -> anyhow::Result<()> {
+    for (article_id, event_id) in events {
+        let payload = serde_json::json!({"event_id": event_id, "article_id": article_id}).to_string();
+        enqueue_payload(pool, *article_id, *event_id, &payload).await?;
+    }
+    Ok(())
+}
+
+/// Writes one outbox row with `payload`, the way any writer does.
+pub async fn enqueue_payload(
+    pool: &deadpool_postgres::Pool,
+    article_id: i64,
+    event_id: Uuid,
+    payload: &str,
+) -> anyhow::Result<()> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let event = NewEvent {
+        event_id,
+        article_id,
+        event_type: "article.updated",
+        payload,
+        trace_context: &std::collections::HashMap::new(),
+    };
+    outbox::enqueue(&transaction, &event).await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+pub async fn outbox_rows(pool: &deadpool_postgres::Pool) -> anyhow::Result<i64> {
+    Ok(pool.get().await?.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0))
+}
+
+/// Per partition, the checkpoint the relay recorded.
+pub async fn checkpoints(pool: &deadpool_postgres::Pool, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let client = pool.get().await?;
+    let rows = client.query("SELECT partition, next_offset FROM relay_checkpoints WHERE topic = $1", &[&topic]).await?;
+    Ok(rows.iter().map(|row| (row.get("partition"), row.get("next_offset"))).collect())
 }

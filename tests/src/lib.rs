@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod process;
 pub mod replica;
 pub mod stack;
+pub mod topics;
 pub mod verify;
 pub mod wait;
 pub mod workload;

@@ -4,68 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use e2e::component::{self, Fixtures};
+use e2e::component::{self, Outbox, checkpoints, enqueue, events, outbox_rows};
 use e2e::replica::topic_records;
-use outbox::NewEvent;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What a relay test works on: a DB1 with the outbox contract's tables, a pool to write rows the
-/// way any writer does, and a topic of its own.
-struct Outbox {
-    fixtures: Fixtures,
-    db1: service_kit::config::DatabaseUrl,
-    pool: deadpool_postgres::Pool,
-    topic: String,
-}
-
-impl Outbox {
-    async fn start() -> anyhow::Result<Self> {
-        let fixtures = Fixtures::start().await?;
-        let db1 = fixtures.database("relay").await?;
-        service_kit::db::migrate(&db1, outbox_relay::MIGRATIONS).await?;
-        let pool = service_kit::db::pool(&db1, 2)?;
-        Ok(Self { fixtures, db1, pool, topic: Fixtures::unique("articles") })
-    }
-}
-
-/// `count` events spread over articles 1 to `articles`, in order.
-fn events(count: i64, articles: i64) -> Vec<(i64, Uuid)> {
-    (0..count).map(|index| (index % articles + 1, Uuid::new_v4())).collect()
-}
-
-/// Writes one outbox row per `(article id, event id)`, in order, each in its own transaction.
-async fn enqueue(pool: &deadpool_postgres::Pool, events: &[(i64, Uuid)]) -> anyhow::Result<()> {
-    let mut client = pool.get().await?;
-    for (article_id, event_id) in events {
-        let transaction = client.transaction().await?;
-        let payload = serde_json::json!({"event_id": event_id, "article_id": article_id}).to_string();
-        let event = NewEvent {
-            event_id: *event_id,
-            article_id: *article_id,
-            event_type: "article.updated",
-            payload: &payload,
-            trace_context: &HashMap::new(),
-        };
-        outbox::enqueue(&transaction, &event).await?;
-        transaction.commit().await?;
-    }
-    Ok(())
-}
-
-async fn outbox_rows(pool: &deadpool_postgres::Pool) -> anyhow::Result<i64> {
-    Ok(pool.get().await?.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0))
-}
-
-/// Per partition, the checkpoint the relay recorded.
-async fn checkpoints(pool: &deadpool_postgres::Pool, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let client = pool.get().await?;
-    let rows = client.query("SELECT partition, next_offset FROM relay_checkpoints WHERE topic = $1", &[&topic]).await?;
-    Ok(rows.iter().map(|row| (row.get("partition"), row.get("next_offset"))).collect())
-}
 
 /// Per partition, the offset after its last record (the log's end).
 fn log_ends(records: &[blogctl::Record]) -> BTreeMap<i32, i64> {

@@ -72,14 +72,9 @@ pub(crate) async fn run(
     let started = Instant::now();
     let consumed = tokio::task::spawn_blocking(move || {
         let mut consumed = 0_u64;
-        kafka_kit::read_to_end(
-            &bootstrap,
-            &topic,
-            Instant::now() + Duration::from_secs(600),
-            |_| {
-                consumed += 1;
-            },
-        )
+        kafka_kit::read_to_end(&bootstrap, &topic, Instant::now() + Duration::from_secs(600), |_| {
+            consumed += 1;
+        })
         .map(|_| consumed)
     })
     .await??;

@@ -16,11 +16,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-# The end-to-end tests run the service binaries, so build them first.
+# The end-to-end tests run the service binaries, so build them first. The relay with fail points
+# (outbox-relay/src/failpoint.rs) is built into a binary of its own, before the plain build puts
+# the relay without them back in place: nothing but the tests ever runs it.
+cargo build -p outbox-relay --features failpoints --locked
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+install -m 755 "$target_dir/debug/outbox-relay" "$target_dir/debug/outbox-relay-failpoints"
 cargo build --workspace --bins --locked
 profile="default"
 [ "${CI:-}" = "true" ] && profile="ci"
-target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 
 fixtures_pid=""
 stop_fixtures() {

@@ -5,6 +5,7 @@
 
 pub mod config;
 mod error;
+mod failpoint;
 pub mod leadership;
 mod limits;
 mod listener;

@@ -289,6 +289,7 @@ impl Relay {
             checkpoints.clone(),
         )
         .await?;
+        crate::failpoint::hit(crate::failpoint::IN_READ_BACK);
         self.report_read_back(&read_back);
         let settled = settle::settle(
             &mut self.pool.get().await?,
@@ -372,6 +373,7 @@ impl Relay {
             if !lease.is_valid() {
                 return Err(RelayError::LeaseLapsed);
             }
+            crate::failpoint::hit(crate::failpoint::BEFORE_SEND);
             if held_back.contains(&row.article_id) {
                 // A row of this article was refused: its later rows wait behind the dead letter.
                 continue;
@@ -403,6 +405,7 @@ impl Relay {
                 Err(error) => return Err(RelayError::Enqueue(error)),
             }
         }
+        crate::failpoint::hit(crate::failpoint::AFTER_SEND);
         let results = futures_util::future::join_all(deliveries).await;
         let mut acks = Acknowledgements::default();
         for ((row, span), result) in sent.iter().zip(results) {
@@ -436,6 +439,7 @@ impl Relay {
             return Err(RelayError::Delivery { failed: acks.failed, attempted: sent.len(), first });
         }
         self.commit(&producer).await?;
+        crate::failpoint::hit(crate::failpoint::AFTER_COMMIT);
         for (row, _) in &sent {
             self.metrics.messages_sent.with_label_values(&[&row.event_type]).inc();
             let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();

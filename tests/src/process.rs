@@ -118,6 +118,22 @@ impl ManagedProcess {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) and returns at once.
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid().with_context(|| format!("{} is not running", self.spec.name))?;
+        let status =
+            tokio::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().await?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} ({}) failed", self.spec.name);
+        }
+        Ok(())
+    }
+
+    /// Whether the log holds `text`.
+    pub fn log_contains(&self, text: &str) -> bool {
+        std::fs::read_to_string(&self.spec.log).is_ok_and(|log| log.contains(text))
+    }
+
     /// Sends the stop signal and waits up to `timeout` for a clean exit, then kills. Returns the
     /// exit code of a clean exit.
     pub async fn stop(&mut self, timeout: Duration) -> Option<i32> {

@@ -149,8 +149,22 @@ impl Stack {
     /// Starts one more relay (a standby while the first leads), serving its ops endpoints on
     /// `port`, logging to `logs/<name>.log`; waits until it is ready.
     pub async fn start_extra_relay(&self, name: &str, port: u16) -> anyhow::Result<ManagedProcess> {
-        let spec =
+        self.start_relay_variant(name, port, Service::Relay.binary_name(), &[]).await
+    }
+
+    /// Like [`Stack::start_extra_relay`], running `binary` (e.g. [`FAILPOINT_RELAY`]) with `env`
+    /// on top of the stack's (e.g. `RELAY_FAILPOINT`).
+    pub async fn start_relay_variant(
+        &self,
+        name: &str,
+        port: u16,
+        binary_name: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ManagedProcess> {
+        let mut spec =
             service_spec(Service::Relay, port, name, &self.options, &self.db1, &self.db2, &self.bootstrap_servers)?;
+        spec.program = binary(binary_name)?;
+        spec.envs.extend(env.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())));
         let process = ManagedProcess::start(spec)?;
         let client = ApiClient::new(&format!("http://127.0.0.1:{port}"));
         crate::wait::until(&format!("{name} to be ready"), Duration::from_secs(60), || async {

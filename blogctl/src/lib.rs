@@ -75,11 +75,12 @@ impl Record {
     }
 }
 
-fn reader(bootstrap_servers: &str) -> anyhow::Result<BaseConsumer> {
+fn reader(bootstrap_servers: &str, isolation: kafka_kit::Isolation) -> anyhow::Result<BaseConsumer> {
     client_config(bootstrap_servers)
         .set("group.id", "blogctl-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        .set("isolation.level", isolation.as_str())
         .create()
         .context("cannot create a Kafka consumer")
 }
@@ -102,13 +103,14 @@ pub enum Start {
 pub fn consume(
     bootstrap_servers: &str,
     topic: &str,
+    isolation: kafka_kit::Isolation,
     start: Start,
     max_records: Option<usize>,
     until_caught_up: bool,
     deadline: Option<Instant>,
     mut on_record: impl FnMut(Record),
 ) -> anyhow::Result<usize> {
-    let consumer = reader(bootstrap_servers)?;
+    let consumer = reader(bootstrap_servers, isolation)?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
     for partition in partitions(&consumer, topic)? {
@@ -153,9 +155,14 @@ pub fn consume(
 }
 
 /// Every record of `topic` present when called, in partition then offset order.
-pub fn read_all(bootstrap_servers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<Record>> {
+pub fn read_all(
+    bootstrap_servers: &str,
+    topic: &str,
+    isolation: kafka_kit::Isolation,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Record>> {
     let mut records = Vec::new();
-    kafka_kit::read_to_end(bootstrap_servers, topic, Instant::now() + timeout, |message| {
+    kafka_kit::read_to_end(bootstrap_servers, topic, isolation, Instant::now() + timeout, |message| {
         records.push(Record::from_message(message));
     })?;
     records.sort_by_key(|record| (record.partition, record.offset));

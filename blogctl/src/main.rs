@@ -19,6 +19,10 @@ struct Cli {
     /// Topic.
     #[arg(long, global = true, env = "KAFKA_TOPIC", default_value = "articles")]
     topic: String,
+    /// Which records `consume` shows: `read_committed` (what the sink reads) or `read_uncommitted`
+    /// (also records of aborted transactions; what nisshi shows every reader).
+    #[arg(long, global = true, env = "KAFKA_ISOLATION_LEVEL", default_value_t = kafka_kit::Isolation::default())]
+    isolation_level: kafka_kit::Isolation,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,10 +95,18 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Consume { from_beginning, max_messages, until_caught_up } => {
             let start = if from_beginning { Start::Beginning } else { Start::End };
-            let read =
-                consume(&cli.bootstrap_servers, &cli.topic, start, max_messages, until_caught_up, None, |record| {
+            let read = consume(
+                &cli.bootstrap_servers,
+                &cli.topic,
+                cli.isolation_level,
+                start,
+                max_messages,
+                until_caught_up,
+                None,
+                |record| {
                     println!("{}", record.display_line());
-                })?;
+                },
+            )?;
             eprintln!("Processed a total of {read} messages");
         }
         Command::Produce { key } => {

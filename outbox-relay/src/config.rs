@@ -32,6 +32,11 @@ pub struct RelayConfig {
     /// Topic the events are published to.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "articles")]
     pub kafka_topic: String,
+    /// Which records the read-back sees (`read_committed` skips aborted transactions, as the
+    /// sink does; `read_uncommitted` only for brokers whose transactions are incomplete, such as
+    /// nisshi). Must match the consumers'.
+    #[arg(long, env = "KAFKA_ISOLATION_LEVEL", default_value_t = kafka_kit::Isolation::default())]
+    pub kafka_isolation_level: kafka_kit::Isolation,
     /// Address to serve /health, /ready and /metrics on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:9101")]
     pub listen_addr: SocketAddr,

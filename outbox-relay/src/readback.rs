@@ -3,7 +3,7 @@
 //! are settled without being published again.
 //!
 //! The read never guesses. It stops where the broker says a partition ends (end-of-partition
-//! event, `read_committed`), so holes in offsets — transaction markers, aborted records, another
+//! event, at the isolation level the consumers use), so holes in offsets — transaction markers, aborted records, another
 //! producer's open transaction — neither stall it nor hide a record. And it checks that the log it
 //! reads is the one it settled before: a checkpoint beyond the log's end, or a last settled record
 //! that is no longer at its offset, means the log was lost or replaced ([`Finding`]); the read then
@@ -239,10 +239,11 @@ impl Log for KafkaLog {
 pub(crate) async fn read_back(
     bootstrap_servers: String,
     topic: String,
+    isolation: kafka_kit::Isolation,
     checkpoints: BTreeMap<i32, Checkpoint>,
 ) -> Result<ReadBack, RelayError> {
     let blocking = tokio::task::spawn_blocking(move || {
-        let consumer = kafka_kit::reader(&bootstrap_servers, "blog-read-back")?;
+        let consumer = kafka_kit::reader(&bootstrap_servers, "blog-read-back", isolation)?;
         let mut log = KafkaLog { consumer, topic, deadline: Instant::now() + READ_BACK_TIMEOUT };
         read_back_log(&mut log, &checkpoints)
     });

@@ -71,6 +71,8 @@ enum Ended {
 pub(crate) struct RelaySettings {
     pub(crate) producer: ProducerSettings,
     pub(crate) topic: String,
+    /// How the read-back reads the topic (as its consumers do).
+    pub(crate) isolation: kafka_kit::Isolation,
     pub(crate) batch_size: i64,
     pub(crate) poll_interval: Duration,
     /// Names this relay in `relay_leader.holder` and the logs.
@@ -138,7 +140,7 @@ impl Relay {
             self.metrics.epoch.set(epoch);
             let ended = self.lead(&leadership, &shutdown).await;
             // Whatever is still queued or in flight must not go out once we stop leading.
-            self.end_session().await;
+            self.end_session();
             if ended == Ended::Clean {
                 self.record_clean_stop(epoch).await;
             } else if !shutdown.is_cancelled() {
@@ -221,7 +223,7 @@ impl Relay {
                     let mut delay = backoff.next_delay();
                     tracing::warn!(error = %error_chain(&error), ?delay, "relay round failed; rows stay in the outbox, reconciling before the next round");
                     if self.session_ended(&error) {
-                        self.end_session().await;
+                        self.end_session();
                         delay = delay.max(SESSION_END_GRACE);
                     }
                     tokio::select! {
@@ -266,17 +268,15 @@ impl Relay {
         Ok(())
     }
 
-    /// Drops the producer session, purging what it still holds.
-    async fn end_session(&mut self) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
-        session.producer.purge(PurgeConfig::default().queue().inflight());
-        // Aborting tells the broker at once; a fenced or broken session cannot, which is fine:
-        // the next session's registration aborts whatever it left open.
-        let producer = session.producer.clone();
-        let aborted = tokio::task::spawn_blocking(move || producer.abort_transaction(Duration::from_secs(2))).await;
-        tracing::debug!(transactional_id = %session.transactional_id, ?aborted, "producer session ended");
+    /// Drops the producer session, purging what it still holds. Its open transaction, if any, is
+    /// not aborted from here: the next session's registration under the same transactional id
+    /// aborts it at the broker (an abort from a failed session would first ask the broker for an
+    /// epoch bump, which not every broker implements), and nothing of it becomes visible.
+    fn end_session(&mut self) {
+        if let Some(session) = self.session.take() {
+            session.producer.purge(PurgeConfig::default().queue().inflight());
+            tracing::debug!(transactional_id = %session.transactional_id, "producer session ended");
+        }
     }
 
     /// Reads the topic back from the checkpoints and settles the rows found there.
@@ -286,6 +286,7 @@ impl Relay {
         let read_back = crate::readback::read_back(
             self.settings.producer.bootstrap_servers.clone(),
             self.settings.topic.clone(),
+            self.settings.isolation,
             checkpoints.clone(),
         )
         .await?;
@@ -425,10 +426,11 @@ impl Relay {
         }
         self.metrics.publish_errors.inc_by((acks.failed + refused.len()) as u64);
         if let Some(first) = acks.first_failure {
-            // Nothing of an aborted transaction becomes visible: the whole batch stays in the outbox.
-            self.abort(&producer).await;
+            // Nothing of a transaction that is not committed becomes visible: the whole batch
+            // stays in the outbox, and the session ends (see `end_session`).
             if alone && !acks.refused.is_empty() {
                 // Refused on its own: this record is the culprit.
+                self.end_session();
                 self.dead_letter(&mut client, epoch, &rows, rows[0].id, &first).await?;
                 return Ok(Outcome::Published(0));
             }
@@ -512,24 +514,12 @@ impl Relay {
         Ok(())
     }
 
+    /// Commits the batch's transaction. A commit that fails may still have happened at the broker:
+    /// the rows then stay, and the next read-back finds their records and settles them.
     async fn commit(&self, producer: &FutureProducer) -> Result<(), RelayError> {
         let committing = producer.clone();
         let timeout = self.settings.producer.delivery_timeout;
-        match tokio::task::spawn_blocking(move || committing.commit_transaction(timeout)).await? {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                self.abort(producer).await;
-                Err(RelayError::Commit(error))
-            }
-        }
-    }
-
-    async fn abort(&self, producer: &FutureProducer) {
-        let aborting = producer.clone();
-        let timeout = self.settings.producer.delivery_timeout;
-        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || aborting.abort_transaction(timeout)).await {
-            tracing::debug!(error = %error_chain(&error), "cannot abort the transaction (the session is replaced)");
-        }
+        tokio::task::spawn_blocking(move || committing.commit_transaction(timeout)).await?.map_err(RelayError::Commit)
     }
 
     /// Whether `error` ends the producer session: any producer or transaction error does (a new

@@ -49,6 +49,7 @@ impl Application {
                 max_record_bytes: config.message_max_bytes,
             },
             topic: config.kafka_topic.clone(),
+            isolation: config.kafka_isolation_level,
             batch_size: config.batch_size,
             poll_interval: Duration::from_millis(config.poll_interval_ms),
             instance: config.instance_id.clone().unwrap_or_else(default_instance_id),

@@ -46,6 +46,11 @@ pub struct SinkConfig {
     /// Consumer group.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "blog-sync-group")]
     pub kafka_group_id: String,
+    /// Which records the sink reads (`read_committed` skips aborted transactions, as the relay's
+    /// read-back does; `read_uncommitted` only for brokers whose transactions are incomplete, such
+    /// as nisshi). Must match the relay's.
+    #[arg(long, env = "KAFKA_ISOLATION_LEVEL", default_value_t = kafka_kit::Isolation::default())]
+    pub kafka_isolation_level: kafka_kit::Isolation,
     /// Address to serve /health, /ready and /metrics on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:9102")]
     pub listen_addr: SocketAddr,

@@ -33,10 +33,14 @@ impl Application {
         let pool = service_kit::db::pool(&config.replica_database_url, config.db_pool_size)
             .context("cannot create the DB2 pool")?;
         let consumer: Arc<StreamConsumer> = Arc::new(
-            kafka_kit::consumer_config(&config.kafka_bootstrap_servers, &config.kafka_group_id)
-                .set("fetch.wait.max.ms", config.kafka_fetch_wait_max_ms.to_string())
-                .create()
-                .context("cannot create the Kafka consumer")?,
+            kafka_kit::consumer_config(
+                &config.kafka_bootstrap_servers,
+                &config.kafka_group_id,
+                config.kafka_isolation_level,
+            )
+            .set("fetch.wait.max.ms", config.kafka_fetch_wait_max_ms.to_string())
+            .create()
+            .context("cannot create the Kafka consumer")?,
         );
         let metrics = SinkMetrics::new().context("cannot register metrics")?;
         let readiness = {

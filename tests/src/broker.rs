@@ -32,6 +32,15 @@ pub enum BrokerKind {
 }
 
 impl BrokerKind {
+    /// How the pipeline reads this broker's topics (`KAFKA_ISOLATION_LEVEL`): nisshi's
+    /// transactions are incomplete, so everything in its log counts (see [`kafka_kit::Isolation`]).
+    pub fn isolation(self) -> kafka_kit::Isolation {
+        match self {
+            Self::Kafka => kafka_kit::Isolation::ReadCommitted,
+            Self::Nisshi => kafka_kit::Isolation::ReadUncommitted,
+        }
+    }
+
     /// The broker named by `BROKER` (default: Apache Kafka); an unknown name is an error.
     pub fn from_env() -> anyhow::Result<Self> {
         match std::env::var(BROKER_ENV) {

@@ -156,11 +156,13 @@ pub async fn relay(
     topic: &str,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<Running> {
+    let isolation = BrokerKind::from_env()?.isolation().to_string();
     let mut args = vec![
         ("database-url", database.expose()),
         ("listen-addr", "127.0.0.1:0"),
         ("kafka-bootstrap-servers", bootstrap_servers),
         ("kafka-topic", topic),
+        ("kafka-isolation-level", &isolation),
     ];
     args.extend_from_slice(extra);
     let cli: outbox_relay::config::Cli = parse("outbox-relay", &args)?;
@@ -175,12 +177,14 @@ pub async fn sink(
     topic: &str,
     group: &str,
 ) -> anyhow::Result<Running> {
+    let isolation = BrokerKind::from_env()?.isolation().to_string();
     let args = [
         ("replica-database-url", database.expose()),
         ("listen-addr", "127.0.0.1:0"),
         ("kafka-bootstrap-servers", bootstrap_servers),
         ("kafka-topic", topic),
         ("kafka-group-id", group),
+        ("kafka-isolation-level", &isolation),
     ];
     let cli: replica_sink::config::Cli = parse("replica-sink", &args)?;
     let application = replica_sink::startup::Application::build(cli.config).await?;

@@ -43,8 +43,10 @@ pub async fn wait_for_replica(db1: &DatabaseUrl, db2: &DatabaseUrl, timeout: Dur
     Ok(primary)
 }
 
-/// Every record on the topic.
+/// Every record on the topic, as the pipeline's consumers see it on the test's broker.
 pub async fn topic_records(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<blogctl::Record>> {
     let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, &topic, Duration::from_secs(60))).await?
+    let isolation = crate::broker::BrokerKind::from_env()?.isolation();
+    tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, &topic, isolation, Duration::from_secs(60)))
+        .await?
 }

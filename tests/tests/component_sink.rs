@@ -159,9 +159,7 @@ async fn poison_goes_to_the_dead_letter_topic_and_good_events_are_applied() -> a
     let dead = e2e::wait::until_some("five records in the dead-letter topic", TIMEOUT, || {
         let (bootstrap, dlq_topic) = (bootstrap.clone(), dlq_topic.clone());
         async move {
-            let dead =
-                tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, &dlq_topic, Duration::from_secs(20)))
-                    .await??;
+            let dead = e2e::replica::topic_records(&bootstrap, &dlq_topic).await?;
             Ok((dead.len() == 5).then_some(dead))
         }
     })

@@ -166,7 +166,19 @@ async fn a_relay_crashing_in_each_window_loses_and_duplicates_nothing() -> anyho
             e2e::wait::until("the successor to reconcile", Duration::from_secs(60), || async {
                 Ok(e2e::metric(&metrics(successor_port).await?, "outbox_reconciled_total") > 0.0)
             })
-            .await?;
+            .await
+            .map_err(|error| {
+                error.context(format!(
+                    "crashed relay:\n{}\nsuccessor:\n{}",
+                    crashing.log_tail(30),
+                    std::fs::read_to_string(successor.log_path())
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|line| !line.contains("Publishing to Kafka"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ))
+            })?;
             reconciled = e2e::metric(&metrics(successor_port).await?, "outbox_reconciled_total");
             drop(successor);
         }

@@ -15,6 +15,46 @@ pub const EVENT_TYPE_HEADER: &str = "event_type";
 /// Header carrying the fencing epoch of the relay leader that published the record.
 pub const RELAY_EPOCH_HEADER: &str = "relay_epoch";
 
+/// Which records a reader of the topic sees. The relay's read-back and the sink must read alike:
+/// with `read_committed` (the default), records of aborted transactions — a fenced relay's — are
+/// skipped by both. `read_uncommitted` is for brokers whose transactions are incomplete (nisshi:
+/// it shows aborted records to every reader, and a transaction left open by a crashed producer
+/// holds its last stable offset back for good), where every record in the log counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    #[default]
+    ReadCommitted,
+    ReadUncommitted,
+}
+
+impl Isolation {
+    /// librdkafka's name for it (`isolation.level`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadCommitted => "read_committed",
+            Self::ReadUncommitted => "read_uncommitted",
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "read_committed" => Ok(Self::ReadCommitted),
+            "read_uncommitted" => Ok(Self::ReadUncommitted),
+            other => Err(format!("unknown isolation level {other:?} (read_committed or read_uncommitted)")),
+        }
+    }
+}
+
 /// How long a metadata request may take before the broker counts as unreachable.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -32,15 +72,15 @@ pub fn client_config(bootstrap_servers: &str) -> ClientConfig {
 
 /// Consumer settings: a group member that stores offsets only when told to (after its effect
 /// is committed), and joins its group quickly (see docs/architecture.md on `max.poll.interval.ms`).
-pub fn consumer_config(bootstrap_servers: &str, group_id: &str) -> ClientConfig {
+pub fn consumer_config(bootstrap_servers: &str, group_id: &str, isolation: Isolation) -> ClientConfig {
     let mut config = client_config(bootstrap_servers);
     config
         .set("group.id", group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
-        // Records of aborted transactions (a fenced relay's) are skipped, like the relay's read-back.
-        .set("isolation.level", "read_committed")
+        // As the relay's read-back reads (see [`Isolation`]).
+        .set("isolation.level", isolation.as_str())
         .set("auto.offset.reset", "earliest")
         .set("max.poll.interval.ms", "60000")
         .set("session.timeout.ms", "10000")
@@ -110,21 +150,24 @@ pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
     Ok(partitions)
 }
 
-/// A consumer that reads partitions it is assigned, outside any group's offsets: isolation level
-/// `read_committed` set explicitly (records of aborted transactions are skipped, as the sink skips
-/// them) and an end-of-partition event, so a read stops where the log ends whatever holes its
-/// offsets have (transaction markers, aborted records, compaction).
-pub fn reader(bootstrap_servers: &str, group_id: &str) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
-    reader_config(bootstrap_servers, group_id).create()
+/// A consumer that reads partitions it is assigned, outside any group's offsets: its isolation
+/// level set explicitly (see [`Isolation`]) and an end-of-partition event, so a read stops where
+/// the log ends whatever holes its offsets have (transaction markers, aborted records, compaction).
+pub fn reader(
+    bootstrap_servers: &str,
+    group_id: &str,
+    isolation: Isolation,
+) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+    reader_config(bootstrap_servers, group_id, isolation).create()
 }
 
-fn reader_config(bootstrap_servers: &str, group_id: &str) -> ClientConfig {
+fn reader_config(bootstrap_servers: &str, group_id: &str, isolation: Isolation) -> ClientConfig {
     let mut config = client_config(bootstrap_servers);
     config
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation.as_str())
         .set("allow.auto.create.topics", "false");
     config
 }
@@ -189,10 +232,11 @@ pub fn read_partitions(
 pub fn read_to_end(
     bootstrap_servers: &str,
     topic: &str,
+    isolation: Isolation,
     deadline: std::time::Instant,
     on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<BTreeMap<i32, i64>, ReadBackError> {
-    let consumer = reader(bootstrap_servers, "blog-read-to-end")?;
+    let consumer = reader(bootstrap_servers, "blog-read-to-end", isolation)?;
     let partitions = match topic_partitions(&consumer, topic) {
         Err(ReadBackError::UnknownTopic(_)) => return Ok(BTreeMap::new()),
         other => other?,
@@ -296,15 +340,18 @@ mod tests {
 
     #[test]
     fn readers_skip_aborted_transactions_and_stop_at_the_end_of_a_partition() {
-        let config = reader_config("localhost:1", "read-back");
+        let config = reader_config("localhost:1", "read-back", Isolation::default());
         assert_eq!(config.get("isolation.level"), Some("read_committed"));
+        let config = reader_config("localhost:1", "read-back", "read_uncommitted".parse().expect("a level"));
+        assert_eq!(config.get("isolation.level"), Some("read_uncommitted"));
+        assert!("committed".parse::<Isolation>().is_err());
         assert_eq!(config.get("enable.partition.eof"), Some("true"));
         assert_eq!(config.get("enable.auto.commit"), Some("false"));
     }
 
     #[test]
     fn consumers_store_offsets_only_when_told_and_bound_their_prefetch() {
-        let config = consumer_config("localhost:9092", "blog-sync-group");
+        let config = consumer_config("localhost:9092", "blog-sync-group", Isolation::ReadCommitted);
         assert_eq!(config.get("group.id"), Some("blog-sync-group"));
         assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(config.get("isolation.level"), Some("read_committed"));

@@ -251,9 +251,7 @@ async fn main() -> anyhow::Result<()> {
     let report = writes.await?;
     println!("writes done after {:.1} s; waiting for the pipeline to drain ...", started.elapsed().as_secs_f64());
     let drift = wait_drained(&endpoints, Duration::from_secs(180)).await?;
-    let (bootstrap, topic) = (endpoints.bootstrap.clone(), endpoints.topic.clone());
-    let records =
-        tokio::task::spawn_blocking(move || blogctl::read_all(&bootstrap, &topic, Duration::from_secs(120))).await??;
+    let records = e2e::replica::topic_records(&endpoints.bootstrap, &endpoints.topic).await?;
     let topic = check_topic(&records, &report.expected);
     let errors_while_broker_down =
         report.error_times.iter().filter(|at| broker_down.iter().any(|(from, to)| (from..=to).contains(at))).count();

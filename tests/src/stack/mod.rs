@@ -350,6 +350,7 @@ fn service_spec(
             envs.push(("DATABASE_URL".to_owned(), db1_url));
             envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
             envs.push(("KAFKA_TOPIC".to_owned(), options.topic.clone()));
+            envs.push(("KAFKA_ISOLATION_LEVEL".to_owned(), options.broker.isolation().to_string()));
             if let Some(timeout) = options.relay_delivery_timeout {
                 envs.push(("KAFKA_DELIVERY_TIMEOUT_MS".to_owned(), timeout.as_millis().to_string()));
             }
@@ -359,6 +360,7 @@ fn service_spec(
             envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
             envs.push(("KAFKA_TOPIC".to_owned(), options.topic.clone()));
             envs.push(("KAFKA_GROUP_ID".to_owned(), options.group.clone()));
+            envs.push(("KAFKA_ISOLATION_LEVEL".to_owned(), options.broker.isolation().to_string()));
         }
     }
     Ok(ProcessSpec {

@@ -68,11 +68,12 @@ pub(crate) async fn run(
     .await?;
     // The other side of the sink's ceiling: a bare consumer reading the same topic from the
     // same broker, doing nothing with the records.
-    let (bootstrap, topic) = (stack.bootstrap_servers(), stack.topic().to_owned());
+    let (bootstrap, topic, isolation) =
+        (stack.bootstrap_servers(), stack.topic().to_owned(), stack.options.broker.isolation());
     let started = Instant::now();
     let consumed = tokio::task::spawn_blocking(move || {
         let mut consumed = 0_u64;
-        kafka_kit::read_to_end(&bootstrap, &topic, Instant::now() + Duration::from_secs(600), |_| {
+        kafka_kit::read_to_end(&bootstrap, &topic, isolation, Instant::now() + Duration::from_secs(600), |_| {
             consumed += 1;
         })
         .map(|_| consumed)

@@ -225,4 +225,42 @@ mod tests {
         let keep: ArticlePatch = serde_json::from_str(r#"{"title": "t"}"#).expect("json");
         assert_eq!(keep.category, None);
     }
+
+    /// Every article the API accepts must be publishable: its largest event envelope (every text
+    /// field at its limit, in the character JSON escapes longest), with room for the key and the
+    /// headers, fits in the record size the relay sends by default.
+    #[test]
+    fn the_largest_event_the_api_can_write_fits_the_relays_record_limit() {
+        let longest = |chars: usize| "\u{1}".repeat(chars);
+        let at = chrono::Utc::now();
+        let article = Article {
+            id: i64::MAX,
+            title: longest(MAX_TITLE_CHARS),
+            content: longest(MAX_CONTENT_CHARS),
+            author: longest(MAX_AUTHOR_CHARS),
+            category: Some(longest(MAX_CATEGORY_CHARS)),
+            tags: vec![longest(MAX_TAG_CHARS); MAX_TAGS],
+            status: events::ArticleStatus::Published,
+            views_count: i64::MAX,
+            created_at: at,
+            updated_at: at,
+            published_at: Some(at),
+            version: i64::MAX,
+        };
+        let event = events::ArticleEvent {
+            event_id: Some(uuid::Uuid::new_v4().to_string()),
+            event_type: events::EventType::Deleted,
+            timestamp: at,
+            data: article,
+        };
+        let envelope = serde_json::to_string(&event).expect("an article serialises");
+        assert!(envelope.len() > 6 * MAX_CONTENT_CHARS, "control characters are escaped as \\u0001");
+        const KEY_AND_HEADERS: usize = 4096;
+        assert!(
+            envelope.len() + KEY_AND_HEADERS <= outbox::DEFAULT_MAX_RECORD_BYTES,
+            "{} bytes do not fit {}",
+            envelope.len(),
+            outbox::DEFAULT_MAX_RECORD_BYTES
+        );
+    }
 }

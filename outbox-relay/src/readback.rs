@@ -54,8 +54,12 @@ pub(crate) trait Log {
     fn partitions(&mut self) -> Result<Vec<i32>, ReadBackError>;
     /// The first offset still in `partition` and the offset where reading it ends.
     fn bounds(&mut self, partition: i32) -> Result<(i64, i64), ReadBackError>;
-    /// Reads each partition of `from` from its offset to its end.
-    fn read(&mut self, from: &BTreeMap<i32, i64>, on_record: &mut dyn FnMut(Seen)) -> Result<(), ReadBackError>;
+    /// Reads each partition of `ranges` from its first offset to its end (`(from, end)`).
+    fn read(
+        &mut self,
+        ranges: &BTreeMap<i32, (i64, i64)>,
+        on_record: &mut dyn FnMut(Seen),
+    ) -> Result<(), ReadBackError>;
 }
 
 /// What a read-back noticed about a partition's log, beyond the records on it.
@@ -190,13 +194,13 @@ pub(crate) fn read_back_log(
 
 /// Reads the partitions of `plans` that have something to read; their records in offset order.
 fn read_plans(log: &mut dyn Log, plans: &BTreeMap<i32, Plan>) -> Result<BTreeMap<i32, Vec<Seen>>, ReadBackError> {
-    let from: BTreeMap<i32, i64> = plans
+    let ranges: BTreeMap<i32, (i64, i64)> = plans
         .iter()
         .filter(|(_, plan)| plan.from < plan.end)
-        .map(|(&partition, plan)| (partition, plan.from))
+        .map(|(&partition, plan)| (partition, (plan.from, plan.end)))
         .collect();
     let mut seen: BTreeMap<i32, Vec<Seen>> = BTreeMap::new();
-    log.read(&from, &mut |record| seen.entry(record.partition).or_default().push(record))?;
+    log.read(&ranges, &mut |record| seen.entry(record.partition).or_default().push(record))?;
     for records in seen.values_mut() {
         records.sort_by_key(|record| record.offset);
     }
@@ -223,8 +227,12 @@ impl Log for KafkaLog {
         Ok(kafka_kit::partition_bounds(&self.consumer, &self.topic, partition)?)
     }
 
-    fn read(&mut self, from: &BTreeMap<i32, i64>, on_record: &mut dyn FnMut(Seen)) -> Result<(), ReadBackError> {
-        kafka_kit::read_partitions(&self.consumer, &self.topic, from, self.deadline, |message| {
+    fn read(
+        &mut self,
+        ranges: &BTreeMap<i32, (i64, i64)>,
+        on_record: &mut dyn FnMut(Seen),
+    ) -> Result<(), ReadBackError> {
+        kafka_kit::read_partitions(&self.consumer, &self.topic, ranges, self.deadline, |message| {
             on_record(Seen {
                 partition: message.partition(),
                 offset: message.offset(),
@@ -267,6 +275,7 @@ mod tests {
     #[derive(Default)]
     struct FakeLog {
         partitions: BTreeMap<i32, FakePartition>,
+        /// Where each read started, per partition.
         reads: Vec<BTreeMap<i32, i64>>,
     }
 
@@ -294,11 +303,15 @@ mod tests {
             Ok((partition.start, partition.end))
         }
 
-        fn read(&mut self, from: &BTreeMap<i32, i64>, on_record: &mut dyn FnMut(Seen)) -> Result<(), ReadBackError> {
-            self.reads.push(from.clone());
-            for (partition, &offset) in from {
+        fn read(
+            &mut self,
+            ranges: &BTreeMap<i32, (i64, i64)>,
+            on_record: &mut dyn FnMut(Seen),
+        ) -> Result<(), ReadBackError> {
+            self.reads.push(ranges.iter().map(|(&partition, &(from, _))| (partition, from)).collect());
+            for (partition, &(from, _)) in ranges {
                 let partition = &self.partitions[partition];
-                for record in partition.records.iter().filter(|record| record.offset >= offset) {
+                for record in partition.records.iter().filter(|record| record.offset >= from) {
                     on_record(*record);
                 }
             }

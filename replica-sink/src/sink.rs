@@ -27,6 +27,8 @@ use crate::metrics::SinkMetrics;
 
 /// Most records applied in one DB2 transaction.
 const MAX_BATCH: usize = 500;
+/// How long the loop waits for a record before storing its position anyway (see `store_position`).
+const IDLE_POSITION_STORE: Duration = Duration::from_millis(500);
 
 /// A decoded record on its way to DB2, with its consumer span.
 struct Pending<'m> {
@@ -84,6 +86,8 @@ impl Sink {
                     tracing::warn!(%error, "cannot store the offset");
                 }
             }
+            drop(batch);
+            self.store_position();
         }
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => tracing::info!("offsets committed"),
@@ -93,11 +97,39 @@ impl Sink {
         tracing::info!("sink stopped");
     }
 
+    /// Stores each partition's position as its offset to commit. Every record before the
+    /// position was handed to this loop and handled; what else lies below it are transaction
+    /// markers and aborted records, which are never handed out. Without this, the offset stored
+    /// after the last record would stay below the relay's commit marker and the group would show
+    /// a lag of one for good.
+    fn store_position(&self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        let mut handled = rdkafka::TopicPartitionList::new();
+        for element in positions.elements() {
+            if let rdkafka::Offset::Offset(offset) = element.offset() {
+                let _ =
+                    handled.add_partition_offset(element.topic(), element.partition(), rdkafka::Offset::Offset(offset));
+            }
+        }
+        if handled.count() > 0
+            && let Err(error) = self.consumer.store_offsets(&handled)
+        {
+            tracing::debug!(%error, "cannot store the positions (a partition was revoked meanwhile)");
+        }
+    }
+
     /// Waits for a record, then takes those already waiting behind it; `None` on shutdown.
     async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<BorrowedMessage<'_>>> {
         let first = loop {
             let received = tokio::select! {
                 received = self.consumer.recv() => received,
+                () = tokio::time::sleep(IDLE_POSITION_STORE) => {
+                    // Idle: the position may have moved past a commit marker since the last batch.
+                    self.store_position();
+                    continue;
+                }
                 () = shutdown.cancelled() => return None,
             };
             match received {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The chaos script: writes through the API at a steady rate while SIGKILLing the broker, the relay
-# and the sink and restarting them, then prints a verdict (acknowledged writes, events on the topic,
+# and the sink and restarting them, and pausing the relay and the broker (SIGSTOP for 4-6 s, longer
+# than the relay's lease, then SIGCONT), then prints a verdict (acknowledged writes, events on the topic,
 # duplicates, missing, per-article order violations, DB1 vs DB2, API errors) and exits non-zero on
 # any loss, duplicate, reorder or difference.
 #

@@ -24,17 +24,28 @@ async fn each_binary_applies_only_its_sets_each_with_its_own_history() -> anyhow
     let db1 = fixtures.database("sets").await?;
     service_kit::db::migrate(&db1, outbox_relay::MIGRATIONS).await?;
     let client = service_kit::db::connect(&db1).await?;
-    assert_eq!(tables(&client).await?, ["outbox", "outbox_schema_history", "relay_checkpoints", "relay_leader"]);
-    assert_eq!(versions(&client, outbox::HISTORY_TABLE).await?, [1, 2, 3]);
+    assert_eq!(
+        tables(&client).await?,
+        ["outbox", "outbox_dead_letters", "outbox_schema_history", "relay_checkpoints", "relay_leader"]
+    );
+    assert_eq!(versions(&client, outbox::HISTORY_TABLE).await?, [1, 2, 3, 4]);
 
     service_kit::db::migrate(&db1, api::MIGRATIONS).await?;
     service_kit::db::migrate(&db1, outbox_relay::MIGRATIONS).await?; // again: nothing to do
     assert_eq!(
         tables(&client).await?,
-        ["api_schema_history", "articles", "outbox", "outbox_schema_history", "relay_checkpoints", "relay_leader"]
+        [
+            "api_schema_history",
+            "articles",
+            "outbox",
+            "outbox_dead_letters",
+            "outbox_schema_history",
+            "relay_checkpoints",
+            "relay_leader"
+        ]
     );
     assert_eq!(versions(&client, "api_schema_history").await?, [1], "the sets never see each other's versions");
-    assert_eq!(versions(&client, outbox::HISTORY_TABLE).await?, [1, 2, 3]);
+    assert_eq!(versions(&client, outbox::HISTORY_TABLE).await?, [1, 2, 3, 4]);
 
     let db2 = fixtures.database("replica").await?;
     service_kit::db::migrate(&db2, replica_sink::MIGRATIONS).await?;
@@ -91,7 +102,7 @@ async fn a_database_from_before_the_split_keeps_its_rows() -> anyhow::Result<()>
     assert_eq!(count("SELECT count(*) FROM outbox").await?, 1, "the waiting row is still there to publish");
     assert_eq!(count("SELECT epoch FROM relay_leader").await?, 7, "the fencing epoch is not reset");
     assert_eq!(versions(&client, "api_schema_history").await?, [1]);
-    assert_eq!(versions(&client, outbox::HISTORY_TABLE).await?, [1, 2, 3]);
+    assert_eq!(versions(&client, outbox::HISTORY_TABLE).await?, [1, 2, 3, 4]);
     assert_eq!(versions(&client, "refinery_schema_history").await?, [1, 2, 3], "the old history is left as it was");
     Ok(())
 }

@@ -256,7 +256,7 @@ async fn benchmark_short_mode_produces_results() -> anyhow::Result<()> {
     println!("{stdout}");
     assert!(output.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json"))?)?;
-    for key in ["api_writes", "relay_drain", "sink_apply", "end_to_end", "peak_rss_mib"] {
+    for key in ["api_writes", "relay_drain", "sink_apply", "end_to_end", "handover", "peak_rss_mib"] {
         assert!(!results[key].is_null(), "results.json lacks {key}: {results}");
     }
     assert!(std::fs::read_to_string(out.path().join("latency.svg"))?.starts_with("<svg"));

@@ -183,13 +183,15 @@ pub fn partition_bounds(
     consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)
 }
 
-/// Reads each partition of `from` from its offset until the consumer reports the end of the
-/// partition, calling `on_record` for every record. Holes in offsets are fine: the broker's
-/// end-of-partition event ends the read, not the offset of the last record.
+/// Reads each partition of `ranges` from its first offset to its end (`(from, end)`, the end as
+/// [`partition_bounds`] gave it), calling `on_record` for every record. Holes in offsets are fine:
+/// a partition is done when the consumer reports the end of the partition with its position at
+/// or past `end`, or when it delivered the record just before `end` — never by waiting for an
+/// offset that may be a transaction marker or an aborted record.
 pub fn read_partitions(
     consumer: &BaseConsumer,
     topic: &str,
-    from: &BTreeMap<i32, i64>,
+    ranges: &BTreeMap<i32, (i64, i64)>,
     deadline: std::time::Instant,
     mut on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<(), ReadBackError> {
@@ -197,29 +199,42 @@ pub fn read_partitions(
     use rdkafka::error::KafkaError;
     use rdkafka::{Offset, TopicPartitionList};
 
-    if from.is_empty() {
+    if ranges.is_empty() {
         return Ok(());
     }
     let mut assignment = TopicPartitionList::new();
-    for (&partition, &offset) in from {
-        assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    for (&partition, &(from, _)) in ranges {
+        assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
     }
     consumer.assign(&assignment)?;
-    let mut unfinished: std::collections::BTreeSet<i32> = from.keys().copied().collect();
+    let mut unfinished: BTreeMap<i32, i64> = ranges.iter().map(|(&partition, &(_, end))| (partition, end)).collect();
     let result = loop {
         if unfinished.is_empty() {
             break Ok(());
         }
         if std::time::Instant::now() >= deadline {
-            break Err(ReadBackError::Timeout { partitions: unfinished.iter().copied().collect() });
+            break Err(ReadBackError::Timeout { partitions: unfinished.keys().copied().collect() });
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                unfinished.remove(&partition);
+                let Some(&end) = unfinished.get(&partition) else {
+                    continue;
+                };
+                let position = consumer.position()?;
+                let at = position.find_partition(topic, partition).map(|element| element.offset());
+                if matches!(at, Some(Offset::Offset(offset)) if offset >= end) {
+                    unfinished.remove(&partition);
+                }
             }
             Some(Err(error)) => break Err(error.into()),
-            Some(Ok(message)) => on_record(&message),
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                if unfinished.get(&partition).is_some_and(|&end| message.offset() + 1 >= end) {
+                    unfinished.remove(&partition);
+                }
+                on_record(&message);
+            }
         }
     };
     consumer.unassign()?;
@@ -242,15 +257,15 @@ pub fn read_to_end(
         other => other?,
     };
     let mut ends = BTreeMap::new();
-    let mut from = BTreeMap::new();
+    let mut ranges = BTreeMap::new();
     for partition in partitions {
         let (low, end) = partition_bounds(&consumer, topic, partition)?;
         ends.insert(partition, end);
         if low < end {
-            from.insert(partition, low);
+            ranges.insert(partition, (low, end));
         }
     }
-    read_partitions(&consumer, topic, &from, deadline, on_record)?;
+    read_partitions(&consumer, topic, &ranges, deadline, on_record)?;
     Ok(ends)
 }
 

@@ -1,6 +1,7 @@
 //! `chaos`: drives writes through the API at a steady rate while killing the broker, the relay
-//! and the sink with SIGKILL and restarting them; then waits for the pipeline to drain and prints a
-//! verdict: acknowledged writes, events on the topic, duplicates, missing, per-article order
+//! and the sink with SIGKILL and restarting them, and pausing the relay and the broker with SIGSTOP
+//! for longer than the relay's lease before SIGCONT; then waits for the pipeline to drain and
+//! prints a verdict: acknowledged writes, events on the topic, duplicates, missing, per-article order
 //! violations, DB1 vs DB2 differences, API errors (also while the broker was down). Exits 1 on any
 //! loss, duplicate, reorder, difference or API error.
 //!
@@ -31,8 +32,8 @@ enum Target {
     Compose,
 }
 
-/// Kills the broker, the relay and the sink mid-write and checks that nothing was lost,
-/// duplicated or reordered.
+/// Kills the broker, the relay and the sink, and pauses the relay and the broker, mid-write; checks
+/// that nothing was lost, duplicated or reordered.
 #[derive(Debug, Parser)]
 #[command(name = "chaos", version)]
 struct Cli {
@@ -44,10 +45,11 @@ struct Cli {
     /// Seconds of writing.
     #[arg(long, default_value_t = 60)]
     duration: u64,
-    /// Seconds between kills (each kill picks the next of broker, relay, sink).
+    /// Seconds between faults (each picks the next of: kill the broker, the relay, the sink; pause
+    /// the relay, the broker).
     #[arg(long, default_value_t = 6)]
     kill_every: u64,
-    /// CI's quick run: 20 s at 40 writes/s, a kill every 3 s.
+    /// CI's quick run: 20 s at 40 writes/s, a fault every 3 s.
     #[arg(long)]
     short: bool,
     /// The local stack's directory (pid files).
@@ -65,9 +67,47 @@ enum Part {
     Sink,
 }
 
-impl Part {
-    const ROTATION: [Part; 3] = [Part::Broker, Part::Relay, Part::Sink];
+/// What happens to a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL, then a restart.
+    Kill(Part),
+    /// SIGSTOP, then SIGCONT: a frozen process, whose connections stay open.
+    Pause(Part),
+}
 
+impl Fault {
+    const ROTATION: [Fault; 5] = [
+        Fault::Kill(Part::Broker),
+        Fault::Kill(Part::Relay),
+        Fault::Kill(Part::Sink),
+        Fault::Pause(Part::Relay),
+        Fault::Pause(Part::Broker),
+    ];
+
+    fn part(self) -> Part {
+        match self {
+            Self::Kill(part) | Self::Pause(part) => part,
+        }
+    }
+
+    /// How long the part stays down: a pause outlasts the relay's 3 s lease.
+    fn duration(self, rng: &mut fastrand::Rng) -> Duration {
+        match self {
+            Self::Kill(_) => Duration::from_millis(rng.u64(300..2000)),
+            Self::Pause(_) => Duration::from_millis(rng.u64(4000..6000)),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Kill(part) => format!("SIGKILL {}", part.name()),
+            Self::Pause(part) => format!("SIGSTOP {}", part.name()),
+        }
+    }
+}
+
+impl Part {
     fn name(self) -> &'static str {
         match self {
             Self::Broker => "broker",
@@ -101,6 +141,46 @@ struct Endpoints {
 }
 
 impl Victims {
+    async fn inflict(&mut self, fault: Fault, down_for: Duration) -> anyhow::Result<()> {
+        match fault {
+            Fault::Kill(part) => self.kill_and_restart(part, down_for).await,
+            Fault::Pause(part) => self.pause(part, down_for).await,
+        }
+    }
+
+    /// SIGSTOP, `down_for`, SIGCONT.
+    async fn pause(&mut self, part: Part, down_for: Duration) -> anyhow::Result<()> {
+        match self {
+            Self::Own(stack) => {
+                let process = match part {
+                    Part::Broker => stack.broker_mut()?.process_mut(),
+                    Part::Relay => stack.process(Service::Relay),
+                    Part::Sink => stack.process(Service::Sink),
+                };
+                process.signal("STOP").await?;
+                tokio::time::sleep(down_for).await;
+                process.signal("CONT").await
+            }
+            Self::Local { pids } => {
+                let pid = std::fs::read_to_string(pids.join(format!("{}.pid", part.name())))
+                    .with_context(|| format!("no pid file for {} in {}", part.name(), pids.display()))?;
+                run(Command::new("kill").args(["-STOP", pid.trim()]))?;
+                tokio::time::sleep(down_for).await;
+                run(Command::new("kill").args(["-CONT", pid.trim()]))
+            }
+            Self::Compose { file } => {
+                let compose = |args: &[&str]| {
+                    let mut command = Command::new("docker");
+                    command.arg("compose").arg("-f").arg(&*file).args(args);
+                    run(&mut command)
+                };
+                compose(&["pause", part.compose_service()])?;
+                tokio::time::sleep(down_for).await;
+                compose(&["unpause", part.compose_service()])
+            }
+        }
+    }
+
     async fn kill_and_restart(&mut self, part: Part, down_for: Duration) -> anyhow::Result<()> {
         match self {
             Self::Own(stack) => {
@@ -227,7 +307,7 @@ async fn main() -> anyhow::Result<()> {
         let api = api.clone();
         tokio::spawn(async move { workload::run(&api, workers, changes_per_worker, pause).await })
     };
-    let mut kills = [0_u32; 3];
+    let mut faults = [0_u32; Fault::ROTATION.len()];
     let mut broker_down: Vec<(Instant, Instant)> = Vec::new();
     let mut rng = fastrand::Rng::new();
     let mut turn = 0;
@@ -236,17 +316,17 @@ async fn main() -> anyhow::Result<()> {
         if writes.is_finished() {
             break;
         }
-        let index = turn % Part::ROTATION.len();
-        let part = Part::ROTATION[index];
+        let index = turn % Fault::ROTATION.len();
+        let fault = Fault::ROTATION[index];
         turn += 1;
-        let down_for = Duration::from_millis(rng.u64(300..2000));
-        println!("{:>6.1} s  SIGKILL {} (down ~{down_for:?})", started.elapsed().as_secs_f64(), part.name());
-        let killed_at = Instant::now();
-        victims.kill_and_restart(part, down_for).await?;
-        if part == Part::Broker {
-            broker_down.push((killed_at, Instant::now()));
+        let down_for = fault.duration(&mut rng);
+        println!("{:>6.1} s  {} (down ~{down_for:?})", started.elapsed().as_secs_f64(), fault.describe());
+        let down_at = Instant::now();
+        victims.inflict(fault, down_for).await?;
+        if fault.part() == Part::Broker {
+            broker_down.push((down_at, Instant::now()));
         }
-        kills[index] += 1;
+        faults[index] += 1;
     }
     let report = writes.await?;
     println!("writes done after {:.1} s; waiting for the pipeline to drain ...", started.elapsed().as_secs_f64());
@@ -260,6 +340,7 @@ async fn main() -> anyhow::Result<()> {
         "
 chaos verdict ({:?} target, {} s at {} writes/s)
   kills                      broker {}, relay {}, sink {}
+  pauses                     relay {}, broker {}
   writes acknowledged by API {}
   API errors                 {} (while the broker was down: {errors_while_broker_down})
   events on the topic        {} (of {} records)
@@ -271,9 +352,11 @@ RESULT: {}",
         cli.target,
         cli.duration,
         cli.rate,
-        kills[0],
-        kills[1],
-        kills[2],
+        faults[0],
+        faults[1],
+        faults[2],
+        faults[3],
+        faults[4],
         report.acknowledged,
         report.errors,
         topic.events,

@@ -204,6 +204,17 @@ impl Stack {
         self.process(service).stop(Duration::from_secs(30)).await
     }
 
+    /// Sends `signal` (`TERM`, `STOP`, `CONT`, …) to `service` and returns at once.
+    pub async fn signal(&self, service: Service, signal: &str) -> anyhow::Result<()> {
+        match service {
+            Service::Api => &self.api,
+            Service::Relay => &self.relay,
+            Service::Sink => &self.sink,
+        }
+        .signal(signal)
+        .await
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self, service: Service) {
         self.process(service).kill();

@@ -34,7 +34,7 @@ pub(crate) async fn run(stack: &Stack, sizes: &Sizes, results: &mut Results) -> 
     Ok(series)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -43,7 +43,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Open-loop creates at `rate`/s for `duration`; returns each latency in ms from the API's
 /// response to the event's row in DB2's `processed_events`.
-async fn end_to_end(stack: &Stack, rate: u64, duration: Duration) -> anyhow::Result<(Vec<f64>, usize)> {
+pub(crate) async fn end_to_end(stack: &Stack, rate: u64, duration: Duration) -> anyhow::Result<(Vec<f64>, usize)> {
     let api = stack.api();
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     let total = (rate as f64 * duration.as_secs_f64()) as usize;

@@ -13,6 +13,7 @@
 //! `--short` proves the benchmark works (CI); it asserts nothing about speed.
 
 mod api;
+mod handover;
 mod latency;
 mod measure;
 mod pgbench;
@@ -107,8 +108,9 @@ async fn main() -> anyhow::Result<()> {
     let backlog_size = relay::run(&mut stack, &sizes, &mut results).await?;
     sink::run(&mut stack, &sizes, backlog_size, scripts.path(), &mut results).await?;
     let series = latency::run(&stack, &sizes, &mut results).await?;
+    handover::run(&mut stack, &sizes, &mut results).await?;
 
-    // 5. Peak RSS (the broker's for comparison: a JVM against nisshi).
+    // 6. Peak RSS (the broker's for comparison: a JVM against nisshi).
     let mut rss = serde_json::Map::new();
     let mut processes: Vec<(&str, Option<u32>)> = [Service::Api, Service::Relay, Service::Sink]
         .into_iter()

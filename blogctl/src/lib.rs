@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use kafka_kit::{METADATA_TIMEOUT, client_config};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::Headers as _;
+use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -176,14 +176,26 @@ pub struct PartitionLag {
     /// The group's committed offset, if it committed one.
     pub current_offset: Option<i64>,
     pub log_end_offset: i64,
+    /// Records waiting for the group: those between its committed offset and the log end, counted.
+    /// Offsets alone would overstate it: a transactional producer's commit markers (one per relay
+    /// batch) take offsets but are no records.
     pub lag: i64,
+    /// The same distance in offsets, as `kafka-consumer-groups` shows it.
+    pub offset_lag: i64,
 }
 
-/// The lag of `group` on each partition of `topic` (like `kafka-consumer-groups --describe`).
-pub fn group_lag(bootstrap_servers: &str, topic: &str, group: &str) -> anyhow::Result<Vec<PartitionLag>> {
+/// The lag of `group` on each partition of `topic` (like `kafka-consumer-groups --describe`),
+/// read at `isolation`.
+pub fn group_lag(
+    bootstrap_servers: &str,
+    topic: &str,
+    group: &str,
+    isolation: kafka_kit::Isolation,
+) -> anyhow::Result<Vec<PartitionLag>> {
     let consumer: BaseConsumer = client_config(bootstrap_servers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation.as_str())
         .create()
         .context("cannot create a Kafka consumer")?;
     let partitions = partitions(&consumer, topic)?;
@@ -192,19 +204,31 @@ pub fn group_lag(bootstrap_servers: &str, topic: &str, group: &str) -> anyhow::R
         wanted.add_partition(topic, partition);
     }
     let committed = consumer.committed_offsets(wanted, METADATA_TIMEOUT).context("cannot read committed offsets")?;
-    partitions
-        .into_iter()
-        .map(|partition| {
-            let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-            let current_offset =
-                committed.find_partition(topic, partition).and_then(|element| match element.offset() {
-                    Offset::Offset(offset) => Some(offset),
-                    _ => None,
-                });
-            let lag = high - current_offset.unwrap_or(low);
-            Ok(PartitionLag { partition, current_offset, log_end_offset: high, lag })
-        })
-        .collect()
+    let mut lags = Vec::with_capacity(partitions.len());
+    let mut waiting = BTreeMap::new();
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+        let current_offset = committed.find_partition(topic, partition).and_then(|element| match element.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        });
+        let from = current_offset.unwrap_or(low).max(low);
+        if from < high {
+            waiting.insert(partition, (from, high));
+        }
+        lags.push(PartitionLag { partition, current_offset, log_end_offset: high, lag: 0, offset_lag: high - from });
+    }
+    let reader = kafka_kit::reader(bootstrap_servers, "blogctl-lag", isolation)?;
+    let mut counts: BTreeMap<i32, i64> = BTreeMap::new();
+    kafka_kit::read_partitions(&reader, topic, &waiting, Instant::now() + Duration::from_secs(60), |message| {
+        if waiting.get(&message.partition()).is_some_and(|&(_, end)| message.offset() < end) {
+            *counts.entry(message.partition()).or_default() += 1;
+        }
+    })?;
+    for lag in &mut lags {
+        lag.lag = counts.get(&lag.partition).copied().unwrap_or_default();
+    }
+    Ok(lags)
 }
 
 /// Where a produced record landed.

@@ -47,7 +47,8 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
     },
-    /// Show a consumer group's committed offset, log end and lag per partition.
+    /// Show a consumer group's committed offset, log end and lag per partition: LAG counts the
+    /// records waiting, OFFSET-LAG the offsets (which also count transaction markers).
     Lag {
         /// Consumer group.
         #[arg(long, env = "KAFKA_GROUP_ID", default_value = "blog-sync-group")]
@@ -125,16 +126,16 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{produced} records produced in {:?}", started.elapsed().max(Duration::ZERO));
         }
         Command::Lag { group } => {
-            let lags = group_lag(&cli.bootstrap_servers, &cli.topic, &group)?;
+            let lags = group_lag(&cli.bootstrap_servers, &cli.topic, &group, cli.isolation_level)?;
             println!(
-                "{:<20} {:<12} {:>9} {:>15} {:>15} {:>8}",
-                "GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG"
+                "{:<20} {:<12} {:>9} {:>15} {:>15} {:>8} {:>11}",
+                "GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "OFFSET-LAG"
             );
             for lag in lags {
                 let current = lag.current_offset.map_or_else(|| "-".to_owned(), |offset| offset.to_string());
                 println!(
-                    "{:<20} {:<12} {:>9} {:>15} {:>15} {:>8}",
-                    group, cli.topic, lag.partition, current, lag.log_end_offset, lag.lag
+                    "{:<20} {:<12} {:>9} {:>15} {:>15} {:>8} {:>11}",
+                    group, cli.topic, lag.partition, current, lag.log_end_offset, lag.lag, lag.offset_lag
                 );
             }
         }

@@ -165,10 +165,13 @@ impl Relay {
             );
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                // The predecessor's bound is not over: the next leader must still wait it out.
                 () = lost.cancelled() => return Ended::Unclean,
-                () = shutdown.cancelled() => return Ended::Clean,
+                () = shutdown.cancelled() => return Ended::Unclean,
             }
         }
+        // Clean only if the last round ended well: a failed one may have left records on the wire.
+        let mut ended = Ended::Clean;
         let mut reconciled = false;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut backlog_refreshed = Instant::now() - BACKLOG_REFRESH;
@@ -192,6 +195,7 @@ impl Relay {
                 self.refresh_backlog().await;
                 backlog_refreshed = Instant::now();
             }
+            ended = if result.is_ok() { Ended::Clean } else { Ended::Unclean };
             match result {
                 Ok(outcome) => {
                     reconciled = true;
@@ -234,7 +238,7 @@ impl Relay {
                 }
             }
         }
-        if lost.is_cancelled() { Ended::Unclean } else { Ended::Clean }
+        if lost.is_cancelled() { Ended::Unclean } else { ended }
     }
 
     /// Starts a producer session if there is none, reconciles if needed, then publishes one batch.

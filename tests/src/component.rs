@@ -44,6 +44,21 @@ impl Fixtures {
             let admin_url = postgres.parse().map_err(anyhow::Error::msg).context(SHARED_POSTGRES_ENV)?;
             return Ok(Self { admin_url, bootstrap_servers, _private: None });
         }
+        Self::start_private().await
+    }
+
+    /// For a test that deletes topics: on nisshi, a broker of its own, since deleting a topic
+    /// there disturbed other topics' transactions (tests running beside it lost records from
+    /// view); Apache Kafka deletes a topic alone, so the shared one serves.
+    pub async fn start_deleting_topics() -> anyhow::Result<Self> {
+        match BrokerKind::from_env()? {
+            BrokerKind::Kafka => Self::start().await,
+            BrokerKind::Nisshi => Self::start_private().await,
+        }
+    }
+
+    /// A PostgreSQL cluster and a broker of this test's own.
+    async fn start_private() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("blog-component-").tempdir()?;
         let cluster = PgCluster::start(
             "postgres",
@@ -249,7 +264,15 @@ pub struct Outbox {
 
 impl Outbox {
     pub async fn start() -> anyhow::Result<Self> {
-        let fixtures = Fixtures::start().await?;
+        Self::on(Fixtures::start().await?).await
+    }
+
+    /// An outbox whose test deletes its topic (see [`Fixtures::start_deleting_topics`]).
+    pub async fn start_deleting_topics() -> anyhow::Result<Self> {
+        Self::on(Fixtures::start_deleting_topics().await?).await
+    }
+
+    async fn on(fixtures: Fixtures) -> anyhow::Result<Self> {
         let db1 = fixtures.database("relay").await?;
         service_kit::db::migrate(&db1, outbox_relay::MIGRATIONS).await?;
         let pool = service_kit::db::pool(&db1, 2)?;

@@ -147,7 +147,7 @@ async fn rows_the_broker_refuses_are_dead_lettered_and_requeued_in_order() -> an
 /// end. The alarm fires (counter and log) and the rows written meanwhile reach the new log once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_log_raises_the_alarm_and_the_rows_written_meanwhile_reach_the_new_log_once() -> anyhow::Result<()> {
-    let outbox = Outbox::start().await?;
+    let outbox = Outbox::start_deleting_topics().await?;
     let bootstrap = outbox.fixtures.bootstrap_servers().to_owned();
     e2e::topics::create(&bootstrap, &outbox.topic, 2, &[]).await?;
     enqueue(&outbox.pool, &events(40, 6)).await?;
@@ -176,7 +176,7 @@ async fn a_lost_log_raises_the_alarm_and_the_rows_written_meanwhile_reach_the_ne
 /// offset any more. The relay notices, says so, and publishes the waiting rows once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replaced_log_that_grew_past_the_checkpoint_is_noticed() -> anyhow::Result<()> {
-    let outbox = Outbox::start().await?;
+    let outbox = Outbox::start_deleting_topics().await?;
     let bootstrap = outbox.fixtures.bootstrap_servers().to_owned();
     e2e::topics::create(&bootstrap, &outbox.topic, 1, &[]).await?;
     enqueue(&outbox.pool, &events(6, 2)).await?;

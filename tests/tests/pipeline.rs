@@ -129,7 +129,8 @@ async fn events_wait_on_the_topic_while_the_sink_is_stopped() -> anyhow::Result<
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
     assert_eq!(db2_count(&stack, "SELECT count(*) FROM articles WHERE author = 'Test'").await?, 5);
     e2e::wait::until("lag back to 0", SYNC_TIMEOUT, || async { Ok(stack.consumer_lag().await? == 0) }).await?;
-    let lags = blogctl::group_lag(&stack.bootstrap_servers(), stack.topic(), stack.group())?;
+    let lags =
+        blogctl::group_lag(&stack.bootstrap_servers(), stack.topic(), stack.group(), stack.options.broker.isolation())?;
     assert!(lags.iter().all(|lag| lag.lag == 0), "{lags:?}");
     Ok(())
 }

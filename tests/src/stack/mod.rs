@@ -244,10 +244,12 @@ impl Stack {
         crate::replica::topic_records(&self.bootstrap_servers(), self.topic()).await
     }
 
-    /// The sink group's total lag over all partitions.
+    /// The sink group's total lag over all partitions: records waiting, counted.
     pub async fn consumer_lag(&self) -> anyhow::Result<i64> {
         let (bootstrap, topic, group) = (self.bootstrap_servers(), self.topic().to_owned(), self.group().to_owned());
-        let lags = tokio::task::spawn_blocking(move || blogctl::group_lag(&bootstrap, &topic, &group)).await??;
+        let isolation = self.options.broker.isolation();
+        let lags =
+            tokio::task::spawn_blocking(move || blogctl::group_lag(&bootstrap, &topic, &group, isolation)).await??;
         Ok(lags.iter().map(|lag| lag.lag).sum())
     }
 

@@ -79,7 +79,7 @@ fn reader(bootstrap_servers: &str, isolation: kafka_kit::Isolation) -> anyhow::R
     client_config(bootstrap_servers)
         .set("group.id", "blogctl-reader")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
         .set("isolation.level", isolation.as_str())
         .create()
         .context("cannot create a Kafka consumer")
@@ -97,19 +97,30 @@ pub enum Start {
     End,
 }
 
-/// Reads `topic` from `start`, calling `on_record` for each record, until `max_records` were
-/// read, or (when `until_caught_up`) until every partition reached the end it had at the call,
-/// or `deadline` passes. Returns how many records were read.
+/// How `consume` reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumeOptions {
+    pub start: Start,
+    pub isolation: kafka_kit::Isolation,
+    /// Stop after this many records.
+    pub max_records: Option<usize>,
+    /// Stop once every partition is read to the end it had at the call.
+    pub until_caught_up: bool,
+    pub deadline: Option<Instant>,
+}
+
+/// Reads `topic` from `options.start`, calling `on_record` for each record, until `max_records`
+/// were read, or (when `until_caught_up`) until every partition reached the end it had at the
+/// call — told by the broker's end-of-partition event at a position past that end, so that a
+/// transaction marker at the end does not keep it waiting —, or `deadline` passes. Returns how
+/// many records were read.
 pub fn consume(
     bootstrap_servers: &str,
     topic: &str,
-    isolation: kafka_kit::Isolation,
-    start: Start,
-    max_records: Option<usize>,
-    until_caught_up: bool,
-    deadline: Option<Instant>,
+    options: ConsumeOptions,
     mut on_record: impl FnMut(Record),
 ) -> anyhow::Result<usize> {
+    let ConsumeOptions { start, isolation, max_records, until_caught_up, deadline } = options;
     let consumer = reader(bootstrap_servers, isolation)?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
@@ -141,10 +152,20 @@ pub fn consume(
             }
             return Ok(read);
         }
-        let Some(result) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
+        let message = match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                let position = consumer.position().context("cannot read the consumer's position")?;
+                let at = position.find_partition(topic, partition).map(|element| element.offset());
+                if let (Some(&end), Some(Offset::Offset(offset))) = (remaining.get(&partition), at)
+                    && offset >= end
+                {
+                    remaining.remove(&partition);
+                }
+                continue;
+            }
+            Some(result) => result.context("cannot read from the topic")?,
         };
-        let message = result.context("cannot read from the topic")?;
         let record = Record::from_message(&message);
         if remaining.get(&record.partition).is_some_and(|&end| record.offset + 1 >= end) {
             remaining.remove(&record.partition);

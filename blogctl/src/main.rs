@@ -96,18 +96,16 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Consume { from_beginning, max_messages, until_caught_up } => {
             let start = if from_beginning { Start::Beginning } else { Start::End };
-            let read = consume(
-                &cli.bootstrap_servers,
-                &cli.topic,
-                cli.isolation_level,
+            let options = blogctl::ConsumeOptions {
                 start,
-                max_messages,
+                isolation: cli.isolation_level,
+                max_records: max_messages,
                 until_caught_up,
-                None,
-                |record| {
-                    println!("{}", record.display_line());
-                },
-            )?;
+                deadline: None,
+            };
+            let read = consume(&cli.bootstrap_servers, &cli.topic, options, |record| {
+                println!("{}", record.display_line());
+            })?;
             eprintln!("Processed a total of {read} messages");
         }
         Command::Produce { key } => {

@@ -98,3 +98,23 @@ async fn read_back_settles_rows_already_on_the_topic_without_publishing_them_aga
     assert_eq!(checkpoints(&pool, &topic).await?, log_ends(&records));
     relay.stop().await
 }
+
+/// `blogctl consume --from-beginning --until-caught-up` on a topic the relay wrote in transactions
+/// (its last offset is a commit marker, not a record) prints every record and stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn blogctl_consume_until_caught_up_stops_at_a_commit_marker() -> anyhow::Result<()> {
+    let Outbox { fixtures, db1, pool, topic } = Outbox::start().await?;
+    enqueue(&pool, &events(12, 3)).await?;
+    let relay = component::relay(&db1, fixtures.bootstrap_servers(), &topic, &[]).await?;
+    e2e::wait::until("the outbox to drain", TIMEOUT, || async { Ok(outbox_rows(&pool).await? == 0) }).await?;
+    let consume = tokio::process::Command::new(e2e::process::binary("blogctl")?)
+        .args(["consume", "--from-beginning", "--until-caught-up", "--topic", &topic])
+        .args(["--bootstrap-servers", fixtures.bootstrap_servers()])
+        .args(["--isolation-level", &e2e::broker::BrokerKind::from_env()?.isolation().to_string()])
+        .output();
+    let output = tokio::time::timeout(TIMEOUT, consume).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("partition=")).count(), 12, "{stdout}");
+    relay.stop().await
+}

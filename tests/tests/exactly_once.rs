@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use e2e::process::Server as _;
 use e2e::stack::{FAST_TAKEOVER, Service};
-use e2e::verify::{TopicReport, check_topic};
+use e2e::verify::TopicReport;
 use e2e::workload::{self, WorkloadReport};
 use e2e::{ApiClient, Stack};
 
@@ -20,21 +20,7 @@ async fn fast_takeover_stack() -> anyhow::Result<Stack> {
 
 /// Waits for the pipeline to drain, then checks the topic against what the API acknowledged.
 async fn assert_exactly_once(stack: &Stack, workload: &WorkloadReport) -> anyhow::Result<TopicReport> {
-    assert_eq!(workload.errors, 0, "the API never fails: {:?}", workload.error_samples);
-    stack.wait_for_replica(SYNC_TIMEOUT).await?;
-    let records = stack.topic_records().await?;
-    let topic = check_topic(&records, &workload.expected);
-    println!(
-        "acknowledged {} changes; topic: {} events, {} duplicates, {} missing, {} order violations",
-        workload.acknowledged,
-        topic.events,
-        topic.duplicates,
-        topic.missing.len(),
-        topic.order_violations
-    );
-    assert!(topic.is_clean(), "not exactly once: {topic:?}");
-    assert_eq!(topic.events, workload.expected.len(), "no event the API did not acknowledge");
-    Ok(topic)
+    stack.assert_exactly_once(workload, SYNC_TIMEOUT).await
 }
 
 /// The Prometheus text of the relay or sink serving on `port`.
@@ -122,15 +108,7 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
     // 2. The first relay comes back as a standby; then the leader's lock connection is cut.
     stack.restart(Service::Relay).await?;
     let epoch_before = e2e::metric(&relay_metrics(second_port).await?, "outbox_relay_epoch");
-    let db1 = stack.db1_client().await?;
-    let cut = db1
-        .execute(
-            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-             WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1",
-            &[&outbox_relay::leadership::LOCK_CONNECTION_NAME],
-        )
-        .await?;
-    assert_eq!(cut, 1, "exactly one relay holds a lock connection");
+    assert_eq!(stack.cut_leader_lock().await?, 1, "exactly one relay holds a lock connection");
     e2e::wait::until("a new epoch with exactly one leader", Duration::from_secs(30), || async {
         let (first, second) = (relay_metrics(first_port).await?, relay_metrics(second_port).await?);
         let leaders = e2e::metric(&first, "outbox_relay_leader") + e2e::metric(&second, "outbox_relay_leader");

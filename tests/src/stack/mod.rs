@@ -226,6 +226,45 @@ impl Stack {
         self.wait_ready(service).await
     }
 
+    /// Terminates the PostgreSQL session that holds the relay leader lock, as a server or an
+    /// operator does with the connection of a process that cannot close it (stopped, frozen);
+    /// returns how many sessions were terminated.
+    pub async fn cut_leader_lock(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .db1_client()
+            .await?
+            .execute(
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1",
+                &[&outbox_relay::leadership::LOCK_CONNECTION_NAME],
+            )
+            .await?)
+    }
+
+    /// Waits for the pipeline to drain, then checks the topic against what the API acknowledged:
+    /// every change once, in per-article order, nothing the API did not acknowledge.
+    pub async fn assert_exactly_once(
+        &self,
+        workload: &crate::workload::WorkloadReport,
+        timeout: Duration,
+    ) -> anyhow::Result<crate::verify::TopicReport> {
+        assert_eq!(workload.errors, 0, "the API never fails: {:?}", workload.error_samples);
+        self.wait_for_replica(timeout).await?;
+        let records = self.topic_records().await?;
+        let topic = crate::verify::check_topic(&records, &workload.expected);
+        println!(
+            "acknowledged {} changes; topic: {} events, {} duplicates, {} missing, {} order violations",
+            workload.acknowledged,
+            topic.events,
+            topic.duplicates,
+            topic.missing.len(),
+            topic.order_violations
+        );
+        assert!(topic.is_clean(), "not exactly once: {topic:?}");
+        assert_eq!(topic.events, workload.expected.len(), "no event the API did not acknowledge");
+        Ok(topic)
+    }
+
     pub async fn db1_client(&self) -> anyhow::Result<tokio_postgres::Client> {
         Ok(service_kit::db::connect(&self.db1_url()).await?)
     }

@@ -1,6 +1,6 @@
 //! At most one relay publishes at a time: the leader holds a PostgreSQL advisory lock on a
-//! dedicated connection. Standbys try the lock every half second and take over within about a
-//! second of the leader's connection closing (a dead process's connection closes at once).
+//! dedicated connection. Standbys wait for the lock in the server and take over the moment the
+//! leader's connection closes (a dead process's closes at once, a clean stop's too).
 //!
 //! The lock only lasts as long as its connection, so the leader watches it: when the connection
 //! ends, or a heartbeat (`SELECT 1` every second) fails or takes over three seconds, the `lost`
@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Advisory lock key of the leader relay (arbitrary, distinct from the migration locks).
 const LOCK_KEY: i64 = 0x626c_6f67_0010;
-const RETRY_LOCK_EVERY: Duration = Duration::from_millis(500);
+/// How long a standby's wait for the lock lasts before it starts another (the server ends it).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a successful heartbeat keeps the lease, counted from when it was sent.
@@ -100,7 +101,7 @@ impl Leadership {
         None
     }
 
-    /// Connects and polls the lock; `Ok(None)` when shut down while standing by.
+    /// Connects and waits for the lock; `Ok(None)` when shut down while standing by.
     async fn try_acquire(
         url: &DatabaseUrl,
         holder: &str,
@@ -122,25 +123,38 @@ impl Leadership {
             })
         };
         let mut client = client;
-        loop {
-            let sent_at = Instant::now();
-            let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]).await?.try_get(0)?;
-            if locked {
-                let lease = Lease::starting(sent_at);
-                let epoch = crate::settle::begin_epoch(&mut client, holder, delivery_bound).await?;
-                let heartbeat = tokio::spawn(heartbeat(Arc::new(client), lease.clone(), lost.clone()));
-                tracing::info!(epoch = epoch.epoch, holder, predecessor = ?epoch.predecessor, "this relay is now the leader");
-                return Ok(Some(Self { epoch, lease, lost, tasks: vec![connection_task, heartbeat] }));
-            }
+        // A standby waits for the lock in the server, so it takes over the moment the leader's
+        // session ends; the wait gives up now and then, which lets the loop see a shutdown.
+        client.batch_execute(&format!("SET lock_timeout = '{}ms'", LOCK_WAIT.as_millis())).await?;
+        let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]).await?.try_get(0)?;
+        if !locked {
             if !*announced_standby {
                 tracing::info!("another relay holds the leader lock; standing by");
                 *announced_standby = true;
             }
-            if !service_kit::shutdown::sleep_unless_cancelled(shutdown, RETRY_LOCK_EVERY).await {
-                connection_task.abort();
-                return Ok(None);
+            loop {
+                let waited = tokio::select! {
+                    waited = client.query_one("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]) => waited,
+                    () = shutdown.cancelled() => {
+                        connection_task.abort();
+                        return Ok(None);
+                    }
+                };
+                match waited {
+                    Ok(_) => break,
+                    Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {}
+                    Err(error) => return Err(error),
+                }
             }
         }
+        // The lease runs from a request sent once the lock is ours.
+        let sent_at = Instant::now();
+        client.simple_query("SELECT 1").await?;
+        let lease = Lease::starting(sent_at);
+        let epoch = crate::settle::begin_epoch(&mut client, holder, delivery_bound).await?;
+        let heartbeat = tokio::spawn(heartbeat(Arc::new(client), lease.clone(), lost.clone()));
+        tracing::info!(epoch = epoch.epoch, holder, predecessor = ?epoch.predecessor, "this relay is now the leader");
+        Ok(Some(Self { epoch, lease, lost, tasks: vec![connection_task, heartbeat] }))
     }
 
     /// Fires when the lock may have been lost.

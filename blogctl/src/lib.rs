@@ -197,13 +197,18 @@ pub struct PartitionLag {
     /// The group's committed offset, if it committed one.
     pub current_offset: Option<i64>,
     pub log_end_offset: i64,
-    /// Records waiting for the group: those between its committed offset and the log end, counted.
-    /// Offsets alone would overstate it: a transactional producer's commit markers (one per relay
-    /// batch) take offsets but are no records.
+    /// Records waiting for the group: those between its committed offset and the log end, counted
+    /// (up to [`COUNTED_LAG`] offsets; beyond, the offset distance). Offsets alone would overstate
+    /// it: a transactional producer's commit markers (one per relay batch) take offsets but are
+    /// no records.
     pub lag: i64,
     /// The same distance in offsets, as `kafka-consumer-groups` shows it.
     pub offset_lag: i64,
 }
+
+/// The largest distance in offsets over which `group_lag` counts the records waiting; a larger
+/// lag is reported in offsets, so that the command stays quick on a large backlog.
+pub const COUNTED_LAG: i64 = 100_000;
 
 /// The lag of `group` on each partition of `topic` (like `kafka-consumer-groups --describe`),
 /// read at `isolation`.
@@ -234,10 +239,12 @@ pub fn group_lag(
             _ => None,
         });
         let from = current_offset.unwrap_or(low).max(low);
-        if from < high {
+        let offset_lag = high - from;
+        if from < high && offset_lag <= COUNTED_LAG {
             waiting.insert(partition, (from, high));
         }
-        lags.push(PartitionLag { partition, current_offset, log_end_offset: high, lag: 0, offset_lag: high - from });
+        let lag = if offset_lag > COUNTED_LAG { offset_lag } else { 0 };
+        lags.push(PartitionLag { partition, current_offset, log_end_offset: high, lag, offset_lag });
     }
     let reader = kafka_kit::reader(bootstrap_servers, "blogctl-lag", isolation)?;
     let mut counts: BTreeMap<i32, i64> = BTreeMap::new();
@@ -246,7 +253,7 @@ pub fn group_lag(
             *counts.entry(message.partition()).or_default() += 1;
         }
     })?;
-    for lag in &mut lags {
+    for lag in lags.iter_mut().filter(|lag| waiting.contains_key(&lag.partition)) {
         lag.lag = counts.get(&lag.partition).copied().unwrap_or_default();
     }
     Ok(lags)

@@ -48,7 +48,8 @@ enum Command {
         key: Option<String>,
     },
     /// Show a consumer group's committed offset, log end and lag per partition: LAG counts the
-    /// records waiting, OFFSET-LAG the offsets (which also count transaction markers).
+    /// records waiting (up to 100,000 offsets behind; beyond, the offset distance), OFFSET-LAG the
+    /// offsets (which also count transaction markers).
     Lag {
         /// Consumer group.
         #[arg(long, env = "KAFKA_GROUP_ID", default_value = "blog-sync-group")]

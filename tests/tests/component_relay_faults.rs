@@ -143,20 +143,26 @@ async fn rows_the_broker_refuses_are_dead_lettered_and_requeued_in_order() -> an
     relay.stop().await
 }
 
+/// An outbox whose relay published `published` events to a topic of `partitions` partitions,
+/// then stopped; the topic was then deleted and created again, empty (a lost log).
+async fn published_then_log_lost(partitions: i32, published: i64) -> anyhow::Result<Outbox> {
+    let outbox = Outbox::start_deleting_topics().await?;
+    let bootstrap = outbox.fixtures.bootstrap_servers().to_owned();
+    e2e::topics::create(&bootstrap, &outbox.topic, partitions, &[]).await?;
+    enqueue(&outbox.pool, &events(published, 6)).await?;
+    let relay = outbox.relay(&[]).await?;
+    outbox.wait_for_rows(0).await?;
+    relay.stop().await?;
+    e2e::topics::delete(&bootstrap, &outbox.topic).await?;
+    e2e::topics::create(&bootstrap, &outbox.topic, partitions, &[]).await?;
+    Ok(outbox)
+}
+
 /// The topic deleted and recreated while the relay is down: the checkpoint is above the new log's
 /// end. The alarm fires (counter and log) and the rows written meanwhile reach the new log once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_log_raises_the_alarm_and_the_rows_written_meanwhile_reach_the_new_log_once() -> anyhow::Result<()> {
-    let outbox = Outbox::start_deleting_topics().await?;
-    let bootstrap = outbox.fixtures.bootstrap_servers().to_owned();
-    e2e::topics::create(&bootstrap, &outbox.topic, 2, &[]).await?;
-    enqueue(&outbox.pool, &events(40, 6)).await?;
-    let relay = outbox.relay(&[]).await?;
-    outbox.wait_for_rows(0).await?;
-    relay.stop().await?;
-
-    e2e::topics::delete(&bootstrap, &outbox.topic).await?;
-    e2e::topics::create(&bootstrap, &outbox.topic, 2, &[]).await?;
+    let outbox = published_then_log_lost(2, 40).await?;
     let meanwhile = events(12, 6);
     enqueue(&outbox.pool, &meanwhile).await?;
     let relay = outbox.relay(&[]).await?;
@@ -176,17 +182,9 @@ async fn a_lost_log_raises_the_alarm_and_the_rows_written_meanwhile_reach_the_ne
 /// offset any more. The relay notices, says so, and publishes the waiting rows once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replaced_log_that_grew_past_the_checkpoint_is_noticed() -> anyhow::Result<()> {
-    let outbox = Outbox::start_deleting_topics().await?;
-    let bootstrap = outbox.fixtures.bootstrap_servers().to_owned();
-    e2e::topics::create(&bootstrap, &outbox.topic, 1, &[]).await?;
-    enqueue(&outbox.pool, &events(6, 2)).await?;
-    let relay = outbox.relay(&[]).await?;
-    outbox.wait_for_rows(0).await?;
-    relay.stop().await?;
-
-    e2e::topics::delete(&bootstrap, &outbox.topic).await?;
-    e2e::topics::create(&bootstrap, &outbox.topic, 1, &[]).await?;
-    let producer: FutureProducer = kafka_kit::client_config(&bootstrap).set("acks", "all").create()?;
+    let outbox = published_then_log_lost(1, 6).await?;
+    let producer: FutureProducer =
+        kafka_kit::client_config(outbox.fixtures.bootstrap_servers()).set("acks", "all").create()?;
     for _ in 0..30 {
         let record = FutureRecord::<str, str>::to(&outbox.topic).key("x").payload("another producer's");
         producer.send(record, TIMEOUT).await.map_err(|(error, _)| error)?;

@@ -155,10 +155,9 @@ pub fn consume(
         let message = match consumer.poll(Duration::from_millis(200)) {
             None => continue,
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
-                let position = consumer.position().context("cannot read the consumer's position")?;
-                let at = position.find_partition(topic, partition).map(|element| element.offset());
-                if let (Some(&end), Some(Offset::Offset(offset))) = (remaining.get(&partition), at)
-                    && offset >= end
+                if let Some(&end) = remaining.get(&partition)
+                    && kafka_kit::position_reached(&consumer, topic, partition, end)
+                        .context("cannot read the consumer's position")?
                 {
                     remaining.remove(&partition);
                 }

@@ -40,7 +40,7 @@ use crate::readback::{Finding, ReadBack};
 use crate::settle::{self, Published, Settled};
 
 /// How long a batch still in flight may take to finish once shutdown is requested; after that
-/// it is abandoned (its transaction aborted, its rows stay in the outbox).
+/// it is abandoned (its transaction never commits, its rows stay in the outbox).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// After this relay's own producer session ended, how long to wait before reading back, so that
 /// produce requests already on the wire are processed (or not) by the broker first.
@@ -542,15 +542,9 @@ impl Relay {
     }
 
     async fn record_clean_stop(&self, epoch: i64) {
-        match self.pool.get().await {
-            Ok(mut client) => match settle::record_clean_stop(&mut client, epoch).await {
-                Ok(()) => {
-                    tracing::info!(epoch, "stopped cleanly with nothing in flight; a successor publishes at once")
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), "cannot record the clean stop; a successor will wait out this relay's bound")
-                }
-            },
+        let recorded = async { settle::record_clean_stop(&mut self.pool.get().await?, epoch).await }.await;
+        match recorded {
+            Ok(()) => tracing::info!(epoch, "stopped cleanly with nothing in flight; a successor publishes at once"),
             Err(error) => {
                 tracing::warn!(error = %error_chain(&error), "cannot record the clean stop; a successor will wait out this relay's bound")
             }

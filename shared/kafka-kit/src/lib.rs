@@ -218,12 +218,9 @@ pub fn read_partitions(
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                let Some(&end) = unfinished.get(&partition) else {
-                    continue;
-                };
-                let position = consumer.position()?;
-                let at = position.find_partition(topic, partition).map(|element| element.offset());
-                if matches!(at, Some(Offset::Offset(offset)) if offset >= end) {
+                if let Some(&end) = unfinished.get(&partition)
+                    && position_reached(consumer, topic, partition, end)?
+                {
                     unfinished.remove(&partition);
                 }
             }
@@ -239,6 +236,20 @@ pub fn read_partitions(
     };
     consumer.unassign()?;
     result
+}
+
+/// Whether `consumer`'s position in `partition` is at or past `end`: what an end-of-partition
+/// event means only then, since the broker also reports one at a last stable offset or a hole.
+pub fn position_reached(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    end: i64,
+) -> Result<bool, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::Consumer as _;
+    let position = consumer.position()?;
+    let at = position.find_partition(topic, partition).map(|element| element.offset());
+    Ok(matches!(at, Some(rdkafka::Offset::Offset(offset)) if offset >= end))
 }
 
 /// Reads every partition of `topic` from its low watermark to its end, calling `on_record` for

@@ -23,7 +23,7 @@ impl ApiMetrics {
         let writes_help = "Article changes committed with their outbox event, by event type";
         let writes =
             register(&registry, IntCounterVec::new(Opts::new("article_writes_total", writes_help), &["event_type"]))?;
-        for kind in EventType::ALL {
+        for kind in EventType::CHANGES {
             writes.with_label_values(&[kind.as_str()]);
         }
         Ok(Self {

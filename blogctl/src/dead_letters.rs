@@ -4,20 +4,9 @@
 //! which have waited behind it; a discarded one is gone for good and those rows flow again.
 
 use anyhow::{Context as _, bail};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::Pool;
 
 pub use outbox::DeadLetter;
-
-/// A one-connection pool on DB1. `database_url` is parsed here so that an invalid one is
-/// refused without being echoed (it may hold a password).
-pub fn connect(database_url: &str) -> anyhow::Result<Pool> {
-    let Ok(config) = database_url.parse::<tokio_postgres::Config>() else {
-        bail!("DATABASE_URL is not a valid PostgreSQL connection string");
-    };
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(manager).max_size(1).build().context("cannot build the DB1 pool")
-}
 
 /// Every dead letter, oldest first.
 pub async fn list(pool: &Pool) -> anyhow::Result<Vec<DeadLetter>> {
@@ -61,17 +50,4 @@ pub fn display_line(dead: &DeadLetter) -> String {
         dead.waiting,
         dead.error
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_invalid_url_is_refused_without_echoing_it() {
-        let error = connect("postgres://u:s3cret@host:notaport/db").err().map(|error| error.to_string());
-        let error = error.unwrap_or_default();
-        assert!(error.contains("DATABASE_URL"), "{error}");
-        assert!(!error.contains("s3cret"), "{error}");
-    }
 }

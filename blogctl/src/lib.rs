@@ -1,19 +1,40 @@
-//! Kafka operations the seed guide does with `kafka-console-consumer`, `kafka-console-producer`
-//! and `kafka-consumer-groups`, on rdkafka, so that they work on both brokers (Debian's kcat links a
-//! librdkafka too old for nisshi). The `blogctl` binary wraps them; the end-to-end tests use them
-//! to inspect the topic.
+//! Kafka operations the seed guide does with `kafka-console-consumer`, `kafka-console-producer`,
+//! `kafka-consumer-groups` and `kafka-topics`, on rdkafka, so that they work on both brokers
+//! (Debian's kcat links a librdkafka too old for nisshi), and the operator's view of the whole
+//! pipeline (`status`, `snapshot`, the relay's dead letters). The `blogctl` binary wraps them;
+//! the end-to-end tests use them to inspect the topic.
 
 pub mod dead_letters;
+pub mod snapshot;
+pub mod status;
+pub mod topics;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use kafka_kit::{METADATA_TIMEOUT, client_config};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_postgres::NoTls;
+
+/// A one-connection pool on the database `database_url` names; `setting` (`DATABASE_URL`, …)
+/// names it in errors. The URL is parsed here so that an invalid one is refused without being
+/// echoed (it may hold a password); a connection attempt gives up after 5 s unless the URL sets
+/// `connect_timeout`.
+pub fn database(database_url: &str, setting: &str) -> anyhow::Result<Pool> {
+    let Ok(mut config) = database_url.parse::<tokio_postgres::Config>() else {
+        bail!("{setting} is not a valid PostgreSQL connection string");
+    };
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager).max_size(1).build().with_context(|| format!("cannot build a pool for {setting}"))
+}
 
 /// One record as read from the topic.
 #[derive(Debug, Clone)]
@@ -90,17 +111,21 @@ pub fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i3
     Ok(kafka_kit::topic_partitions(consumer, topic)?)
 }
 
-/// Where `consume` starts.
+/// Where `consume` starts in each partition it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     Beginning,
     End,
+    /// This offset (of the one partition read, [`ConsumeOptions::partition`]).
+    Offset(i64),
 }
 
 /// How `consume` reads.
 #[derive(Debug, Clone, Copy)]
 pub struct ConsumeOptions {
     pub start: Start,
+    /// Read only this partition (all of them when `None`).
+    pub partition: Option<i32>,
     pub isolation: kafka_kit::Isolation,
     /// Stop after this many records.
     pub max_records: Option<usize>,
@@ -120,20 +145,25 @@ pub fn consume(
     options: ConsumeOptions,
     mut on_record: impl FnMut(Record),
 ) -> anyhow::Result<usize> {
-    let ConsumeOptions { start, isolation, max_records, until_caught_up, deadline } = options;
+    let ConsumeOptions { start, partition: only, isolation, max_records, until_caught_up, deadline } = options;
     let consumer = reader(bootstrap_servers, isolation)?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
-    for partition in partitions(&consumer, topic)? {
+    for partition in chosen_partitions(partitions(&consumer, topic)?, topic, only, start)? {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
             .with_context(|| format!("cannot read the offsets of partition {partition}"))?;
-        let offset = match start {
-            Start::Beginning => Offset::Offset(low),
-            Start::End => Offset::Offset(high),
+        let from = match start {
+            Start::Beginning => low,
+            Start::End => high,
+            Start::Offset(offset) if (low..=high).contains(&offset) => offset,
+            Start::Offset(offset) => bail!(
+                "offset {offset} is outside partition {partition} of {topic}, which holds offsets {low} to {high} \
+                 ({high} is where the next record goes)"
+            ),
         };
-        assignment.add_partition_offset(topic, partition, offset).context("cannot assign partition")?;
-        if start == Start::Beginning && high > low {
+        assignment.add_partition_offset(topic, partition, Offset::Offset(from)).context("cannot assign partition")?;
+        if start != Start::End && high > from {
             remaining.insert(partition, high);
         }
     }
@@ -171,6 +201,23 @@ pub fn consume(
         }
         read += 1;
         on_record(record);
+    }
+}
+
+/// The partitions `consume` reads: all of them, or the one asked for if it exists; an offset
+/// names a position in one partition, so it needs one.
+fn chosen_partitions(all: Vec<i32>, topic: &str, only: Option<i32>, start: Start) -> anyhow::Result<Vec<i32>> {
+    match (only, start) {
+        (None, Start::Offset(offset)) => bail!("offset {offset} needs a partition (--partition)"),
+        (None, _) => Ok(all),
+        (Some(partition), _) if all.contains(&partition) => Ok(vec![partition]),
+        (Some(partition), _) => {
+            bail!(
+                "topic {topic} has no partition {partition} (it has {}: 0 to {})",
+                all.len(),
+                all.len().saturating_sub(1)
+            )
+        }
     }
 }
 
@@ -291,7 +338,25 @@ pub fn producer(bootstrap_servers: &str) -> anyhow::Result<FutureProducer> {
 
 #[cfg(test)]
 mod tests {
-    use super::Record;
+    use super::{Record, Start, chosen_partitions, database};
+
+    #[test]
+    fn an_invalid_url_is_refused_by_its_setting_without_echoing_it() {
+        let error = database("postgres://u:s3cret@host:notaport/db", "REPLICA_DATABASE_URL").err();
+        let error = error.map(|error| error.to_string()).unwrap_or_default();
+        assert!(error.contains("REPLICA_DATABASE_URL"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn a_partition_is_read_alone_only_if_it_exists_and_an_offset_needs_one() {
+        assert_eq!(chosen_partitions(vec![0, 1, 2], "t", None, Start::Beginning).ok(), Some(vec![0, 1, 2]));
+        assert_eq!(chosen_partitions(vec![0, 1, 2], "t", Some(1), Start::Offset(4)).ok(), Some(vec![1]));
+        let missing = chosen_partitions(vec![0, 1, 2], "t", Some(7), Start::End).err().map(|error| error.to_string());
+        assert_eq!(missing.as_deref(), Some("topic t has no partition 7 (it has 3: 0 to 2)"));
+        let no_partition = chosen_partitions(vec![0], "t", None, Start::Offset(4)).err().map(|error| error.to_string());
+        assert_eq!(no_partition.as_deref(), Some("offset 4 needs a partition (--partition)"));
+    }
 
     fn record(value: Option<&[u8]>) -> Record {
         Record {

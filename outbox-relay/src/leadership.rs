@@ -26,7 +26,7 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 /// Advisory lock key of the leader relay (arbitrary, distinct from the migration locks).
-const LOCK_KEY: i64 = 0x626c_6f67_0010;
+const LOCK_KEY: i64 = outbox::LEADER_LOCK_KEY;
 /// How long a standby's wait for the lock lasts before it starts another (the server ends it).
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);

@@ -14,6 +14,9 @@ pub struct RelayMetrics {
     pub backlog: IntGauge,
     /// Age in seconds of the oldest waiting row.
     pub oldest_age: Gauge,
+    /// `outbox_dead_letter_rows`: rows in `outbox_dead_letters` now, each holding back its
+    /// article's later rows until an operator requeues or discards it.
+    pub dead_letter_rows: IntGauge,
     /// Seconds from the outbox row's commit to the broker's acknowledgement.
     pub commit_to_ack: Histogram,
     /// 1 while this relay is the leader.
@@ -69,6 +72,10 @@ impl RelayMetrics {
             oldest_age: register(
                 &registry,
                 Gauge::new("outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row"),
+            )?,
+            dead_letter_rows: register(
+                &registry,
+                IntGauge::new("outbox_dead_letter_rows", "Rows in outbox_dead_letters, waiting for an operator"),
             )?,
             commit_to_ack: register(&registry, Histogram::with_opts(commit_to_ack.buckets(LATENCY_BUCKETS.to_vec())))?,
             takeover_wait: register(

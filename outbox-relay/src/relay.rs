@@ -556,9 +556,10 @@ impl Relay {
             return;
         };
         match outbox::backlog(&client).await {
-            Ok((rows, oldest_age)) => {
-                self.metrics.backlog.set(rows);
-                self.metrics.oldest_age.set(oldest_age);
+            Ok(backlog) => {
+                self.metrics.backlog.set(backlog.rows);
+                self.metrics.oldest_age.set(backlog.oldest_age_seconds);
+                self.metrics.dead_letter_rows.set(backlog.dead_letters);
             }
             Err(error) => tracing::debug!(%error, "cannot measure the outbox backlog"),
         }

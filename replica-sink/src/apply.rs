@@ -124,7 +124,7 @@ async fn apply_in(
                 .query_one(&statements.delete, &[&article.id, &article.version, &event.event_id, &event_type])
                 .await?
         }
-        EventType::Created | EventType::Updated | EventType::Published => {
+        EventType::Created | EventType::Updated | EventType::Published | EventType::Snapshot => {
             let status = article.status.as_str();
             let parameters = UPSERT_PARAMETERS.map(|name| -> &(dyn ToSql + Sync) {
                 match name {

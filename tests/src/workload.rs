@@ -2,6 +2,8 @@
 //! as `(article id, version)`, which is exactly the set of events the topic must hold once each.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -42,13 +44,61 @@ impl WorkloadReport {
     }
 }
 
+/// How long each worker of a workload keeps writing.
+#[derive(Debug, Clone)]
+enum Length {
+    /// This many changes.
+    Changes(usize),
+    /// Until the flag is raised (see [`Unbounded`]).
+    UntilStopped(Arc<AtomicBool>),
+}
+
+impl Length {
+    fn goes_on_after(&self, changes_done: usize) -> bool {
+        match self {
+            Length::Changes(changes) => changes_done < *changes,
+            Length::UntilStopped(stop) => !stop.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// `workers` clients, each performing `changes_per_worker` changes with `pause` between them:
 /// creates, updates, publishes and deletes of its own articles.
 pub async fn run(api: &ApiClient, workers: u64, changes_per_worker: usize, pause: Duration) -> WorkloadReport {
+    run_for(api, workers, Length::Changes(changes_per_worker), pause).await
+}
+
+/// A workload that writes until [`Unbounded::finish`]: for tests whose faults must all land while
+/// changes still flow, however slowly the machine runs them.
+#[derive(Debug)]
+pub struct Unbounded {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<WorkloadReport>,
+}
+
+impl Unbounded {
+    /// Starts `workers` clients writing with `pause` between changes.
+    pub fn start(api: &ApiClient, workers: u64, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let length = Length::UntilStopped(Arc::clone(&stop));
+        let api = api.clone();
+        let task = tokio::spawn(async move { run_for(&api, workers, length, pause).await });
+        Self { stop, task }
+    }
+
+    /// Stops the writers after their change in hand and reports what they did.
+    pub async fn finish(self) -> anyhow::Result<WorkloadReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        Ok(self.task.await?)
+    }
+}
+
+async fn run_for(api: &ApiClient, workers: u64, length: Length, pause: Duration) -> WorkloadReport {
     let tasks: Vec<_> = (0..workers)
         .map(|worker| {
             let api = api.clone();
-            tokio::spawn(async move { run_worker(&api, worker, changes_per_worker, pause).await })
+            let length = length.clone();
+            tokio::spawn(async move { run_worker(&api, worker, &length, pause).await })
         })
         .collect();
     let mut report = WorkloadReport::default();
@@ -68,11 +118,12 @@ struct Live {
     published: bool,
 }
 
-async fn run_worker(api: &ApiClient, worker: u64, changes: usize, pause: Duration) -> WorkloadReport {
+async fn run_worker(api: &ApiClient, worker: u64, length: &Length, pause: Duration) -> WorkloadReport {
     let mut report = WorkloadReport::default();
     let mut rng = fastrand::Rng::with_seed(worker);
     let mut live: Vec<Live> = Vec::new();
-    for change in 0..changes {
+    let mut change = 0;
+    while length.goes_on_after(change) {
         let roll = rng.u8(..100);
         let result = if live.len() < 3 || roll < 30 {
             let body = json!({"title": format!("w{worker} #{change}"), "content": "chaos", "author": format!("worker-{worker}")});
@@ -114,6 +165,7 @@ async fn run_worker(api: &ApiClient, worker: u64, changes: usize, pause: Duratio
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
+        change += 1;
     }
     report
 }

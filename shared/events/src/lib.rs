@@ -98,7 +98,8 @@ impl Article {
     }
 }
 
-/// The four kinds of article change.
+/// The seed's four kinds of article change, and the snapshot an operator enqueues to re-seed a
+/// replica (`blogctl snapshot`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
     #[serde(rename = "article.created")]
@@ -109,10 +110,17 @@ pub enum EventType {
     Published,
     #[serde(rename = "article.deleted")]
     Deleted,
+    /// The article as DB1 holds it, not a change: applied as an upsert under the version guard,
+    /// so it never overwrites a newer change nor resurrects a newer deletion.
+    #[serde(rename = "article.snapshot")]
+    Snapshot,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 4] = [Self::Created, Self::Updated, Self::Published, Self::Deleted];
+    /// The changes a writer of articles (the API) publishes: the seed's four types.
+    pub const CHANGES: [EventType; 4] = [Self::Created, Self::Updated, Self::Published, Self::Deleted];
+    /// Every type a consumer of the topic meets.
+    pub const ALL: [EventType; 5] = [Self::Created, Self::Updated, Self::Published, Self::Deleted, Self::Snapshot];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -120,6 +128,7 @@ impl EventType {
             Self::Updated => "article.updated",
             Self::Published => "article.published",
             Self::Deleted => "article.deleted",
+            Self::Snapshot => "article.snapshot",
         }
     }
 

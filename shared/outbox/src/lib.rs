@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
+use serde::Serialize;
 use uuid::Uuid;
 
 mod embedded {
@@ -202,16 +203,84 @@ pub async fn delete_published(client: &impl GenericClient, ids: &[i64]) -> Resul
     client.execute(&statement, &[&ids]).await
 }
 
-/// Rows not yet published, and the age in seconds of the oldest (0 when empty).
-pub async fn backlog(client: &impl GenericClient) -> Result<(i64, f64), tokio_postgres::Error> {
+/// What waits in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Backlog {
+    /// Rows not yet published.
+    pub rows: i64,
+    /// Age in seconds of the oldest of them (0 when there is none).
+    pub oldest_age_seconds: f64,
+    /// Rows the broker refused, in `outbox_dead_letters`: each holds back its article's later rows.
+    pub dead_letters: i64,
+}
+
+/// The outbox's backlog and its dead letters, in one statement.
+pub async fn backlog(client: &impl GenericClient) -> Result<Backlog, tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
             "SELECT count(*) AS rows, \
-             COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) AS oldest_age_seconds FROM outbox",
+             COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) AS oldest_age_seconds, \
+             (SELECT count(*) FROM outbox_dead_letters) AS dead_letters FROM outbox",
         )
         .await?;
     let row = client.query_one(&statement, &[]).await?;
-    Ok((row.try_get("rows")?, row.try_get("oldest_age_seconds")?))
+    Ok(Backlog {
+        rows: row.try_get("rows")?,
+        oldest_age_seconds: row.try_get("oldest_age_seconds")?,
+        dead_letters: row.try_get("dead_letters")?,
+    })
+}
+
+/// The PostgreSQL advisory lock (one bigint key; arbitrary, distinct from the migration locks)
+/// the leading relay holds for as long as it leads.
+pub const LEADER_LOCK_KEY: i64 = 0x626c_6f67_0010;
+
+/// The relay leadership as DB1 records it, for operators (`blogctl status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leadership {
+    /// The fencing epoch of the last leader (0: none ever led).
+    pub epoch: i64,
+    /// The last leader's name.
+    pub holder: Option<String>,
+    /// When it took the lead.
+    pub since: Option<DateTime<Utc>>,
+    /// It stopped cleanly (SIGTERM, nothing in flight).
+    pub clean_stop: bool,
+    /// A session holds [`LEADER_LOCK_KEY`] now: a relay is leading.
+    pub lock_held: bool,
+}
+
+/// Who leads the relays, and whether a relay holds the lock at this moment.
+pub async fn leadership(client: &impl GenericClient) -> Result<Leadership, tokio_postgres::Error> {
+    // A bigint advisory key shows in pg_locks as its high and low 32 bits, with objsubid 1.
+    let statement = client
+        .prepare_cached(
+            "SELECT epoch, holder, since, clean_stop, EXISTS ( \
+                 SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+                   AND (classid::bigint << 32) | objid::bigint = $1) AS lock_held \
+             FROM relay_leader WHERE id = 1",
+        )
+        .await?;
+    let row = client.query_one(&statement, &[&LEADER_LOCK_KEY]).await?;
+    Ok(Leadership {
+        epoch: row.try_get("epoch")?,
+        holder: row.try_get("holder")?,
+        since: row.try_get("since")?,
+        clean_stop: row.try_get("clean_stop")?,
+        lock_held: row.try_get("lock_held")?,
+    })
+}
+
+/// Per partition of `topic`, the offset below which the relay has settled every record it
+/// published (`relay_checkpoints.next_offset`).
+pub async fn checkpoints(
+    client: &impl GenericClient,
+    topic: &str,
+) -> Result<std::collections::BTreeMap<i32, i64>, tokio_postgres::Error> {
+    let statement =
+        client.prepare_cached("SELECT partition, next_offset FROM relay_checkpoints WHERE topic = $1").await?;
+    let rows = client.query(&statement, &[&topic]).await?;
+    rows.iter().map(|row| Ok((row.try_get("partition")?, row.try_get("next_offset")?))).collect()
 }
 
 /// Removes the rows whose events were found on the topic by reconciliation.

@@ -147,6 +147,28 @@ impl Broker {
         &self.description
     }
 
+    /// Stops the broker, deletes everything it stored — topics, group offsets, transactions: a
+    /// broker whose disks were lost — and starts it again, empty, on the same port.
+    pub async fn wipe_and_restart(&mut self) -> anyhow::Result<()> {
+        self.process.stop(Duration::from_secs(30)).await;
+        let stored: Vec<PathBuf> = match self.kind {
+            BrokerKind::Kafka => vec![self.dir.join("data")],
+            BrokerKind::Nisshi => std::fs::read_dir(&self.dir)?
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|path| {
+                    path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(NISSHI_STORAGE_FILE))
+                })
+                .collect(),
+        };
+        for path in stored {
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.with_context(|| format!("cannot delete {}", path.display()))?;
+        }
+        *self = Self::start(&self.dir.clone(), BrokerOptions { kind: self.kind, port: self.port }).await?;
+        Ok(())
+    }
+
     /// nisshi's sqlite schema has no index for reading record headers back, which makes every
     /// fetch scan all headers; this adds it (idempotent, survives restarts).
     async fn index_nisshi_headers(&self) -> anyhow::Result<()> {

@@ -46,6 +46,29 @@ async fn db2_count(sink: &SinkUnderTest, sql: &str) -> anyhow::Result<i64> {
     Ok(sink.db2_client().await?.query_one(sql, &[]).await?.get(0))
 }
 
+/// An event as the API writes it: `event_id`, `event_type`, and the article at `version`.
+fn event(event_id: &str, event_type: &str, id: i64, version: i64, title: &str) -> String {
+    json!({
+        "event_id": event_id, "event_type": event_type, "timestamp": "2026-11-22T10:00:00Z",
+        "data": {"id": id, "title": title, "content": "c", "author": "a", "category": null, "tags": [],
+                 "status": "draft", "views_count": 0, "created_at": "2026-11-22T10:00:00Z",
+                 "updated_at": "2026-11-22T10:00:00Z", "published_at": null, "version": version}
+    })
+    .to_string()
+}
+
+/// Produces `events` (key, value) in order and waits until DB2 recorded `processed` event ids.
+async fn produce_and_wait(sink: &SinkUnderTest, events: &[(&str, String)], processed: i64) -> anyhow::Result<()> {
+    let producer = blogctl::producer(sink.bootstrap_servers())?;
+    for (key, value) in events {
+        blogctl::produce(&producer, sink.topic.as_str(), Some(key), value).await?;
+    }
+    e2e::wait::until("the sink to record every event", TIMEOUT, || async {
+        Ok(db2_count(sink, "SELECT count(*) FROM processed_events").await? == processed)
+    })
+    .await
+}
+
 /// The seed's idempotence test: the same hand-written event (no event id, no version, naive
 /// timestamps) produced twice → one article, one `processed_events` row keyed by the md5 of the
 /// value, and the second delivery counted as a duplicate.
@@ -80,17 +103,7 @@ async fn the_same_hand_written_event_twice_is_applied_once() -> anyhow::Result<(
 /// applies them together in one pipelined transaction as well as one by one.
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_replayed_and_post_deletion_events_change_nothing() -> anyhow::Result<()> {
-    fn event(event_id: &str, event_type: &str, id: i64, version: i64, title: &str) -> String {
-        json!({
-            "event_id": event_id, "event_type": event_type, "timestamp": "2026-11-22T10:00:00Z",
-            "data": {"id": id, "title": title, "content": "c", "author": "a", "category": null, "tags": [],
-                     "status": "draft", "views_count": 0, "created_at": "2026-11-22T10:00:00Z",
-                     "updated_at": "2026-11-22T10:00:00Z", "published_at": null, "version": version}
-        })
-        .to_string()
-    }
     let sink = SinkUnderTest::start().await?;
-    let producer = blogctl::producer(sink.bootstrap_servers())?;
     let events = [
         ("7000", event("e1", "article.created", 7000, 1, "v1")),
         ("7000", event("e3", "article.updated", 7000, 3, "v3")),
@@ -102,13 +115,7 @@ async fn stale_replayed_and_post_deletion_events_change_nothing() -> anyhow::Res
         ("7002", event("g2", "article.deleted", 7002, 2, "deleted")),
         ("7002", event("g0", "article.created", 7002, 1, "resurrected?")),
     ];
-    for (key, value) in &events {
-        blogctl::produce(&producer, sink.topic.as_str(), Some(key), value).await?;
-    }
-    e2e::wait::until("the sink to see all nine events", TIMEOUT, || async {
-        Ok(db2_count(&sink, "SELECT count(*) FROM processed_events").await? == 8)
-    })
-    .await?;
+    produce_and_wait(&sink, &events, 8).await?;
     let metrics = sink.metrics().await?;
     assert!(metrics.contains("sink_events_duplicate_total 1"), "e3 twice: {metrics}");
     assert!(metrics.contains("sink_events_stale_total 3"), "e2, f1 and g0 are stale: {metrics}");
@@ -118,6 +125,33 @@ async fn stale_replayed_and_post_deletion_events_change_nothing() -> anyhow::Res
     assert_eq!(articles, [(7000, "v3".to_owned(), 3), (7001, "kept".to_owned(), 2)], "7002 stays deleted");
     let tombstone: i64 = db2.query_one("SELECT version FROM article_tombstones WHERE id = 7002", &[]).await?.get(0);
     assert_eq!(tombstone, 2);
+    Ok(())
+}
+
+/// `article.snapshot` (what `blogctl snapshot` enqueues to re-seed a replica) is an upsert under
+/// the version guard: it fills an empty replica, and an older snapshot — one that raced a newer
+/// change, or a deletion — changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_fill_an_empty_replica_but_never_undo_a_newer_change_or_deletion() -> anyhow::Result<()> {
+    let sink = SinkUnderTest::start().await?;
+    let events = [
+        ("8000", event("s1", "article.snapshot", 8000, 4, "seeded at v4")),
+        ("8001", event("u1", "article.created", 8001, 1, "v1")),
+        ("8001", event("u2", "article.updated", 8001, 2, "v2")),
+        ("8001", event("s2", "article.snapshot", 8001, 1, "snapshot of v1 (stale)")),
+        ("8001", event("s3", "article.snapshot", 8001, 2, "v2")),
+        ("8002", event("d1", "article.created", 8002, 1, "v1")),
+        ("8002", event("d2", "article.deleted", 8002, 2, "v1")),
+        ("8002", event("s4", "article.snapshot", 8002, 1, "resurrected?")),
+    ];
+    produce_and_wait(&sink, &events, 8).await?;
+    let metrics = sink.metrics().await?;
+    assert!(metrics.contains("sink_events_stale_total 2"), "s2 and s4 are stale: {metrics}");
+    assert!(metrics.contains(r#"sink_events_applied_total{event_type="article.snapshot"} 2"#), "{metrics}");
+    let db2 = sink.db2_client().await?;
+    let rows = db2.query("SELECT id, title, version FROM articles ORDER BY id", &[]).await?;
+    let articles: Vec<(i64, String, i64)> = rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+    assert_eq!(articles, [(8000, "seeded at v4".to_owned(), 4), (8001, "v2".to_owned(), 2)], "8002 stays deleted");
     Ok(())
 }
 

@@ -381,7 +381,14 @@ mod tests {
     fn broker(high: i64, lag: i64, oldest_waiting: Option<f64>) -> Part<BrokerState> {
         Part::Reached(BrokerState {
             partitions: vec![PartitionState {
-                offsets: PartitionOffsets { partition: 0, leader: Some(1), low: 0, high },
+                offsets: PartitionOffsets {
+                    partition: 0,
+                    leader: Some(1),
+                    low: 0,
+                    high,
+                    replicas: vec![1],
+                    in_sync: vec![1],
+                },
                 group_offset: Some(high - lag),
                 group_lag: lag,
                 oldest_waiting_seconds: oldest_waiting,

@@ -26,6 +26,9 @@ pub struct PartitionOffsets {
     pub low: i64,
     /// The offset the next record will get.
     pub high: i64,
+    /// The brokers holding a replica, and those of them in sync (node ids).
+    pub replicas: Vec<i32>,
+    pub in_sync: Vec<i32>,
 }
 
 fn admin_reader(bootstrap_servers: &str) -> anyhow::Result<BaseConsumer> {
@@ -80,25 +83,51 @@ pub fn describe_if_exists(bootstrap_servers: &str, topic: &str) -> anyhow::Resul
             .fetch_watermarks(topic, partition.id(), METADATA_TIMEOUT)
             .with_context(|| format!("cannot read the offsets of {topic} partition {}", partition.id()))?;
         let leader = (partition.leader() >= 0).then_some(partition.leader());
-        partitions.push(PartitionOffsets { partition: partition.id(), leader, low, high });
+        partitions.push(PartitionOffsets {
+            partition: partition.id(),
+            leader,
+            low,
+            high,
+            replicas: partition.replicas().to_vec(),
+            in_sync: partition.isr().to_vec(),
+        });
     }
     partitions.sort_by_key(|partition| partition.partition);
     Ok(Some(partitions))
 }
 
-/// The table `topics describe` prints: one line per partition, with the group's columns when
-/// `lags` (one per partition, from [`crate::group_lag`]) is given.
+/// The table `topics describe` prints: a summary line like `kafka-topics --describe`'s, then one
+/// line per partition, with the group's columns when `lags` (one per partition, from
+/// [`crate::group_lag`]) is given.
 pub fn describe_table(topic: &str, partitions: &[PartitionOffsets], group: Option<(&str, &[PartitionLag])>) -> String {
-    let mut table = format!("{:<24} {:>9} {:>7} {:>12} {:>12}", "TOPIC", "PARTITION", "LEADER", "LOW", "HIGH");
+    let replication = partitions.iter().map(|partition| partition.replicas.len()).max().unwrap_or(0);
+    let mut table = format!("Topic: {topic}\tPartitionCount: {}\tReplicationFactor: {replication}\n", partitions.len());
+    table.push_str(&format!(
+        "{:<24} {:>9} {:>7} {:>12} {:>12} {:>9} {:>9}",
+        "TOPIC", "PARTITION", "LEADER", "LOW", "HIGH", "REPLICAS", "ISR"
+    ));
     if group.is_some() {
         table.push_str(&format!(" {:<20} {:>15} {:>8}", "GROUP", "CURRENT-OFFSET", "LAG"));
     }
     table.push('\n');
+    let ids = |nodes: &[i32]| {
+        if nodes.is_empty() {
+            "-".to_owned()
+        } else {
+            nodes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        }
+    };
     for partition in partitions {
         let leader = partition.leader.map_or_else(|| "none".to_owned(), |leader| leader.to_string());
         table.push_str(&format!(
-            "{:<24} {:>9} {:>7} {:>12} {:>12}",
-            topic, partition.partition, leader, partition.low, partition.high
+            "{:<24} {:>9} {:>7} {:>12} {:>12} {:>9} {:>9}",
+            topic,
+            partition.partition,
+            leader,
+            partition.low,
+            partition.high,
+            ids(&partition.replicas),
+            ids(&partition.in_sync)
         ));
         if let Some((group, lags)) = group {
             let lag = lags.iter().find(|lag| lag.partition == partition.partition);
@@ -119,21 +148,35 @@ mod tests {
     #[test]
     fn the_table_shows_offsets_and_the_groups_columns_only_when_asked() {
         let partitions = [
-            PartitionOffsets { partition: 0, leader: Some(1), low: 0, high: 12 },
-            PartitionOffsets { partition: 1, leader: None, low: 3, high: 3 },
+            PartitionOffsets {
+                partition: 0,
+                leader: Some(1),
+                low: 0,
+                high: 12,
+                replicas: vec![1, 2],
+                in_sync: vec![1],
+            },
+            PartitionOffsets { partition: 1, leader: None, low: 3, high: 3, replicas: vec![], in_sync: vec![] },
         ];
         let plain = describe_table("articles", &partitions, None);
         let lines: Vec<&str> = plain.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("TOPIC") && !lines[0].contains("GROUP"), "{plain}");
-        assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["articles", "0", "1", "0", "12"]);
-        assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["articles", "1", "none", "3", "3"]);
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0], "Topic: articles\tPartitionCount: 2\tReplicationFactor: 2");
+        assert!(lines[1].starts_with("TOPIC") && !lines[1].contains("GROUP"), "{plain}");
+        assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["articles", "0", "1", "0", "12", "1,2", "1"]);
+        assert_eq!(lines[3].split_whitespace().collect::<Vec<_>>(), ["articles", "1", "none", "3", "3", "-", "-"]);
 
         let lags = [PartitionLag { partition: 0, current_offset: Some(10), log_end_offset: 12, lag: 1, offset_lag: 2 }];
         let with_group = describe_table("articles", &partitions, Some(("g", &lags)));
         let lines: Vec<&str> = with_group.lines().collect();
-        assert!(lines[0].contains("CURRENT-OFFSET"), "{with_group}");
-        assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["articles", "0", "1", "0", "12", "g", "10", "1"]);
-        assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["articles", "1", "none", "3", "3", "g", "-", "-"]);
+        assert!(lines[1].contains("CURRENT-OFFSET"), "{with_group}");
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["articles", "0", "1", "0", "12", "1,2", "1", "g", "10", "1"]
+        );
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            ["articles", "1", "none", "3", "3", "-", "-", "g", "-", "-"]
+        );
     }
 }

@@ -73,6 +73,25 @@ fn prometheus_config_is_valid() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The alert rules (the signals of `blogctl status`) are valid, and their unit tests — each alert
+/// fires on the series that mean trouble, none on a flowing pipeline — pass in promtool. The
+/// dashboard test below proves on a running stack that the metrics they use exist.
+#[test]
+fn alert_rules_are_valid_and_fire_on_their_signals() -> anyhow::Result<()> {
+    for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]] {
+        let output =
+            Command::new(find_program("promtool")?).args(args).current_dir(repo().join("observability")).output()?;
+        assert!(
+            output.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Runs `promtool check metrics` on `text`; returns its complaints.
 fn promtool_check_metrics(text: &str) -> anyhow::Result<(bool, String)> {
     use std::io::Write as _;

@@ -88,11 +88,14 @@ async fn topics_show_the_offsets_just_written_and_consume_reads_from_an_offset()
 
     let described = blogctl(&["topics", "describe"], &envs, "").await?;
     assert!(described.status.success(), "{}", stderr(&described));
+    assert!(stdout(&described).starts_with(&format!("Topic: {topic}\tPartitionCount: 3\t")), "{}", stdout(&described));
     let table: BTreeMap<i32, (i64, i64)> = stdout(&described)
         .lines()
-        .skip(1)
         .filter_map(|line| {
             let words: Vec<&str> = line.split_whitespace().collect();
+            if words.first() != Some(&topic.as_str()) {
+                return None;
+            }
             Some((words.get(1)?.parse().ok()?, (words.get(3)?.parse().ok()?, words.get(4)?.parse().ok()?)))
         })
         .collect();

@@ -85,7 +85,7 @@ enum Command {
         #[arg(long, env = "KAFKA_DLQ_TOPIC")]
         dlq_topic: Option<String>,
         /// Seconds an outbox row or a record for the sink may wait before the pipeline counts as stuck.
-        #[arg(long, default_value_t = 60.0, value_parser = positive_seconds)]
+        #[arg(long, default_value_t = 60.0, value_parser = positive_seconds, allow_negative_numbers = true)]
         stuck_after_seconds: f64,
         /// Print the report as JSON.
         #[arg(long)]

@@ -187,6 +187,19 @@ async fn status_tells_a_healthy_pipeline_from_a_stuck_relay_a_stuck_sink_and_an_
         .await?;
     let (code, report, _) = status(&stack, &[], &[]).await?;
     assert_eq!(code, Some(0), "healthy: {report:#}");
+    let described = blogctl(
+        &["topics", "describe", "--group", stack.group()],
+        &[("KAFKA_BOOTSTRAP_SERVERS", stack.bootstrap_servers()), ("KAFKA_TOPIC", stack.topic().to_owned())],
+        "",
+    )
+    .await?;
+    assert!(described.status.success(), "{}", stderr(&described));
+    // TOPIC PARTITION LEADER LOW HIGH REPLICAS ISR GROUP CURRENT-OFFSET LAG: caught up everywhere.
+    for line in stdout(&described).lines().filter(|line| line.starts_with(stack.topic())) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.get(7), Some(&stack.group()), "{line}");
+        assert_eq!(words.get(9), Some(&"0"), "no lag: {line}");
+    }
     assert_eq!(report["outbox"]["rows"], 0);
     assert_eq!(report["outbox"]["leader"]["lock_held"], true);
     assert_eq!(report["replica"]["articles"], 3);

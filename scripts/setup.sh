@@ -64,6 +64,11 @@ if [ "$(schemathesis --version 2>/dev/null)" != "schemathesis, version $SCHEMATH
     command -v schemathesis >/dev/null 2>&1 || { say "schemathesis is installed but not on PATH"; exit 1; }
 fi
 command -v make >/dev/null 2>&1 && command -v cc >/dev/null 2>&1 || apt_install build-essential
+# librdkafka is built with OpenSSL (TLS and SASL/SCRAM to Kafka) and the services link it for
+# PostgreSQL over TLS; openssl and keytool make the test certificates.
+if ! pkg-config --exists openssl 2>/dev/null || ! command -v openssl >/dev/null 2>&1; then
+    apt_install libssl-dev pkg-config openssl
+fi
 
 if [ "$(nisshi --version 2>/dev/null)" != "nisshi $NISSHI_VERSION" ]; then
     say "installing the broker: nisshi $NISSHI_VERSION from crates.io (first time only; about 11 minutes on 2 cores) ..."

@@ -13,27 +13,20 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use kafka_kit::{METADATA_TIMEOUT, client_config};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio_postgres::NoTls;
+use service_kit::config::DatabaseUrl;
 
-/// A one-connection pool on the database `database_url` names; `setting` (`DATABASE_URL`, …)
-/// names it in errors. The URL is parsed here so that an invalid one is refused without being
-/// echoed (it may hold a password); a connection attempt gives up after 5 s unless the URL sets
-/// `connect_timeout`.
+/// A one-connection pool on the database `database_url` names (TLS as its `sslmode` and
+/// certificate parameters say, see `service_kit::pg_tls`); `setting` (`DATABASE_URL`, …) names it
+/// in errors, which never echo a password.
 pub fn database(database_url: &str, setting: &str) -> anyhow::Result<Pool> {
-    let Ok(mut config) = database_url.parse::<tokio_postgres::Config>() else {
-        bail!("{setting} is not a valid PostgreSQL connection string");
-    };
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(manager).max_size(1).build().with_context(|| format!("cannot build a pool for {setting}"))
+    let url: DatabaseUrl = database_url.parse().map_err(|error: String| anyhow::anyhow!("{setting}: {error}"))?;
+    service_kit::db::pool(&url, 1).with_context(|| format!("cannot build a pool for {setting}"))
 }
 
 /// One record as read from the topic.

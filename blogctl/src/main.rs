@@ -166,7 +166,7 @@ fn positive_seconds(value: &str) -> Result<f64, String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = service_kit::config::parse_with_secret_files::<Cli>();
     match cli.command {
         Command::Topics(TopicsCommand::List) => {
             let bootstrap = cli.bootstrap_servers;

@@ -22,7 +22,6 @@ use service_kit::backoff::Backoff;
 use service_kit::config::DatabaseUrl;
 use service_kit::db::error_chain;
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 /// Advisory lock key of the leader relay (arbitrary, distinct from the migration locks).
@@ -111,7 +110,7 @@ impl Leadership {
     ) -> Result<Option<Self>, tokio_postgres::Error> {
         let mut config = service_kit::db::connection_config(url);
         config.application_name(LOCK_CONNECTION_NAME).keepalives(true).keepalives_idle(Duration::from_secs(5));
-        let (client, connection) = config.connect(NoTls).await?;
+        let (client, connection) = config.connect(url.tls()).await?;
         let lost = CancellationToken::new();
         let connection_task = {
             let lost = lost.clone();

@@ -12,7 +12,7 @@ use service_kit::backoff::Backoff;
 use service_kit::config::DatabaseUrl;
 use service_kit::db::{DbError, error_chain};
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 /// Keeps a LISTEN connection open until `shutdown`, waking `wake` on every notification.
@@ -39,7 +39,7 @@ async fn listen_until_lost(
     backoff: &mut Backoff,
 ) -> Result<(), DbError> {
     let (client, mut connection) = service_kit::db::connection_config(url)
-        .connect(NoTls)
+        .connect(url.tls())
         .await
         .map_err(|source| DbError::Connect { database: url.redacted(), source })?;
     let notifications = wake.clone();

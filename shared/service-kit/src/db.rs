@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +71,7 @@ pub fn connection_config(url: &DatabaseUrl) -> tokio_postgres::Config {
 /// A pool that opens connections lazily, so building it never needs the database to be up.
 pub fn pool(url: &DatabaseUrl, max_size: usize) -> Result<Pool, DbError> {
     let config = connection_config(url);
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager = Manager::from_config(config, url.tls(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
@@ -85,7 +84,7 @@ pub fn pool(url: &DatabaseUrl, max_size: usize) -> Result<Pool, DbError> {
 /// Opens one connection outside any pool (migrations, LISTEN, advisory locks).
 pub async fn connect(url: &DatabaseUrl) -> Result<tokio_postgres::Client, DbError> {
     let (client, connection) = connection_config(url)
-        .connect(NoTls)
+        .connect(url.tls())
         .await
         .map_err(|source| DbError::Connect { database: url.redacted(), source })?;
     tokio::spawn(async move {

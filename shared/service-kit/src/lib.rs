@@ -8,5 +8,6 @@ pub mod config;
 pub mod db;
 pub mod metrics;
 pub mod ops;
+pub mod pg_tls;
 pub mod shutdown;
 pub mod telemetry;

@@ -47,14 +47,15 @@ pub async fn sleep_unless_cancelled(token: &CancellationToken, duration: std::ti
     }
 }
 
-/// The `main` of a service binary: parses its command line (`--help` and errors exit here),
+/// The `main` of a service binary: parses its command line (`--help` and errors exit here;
+/// secrets may come from files, see [`crate::config::parse_with_secret_files`]),
 /// starts telemetry, and runs `run` on a multi-threaded runtime with a token cancelled on SIGINT
 /// or SIGTERM; traces are flushed when it returns.
 pub fn run_binary<C: clap::Parser>(
     name: &str,
     run: impl AsyncFnOnce(C, CancellationToken) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let cli = C::parse();
+    let cli = crate::config::parse_with_secret_files::<C>();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let _telemetry = runtime.block_on(async { crate::telemetry::init(name) });
     runtime.block_on(async { run(cli, token_cancelled_on_signal()).await })

@@ -39,7 +39,7 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { listener, state, config } = self;
-        tracing::info!(listen_addr = %listener.local_addr()?, database = %config.database_url, "api starting");
+        tracing::info!(listen_addr = %listener.local_addr()?, database = %config.database_url, database_security = %config.database_url.security(), "api starting");
         if config.api_token.is_none() {
             tracing::warn!("API_TOKEN is not set: writes are open to anyone who can reach the API");
         }

@@ -79,7 +79,7 @@ impl Application {
         let Self { ops, config, relay } = self;
         tracing::info!(
             port = ops.port(),
-            database = %config.database_url,
+            database = %config.database_url, database_security = %config.database_url.security(),
             bootstrap_servers = %config.kafka_bootstrap_servers,
             topic = %config.kafka_topic,
             "outbox relay starting"

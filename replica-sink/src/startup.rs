@@ -68,7 +68,7 @@ impl Application {
         let Self { ops, config, sink, consumer, metrics } = self;
         tracing::info!(
             port = ops.port(),
-            database = %config.replica_database_url,
+            database = %config.replica_database_url, database_security = %config.replica_database_url.security(),
             bootstrap_servers = %config.kafka_bootstrap_servers,
             topic = %config.kafka_topic,
             group = %config.kafka_group_id,

@@ -64,7 +64,7 @@ impl Fixtures {
             "postgres",
             &dir.path().join("postgres"),
             crate::free_port(),
-            PgOptions { durable: false },
+            PgOptions { durable: false, tls: None },
         )
         .await?;
         let kind = BrokerKind::from_env()?;

@@ -5,6 +5,7 @@
 
 pub mod api_client;
 pub mod broker;
+pub mod certs;
 pub mod component;
 pub mod jaeger;
 pub mod postgres;

@@ -17,14 +17,19 @@ pub struct PgCluster {
     pub name: String,
     pub port: u16,
     pub(crate) process: ManagedProcess,
+    /// The CA clients verify the server with, when it requires TLS.
+    ca_cert: Option<PathBuf>,
 }
 
 /// Options that differ between the test harness and the local stack.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct PgOptions {
     /// fsync on (the local stack) or off (tests: faster, and a killed process loses nothing
     /// the OS already has).
     pub durable: bool,
+    /// Serve TLS with this server certificate and refuse every TCP connection without it
+    /// (`pg_hba.conf`: `hostssl` only); [`PgCluster::url`] then asks for `sslmode=verify-full`.
+    pub tls: Option<crate::certs::Certs>,
 }
 
 fn bindir() -> anyhow::Result<PathBuf> {
@@ -62,39 +67,48 @@ impl PgCluster {
             }
         }
         let fsync = if options.durable { "on" } else { "off" };
+        let mut args: Vec<String> = [
+            "-D",
+            &data.to_string_lossy(),
+            "-p",
+            &port.to_string(),
+            "-k",
+            &socket_dir.to_string_lossy(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            &format!("fsync={fsync}"),
+            "-c",
+            "max_connections=200",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(certs) = &options.tls {
+            args.extend(require_tls(dir, &data, certs, run_as)?);
+        }
         let process = ManagedProcess::start(ProcessSpec {
             name: name.to_owned(),
             program: bin.join("postgres"),
-            args: [
-                "-D",
-                &data.to_string_lossy(),
-                "-p",
-                &port.to_string(),
-                "-k",
-                &socket_dir.to_string_lossy(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                &format!("fsync={fsync}"),
-                "-c",
-                "max_connections=200",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
+            args,
             envs: vec![],
             cwd: Some(dir.to_path_buf()),
             run_as,
             log: dir.join("postgres.log"),
             stop_signal: "INT",
         })?;
-        let cluster = Self { name: name.to_owned(), port, process };
+        let ca_cert = options.tls.map(|certs| certs.ca_cert);
+        let cluster = Self { name: name.to_owned(), port, process, ca_cert };
         cluster.wait_until_up().await?;
         Ok(cluster)
     }
 
-    /// A URL for `user` on `database`.
+    /// A URL for `user` on `database` (verifying the server fully when it requires TLS).
     pub fn url(&self, user: &str, database: &str) -> DatabaseUrl {
-        format!("postgres://{user}@127.0.0.1:{}/{database}", self.port).parse().expect("a well-formed URL")
+        let tls = self
+            .ca_cert
+            .as_ref()
+            .map_or_else(String::new, |ca| format!("?sslmode=verify-full&sslrootcert={}", ca.display()));
+        format!("postgres://{user}@127.0.0.1:{}/{database}{tls}", self.port).parse().expect("a well-formed URL")
     }
 
     /// Creates `role` (with `password`) and a database it owns, unless they exist.
@@ -111,6 +125,41 @@ impl PgCluster {
         }
         Ok(())
     }
+}
+
+/// Copies the server's certificate and key where the server can read them (its key must be its
+/// own, mode 0600), writes a `pg_hba.conf` that admits TCP connections over TLS only, and
+/// returns the server options that turn TLS on.
+fn require_tls(
+    dir: &Path,
+    data: &Path,
+    certs: &crate::certs::Certs,
+    run_as: Option<(u32, u32)>,
+) -> anyhow::Result<Vec<String>> {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::copy(&certs.server_cert, &cert)?;
+    std::fs::copy(&certs.server_key, &key)?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    if let Some((uid, gid)) = run_as {
+        for path in [&cert, &key] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        }
+    }
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust
+hostssl all all 127.0.0.1/32 trust
+hostnossl all all 127.0.0.1/32 reject
+",
+    )?;
+    Ok(vec![
+        "-c".to_owned(),
+        "ssl=on".to_owned(),
+        "-c".to_owned(),
+        format!("ssl_cert_file={}", cert.display()),
+        "-c".to_owned(),
+        format!("ssl_key_file={}", key.display()),
+    ])
 }
 
 impl Server for PgCluster {

@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("blog-test-fixtures-").tempdir()?;
     let broker_options = BrokerOptions { kind: cli.broker, port: e2e::free_port() };
     let (broker_dir, postgres_dir) = (dir.path().join("broker"), dir.path().join("postgres"));
-    let postgres_options = PgOptions { durable: false };
+    let postgres_options = PgOptions { durable: false, tls: None };
     let (broker, cluster) = tokio::join!(
         Broker::start(&broker_dir, broker_options),
         PgCluster::start("shared-postgres", &postgres_dir, e2e::free_port(), postgres_options),

@@ -58,6 +58,7 @@ impl Stack {
             service_env: Vec::new(),
             service_env_by_name: Vec::new(),
             print_logs_on_drop: true,
+            postgres_tls: false,
         };
         configure(&mut options);
         Self::start(options, Some(temp)).await
@@ -67,7 +68,8 @@ impl Stack {
     pub async fn start(options: StackOptions, temp: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
         let root = &options.root;
         std::fs::create_dir_all(root.join("logs"))?;
-        let pg = PgOptions { durable: options.durable };
+        let tls = if options.postgres_tls { Some(crate::certs::Certs::generate(&root.join("tls"))?) } else { None };
+        let pg = PgOptions { durable: options.durable, tls };
         let (db1_dir, db2_dir, broker_dir) = (root.join("db1"), root.join("db2"), root.join("broker"));
         let broker_options = BrokerOptions { kind: options.broker, port: options.ports.broker };
         let own_broker = async {
@@ -77,7 +79,7 @@ impl Stack {
             }
         };
         let (db1, db2, broker) = tokio::try_join!(
-            PgCluster::start("db1", &db1_dir, options.ports.db1, pg),
+            PgCluster::start("db1", &db1_dir, options.ports.db1, pg.clone()),
             PgCluster::start("db2", &db2_dir, options.ports.db2, pg),
             own_broker,
         )?;

@@ -83,6 +83,9 @@ pub struct StackOptions {
     pub service_env_by_name: Vec<(Service, String, String)>,
     /// Print every process's log tail when the stack is dropped (tests: shown on failure only).
     pub print_logs_on_drop: bool,
+    /// Both PostgreSQL clusters require TLS (a CA of the stack's own, `pg_hba.conf` refusing
+    /// plain TCP); every service then connects with `sslmode=verify-full`.
+    pub postgres_tls: bool,
 }
 
 /// One of the three services.

@@ -1,0 +1,152 @@
+//! Connecting like production does, on real components: PostgreSQL clusters that require TLS
+//! (a CA the test makes, `pg_hba.conf` refusing plain TCP) with every service on
+//! `sslmode=verify-full`; certificates that do not verify and plain connections refused with
+//! clear errors; secrets from files, never printed.
+
+use std::process::Output;
+use std::time::Duration;
+
+use e2e::Stack;
+use e2e::stack::Service;
+use serde_json::json;
+
+const SYNC_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// `replica-sink verify` on `db1` and `db2`: a quick, complete use of both connection strings.
+async fn verify(db1: &str, db2: &str) -> anyhow::Result<Output> {
+    Ok(tokio::process::Command::new(e2e::process::binary("replica-sink")?)
+        .arg("verify")
+        .env("DATABASE_URL", db1)
+        .env("REPLICA_DATABASE_URL", db2)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .await?)
+}
+
+/// `url` with its `sslmode` and `sslrootcert` replaced.
+fn with_tls(url: &str, mode: &str, root_cert: Option<&std::path::Path>) -> String {
+    let base = url.split_once('?').map_or(url, |(base, _)| base);
+    match root_cert {
+        Some(ca) => format!("{base}?sslmode={mode}&sslrootcert={}", ca.display()),
+        None => format!("{base}?sslmode={mode}"),
+    }
+}
+
+/// The whole pipeline on two clusters that accept TLS only, every service verifying the server
+/// (`sslmode=verify-full` against the test's CA): the seed's lifecycle reaches DB2, the start-up
+/// logs say how each service connects. Then what must fail fails, with a reason a user can act on:
+/// a CA that did not sign the server's certificate, and plain text. `require` (encrypted, not
+/// verified) connects with any CA, as in libpq.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_service_works_over_verified_tls_and_what_does_not_verify_is_refused_clearly() -> anyhow::Result<()> {
+    let stack = Stack::start_for_test_configured(|options| options.postgres_tls = true).await?;
+    let (db1, db2) = (stack.db1_url().expose().to_owned(), stack.db2_url().expose().to_owned());
+    assert!(db1.contains("sslmode=verify-full"), "{db1}");
+    let api = stack.api();
+    let article = api.create(&json!({"title": "over TLS", "content": "c", "author": "ops"})).await?;
+    api.patch(article.id, &json!({"content": "changed over TLS"})).await?;
+    api.publish(article.id).await?;
+    let gone = api.create(&json!({"title": "deleted over TLS", "content": "c", "author": "ops"})).await?;
+    api.delete(gone.id).await?;
+    let replica = stack.wait_for_replica(SYNC_TIMEOUT).await?;
+    assert_eq!(replica.len(), 1);
+    assert_eq!(replica[0].content, "changed over TLS");
+    for service in [Service::Api, Service::Relay, Service::Sink] {
+        let log = std::fs::read_to_string(stack.root().join("logs").join(format!("{}.log", service.binary_name())))?;
+        assert!(
+            log.contains("database_security") && log.contains("sslmode=verify-full sslrootcert="),
+            "{} says how it connects: {log}",
+            service.binary_name()
+        );
+    }
+    let verified = verify(&db1, &db2).await?;
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(text(&verified).contains("verdict: IDENTICAL"), "{}", text(&verified));
+
+    let other_ca = e2e::certs::certificate_authority(&stack.root().join("other-ca"), "not-the-servers-ca")?.0;
+    let wrong_ca = verify(&with_tls(&db1, "verify-full", Some(&other_ca)), &db2).await?;
+    assert!(!wrong_ca.status.success(), "a certificate the CA did not sign: {}", text(&wrong_ca));
+    let said = text(&wrong_ca);
+    assert!(said.contains("certificate verify failed"), "the reason: {said}");
+    assert!(said.contains("127.0.0.1"), "the host: {said}");
+    assert!(!said.contains("panicked"), "{said}");
+    let wrong_ca_unverified = verify(&with_tls(&db1, "verify-ca", Some(&other_ca)), &db2).await?;
+    assert!(!wrong_ca_unverified.status.success(), "verify-ca checks the chain too: {}", text(&wrong_ca_unverified));
+
+    let plain = verify(&with_tls(&db1, "disable", None), &db2).await?;
+    assert!(!plain.status.success(), "plain text is refused by the server: {}", text(&plain));
+    assert!(text(&plain).contains("no encryption"), "pg_hba.conf's reason: {}", text(&plain));
+
+    let encrypted_only = verify(&with_tls(&db1, "require", Some(&other_ca)), &with_tls(&db2, "prefer", None)).await?;
+    assert!(encrypted_only.status.success(), "require and prefer do not verify: {}", text(&encrypted_only));
+
+    let unknown_mode = verify(&with_tls(&db1, "allow", None), &db2).await?;
+    assert!(!unknown_mode.status.success());
+    assert!(text(&unknown_mode).contains("sslmode \"allow\" is not one of"), "{}", text(&unknown_mode));
+    Ok(())
+}
+
+/// Secrets from files (`<ENV>_FILE`, the container-secrets convention): a service reads its
+/// database URL from a file, and the password in it never reaches its log, `--help` or
+/// `/metrics`; both the variable and its file set at once is refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_come_from_files_and_never_print() -> anyhow::Result<()> {
+    let stack = Stack::start_for_test().await?;
+    let admin = stack.db1_client().await?;
+    admin.batch_execute("ALTER ROLE bloguser PASSWORD 'file-s3cret-pw'").await?;
+    let dir = tempfile::tempdir()?;
+    let secret_url = stack.db1_url().expose().replacen("bloguser@", "bloguser:file-s3cret-pw@", 1);
+    let secret_file = dir.path().join("db1-url");
+    std::fs::write(&secret_file, format!("{secret_url}\n"))?;
+
+    let listen = format!("127.0.0.1:{}", e2e::free_port());
+    let mut relay = e2e::process::ManagedProcess::start(e2e::process::ProcessSpec {
+        name: "relay-with-file-secret".to_owned(),
+        program: e2e::process::binary("outbox-relay")?,
+        args: vec![],
+        envs: vec![
+            ("DATABASE_URL_FILE".to_owned(), secret_file.display().to_string()),
+            ("KAFKA_BOOTSTRAP_SERVERS".to_owned(), stack.bootstrap_servers()),
+            ("KAFKA_TOPIC".to_owned(), stack.topic().to_owned()),
+            ("KAFKA_ISOLATION_LEVEL".to_owned(), stack.options.broker.isolation().as_str().to_owned()),
+            ("LISTEN_ADDR".to_owned(), listen.clone()),
+            ("RELAY_INSTANCE_ID".to_owned(), "relay-with-file-secret".to_owned()),
+        ],
+        cwd: None,
+        run_as: None,
+        log: dir.path().join("relay.log"),
+        stop_signal: "TERM",
+    })?;
+    let ops = e2e::ApiClient::new(&format!("http://{listen}"));
+    e2e::wait::until("the relay reading its URL from a file to be ready", SYNC_TIMEOUT, || async {
+        Ok(ops.request(reqwest::Method::GET, "/ready", None).await.is_ok_and(|(status, _)| status == 200))
+    })
+    .await?;
+    let metrics = ops.text("/metrics").await?;
+    assert!(!metrics.contains("file-s3cret-pw"), "the secret is not in /metrics");
+    let log = std::fs::read_to_string(dir.path().join("relay.log"))?;
+    assert!(log.contains("outbox relay starting"), "{log}");
+    assert!(!log.contains("file-s3cret-pw"), "the secret is not in the log: {log}");
+    assert_eq!(relay.stop(Duration::from_secs(20)).await, Some(0));
+
+    let help = tokio::process::Command::new(e2e::process::binary("outbox-relay")?)
+        .arg("--help")
+        .env("DATABASE_URL_FILE", &secret_file)
+        .output()
+        .await?;
+    assert!(help.status.success());
+    assert!(!text(&help).contains("file-s3cret-pw"), "{}", text(&help));
+    let both = tokio::process::Command::new(e2e::process::binary("api")?)
+        .env("DATABASE_URL", &secret_url)
+        .env("DATABASE_URL_FILE", &secret_file)
+        .output()
+        .await?;
+    assert_eq!(both.status.code(), Some(2));
+    assert!(text(&both).contains("both DATABASE_URL and DATABASE_URL_FILE are set"), "{}", text(&both));
+    assert!(!text(&both).contains("file-s3cret-pw"), "{}", text(&both));
+    Ok(())
+}

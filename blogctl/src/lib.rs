@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use deadpool_postgres::Pool;
-use kafka_kit::{METADATA_TIMEOUT, client_config};
+use kafka_kit::{METADATA_TIMEOUT, Role, client_config, configured};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -90,13 +90,13 @@ impl Record {
 }
 
 fn reader(bootstrap_servers: &str, isolation: kafka_kit::Isolation) -> anyhow::Result<BaseConsumer> {
-    client_config(bootstrap_servers)
+    let mut config = client_config(bootstrap_servers);
+    config
         .set("group.id", "blogctl-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .set("isolation.level", isolation.as_str())
-        .create()
-        .context("cannot create a Kafka consumer")
+        .set("isolation.level", isolation.as_str());
+    configured(&config, Role::Consumer)?.create().context("cannot create a Kafka consumer")
 }
 
 /// The partitions of `topic`, in order.
@@ -257,12 +257,10 @@ pub fn group_lag(
     group: &str,
     isolation: kafka_kit::Isolation,
 ) -> anyhow::Result<Vec<PartitionLag>> {
-    let consumer: BaseConsumer = client_config(bootstrap_servers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation.as_str())
-        .create()
-        .context("cannot create a Kafka consumer")?;
+    let mut config = client_config(bootstrap_servers);
+    config.set("group.id", group).set("enable.auto.commit", "false").set("isolation.level", isolation.as_str());
+    let consumer: BaseConsumer =
+        configured(&config, Role::Consumer)?.create().context("cannot create a Kafka consumer")?;
     let partitions = partitions(&consumer, topic)?;
     let mut wanted = TopicPartitionList::new();
     for &partition in &partitions {
@@ -322,11 +320,9 @@ pub async fn produce(
 
 /// A producer with acknowledgement from all replicas.
 pub fn producer(bootstrap_servers: &str) -> anyhow::Result<FutureProducer> {
-    client_config(bootstrap_servers)
-        .set("acks", "all")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .context("cannot create a Kafka producer")
+    let mut config = client_config(bootstrap_servers);
+    config.set("acks", "all").set("message.timeout.ms", "30000");
+    configured(&config, Role::Producer)?.create().context("cannot create a Kafka producer")
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! and high offsets and, for a consumer group, where the group stands.
 
 use anyhow::{Context as _, bail};
-use kafka_kit::{METADATA_TIMEOUT, client_config};
+use kafka_kit::{METADATA_TIMEOUT, Role, client_config, configured};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde::Serialize;
 
@@ -32,11 +32,9 @@ pub struct PartitionOffsets {
 }
 
 fn admin_reader(bootstrap_servers: &str) -> anyhow::Result<BaseConsumer> {
-    client_config(bootstrap_servers)
-        .set("group.id", "blogctl-topics")
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .context("cannot create a Kafka client")
+    let mut config = client_config(bootstrap_servers);
+    config.set("group.id", "blogctl-topics").set("allow.auto.create.topics", "false");
+    configured(&config, Role::Consumer)?.create().context("cannot create a Kafka client")
 }
 
 /// Every topic of the cluster, by name, with its partition count.

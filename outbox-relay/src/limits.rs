@@ -50,7 +50,8 @@ pub(crate) async fn check_topic(bootstrap_servers: &str, topic: &str, relay_limi
 }
 
 async fn topic_limit(bootstrap_servers: &str, topic: &str) -> Result<Option<usize>, rdkafka::error::KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = kafka_kit::client_config(bootstrap_servers).create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        kafka_kit::configured(&kafka_kit::client_config(bootstrap_servers), kafka_kit::Role::Consumer)?.create()?;
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
     let results = admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options).await?;
     Ok(results.into_iter().flatten().find_map(|resource| {

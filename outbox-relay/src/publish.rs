@@ -41,7 +41,8 @@ impl ProducerSettings {
 /// `transactional_id` with the broker, which fences every earlier producer of that id (aborting
 /// its open transaction). Blocks: call from `spawn_blocking`.
 pub(crate) fn start_session(settings: &ProducerSettings, transactional_id: &str) -> Result<FutureProducer, KafkaError> {
-    let producer: FutureProducer = producer_config(settings, transactional_id).create()?;
+    let producer: FutureProducer =
+        kafka_kit::configured(&producer_config(settings, transactional_id), kafka_kit::Role::Producer)?.create()?;
     producer.init_transactions(settings.delivery_timeout * 3)?;
     Ok(producer)
 }

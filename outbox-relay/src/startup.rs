@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::producer::{FutureProducer, Producer as _};
 use service_kit::config::DatabaseUrl;
 use service_kit::ops::OpsServer;
 use tokio_util::sync::CancellationToken;
@@ -56,15 +55,14 @@ impl Application {
         };
         // Readiness asks the broker through a client of its own: the publishing producer exists
         // only while this relay leads.
-        let probe: FutureProducer = kafka_kit::client_config(&config.kafka_bootstrap_servers)
-            .create()
+        let kafka_settings = kafka_kit::settings::settings().context("invalid Kafka settings")?;
+        tracing::info!(kafka_security = %kafka_settings.describe(), "Kafka client settings");
+        let probe = kafka_kit::probe::BrokerProbe::new(&config.kafka_bootstrap_servers)
             .context("cannot create the Kafka client")?;
         let metrics = RelayMetrics::new().context("cannot register metrics")?;
         let readiness = {
             let (producer, topic) = (probe, settings.topic.clone());
-            service_kit::ops::database_and_broker(pool.clone(), move || {
-                kafka_kit::topic_reachable(producer.client(), &topic)
-            })
+            service_kit::ops::database_and_broker(pool.clone(), move || producer.topic_reachable(&topic))
         };
         let ops = OpsServer::bind(config.listen_addr, metrics.registry.clone(), readiness).await?;
         let relay = Relay::new(pool, sessions, settings, metrics);

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use kafka_kit::Role;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use service_kit::ops::OpsServer;
 use tokio_util::sync::CancellationToken;
@@ -32,26 +33,29 @@ impl Application {
     pub async fn build(config: SinkConfig) -> anyhow::Result<Self> {
         let pool = service_kit::db::pool(&config.replica_database_url, config.db_pool_size)
             .context("cannot create the DB2 pool")?;
+        let kafka_settings = kafka_kit::settings::settings().context("invalid Kafka settings")?;
+        tracing::info!(kafka_security = %kafka_settings.describe(), "Kafka client settings");
+        let mut consumer_config = kafka_kit::consumer_config(
+            &config.kafka_bootstrap_servers,
+            &config.kafka_group_id,
+            config.kafka_isolation_level,
+        );
+        consumer_config.set("fetch.wait.max.ms", config.kafka_fetch_wait_max_ms.to_string());
         let consumer: Arc<StreamConsumer> = Arc::new(
-            kafka_kit::consumer_config(
-                &config.kafka_bootstrap_servers,
-                &config.kafka_group_id,
-                config.kafka_isolation_level,
-            )
-            .set("fetch.wait.max.ms", config.kafka_fetch_wait_max_ms.to_string())
-            .create()
-            .context("cannot create the Kafka consumer")?,
+            kafka_kit::configured(&consumer_config, Role::Consumer)?
+                .create()
+                .context("cannot create the Kafka consumer")?,
         );
         let metrics = SinkMetrics::new().context("cannot register metrics")?;
         let readiness = {
-            let (consumer, topic) = (consumer.clone(), config.kafka_topic.clone());
-            service_kit::ops::database_and_broker(pool.clone(), move || {
-                kafka_kit::topic_reachable(consumer.client(), &topic)
-            })
+            let probe = kafka_kit::probe::BrokerProbe::new(&config.kafka_bootstrap_servers)
+                .context("cannot create the Kafka client")?;
+            let topic = config.kafka_topic.clone();
+            service_kit::ops::database_and_broker(pool.clone(), move || probe.topic_reachable(&topic))
         };
-        let dlq = kafka_kit::client_config(&config.kafka_bootstrap_servers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
+        let mut dlq_config = kafka_kit::client_config(&config.kafka_bootstrap_servers);
+        dlq_config.set("acks", "all").set("enable.idempotence", "true");
+        let dlq = kafka_kit::configured(&dlq_config, Role::Producer)?
             .create()
             .context("cannot create the dead-letter producer")?;
         let dlq_topic = config.kafka_dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", config.kafka_topic));

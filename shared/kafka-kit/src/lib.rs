@@ -1,5 +1,6 @@
-//! Kafka client settings shared by the relay, the sink and `blogctl`, the record headers the
-//! pipeline writes, and reading a topic to its end (the relay's read-back, `blogctl consume`).
+//! Kafka client settings shared by the relay, the sink and `blogctl` (with the operator's own on
+//! top, [`settings`]), the record headers the pipeline writes, and reading a topic to its end (the
+//! relay's read-back, `blogctl consume`). Every client is created from [`configured`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,6 +8,11 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers, Message};
+
+pub mod probe;
+pub mod settings;
+
+pub use settings::{Role, configured};
 
 /// Header carrying the outbox row's event id.
 pub const EVENT_ID_HEADER: &str = "event_id";
@@ -158,7 +164,7 @@ pub fn reader(
     group_id: &str,
     isolation: Isolation,
 ) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
-    reader_config(bootstrap_servers, group_id, isolation).create()
+    configured(&reader_config(bootstrap_servers, group_id, isolation), Role::Consumer)?.create()
 }
 
 fn reader_config(bootstrap_servers: &str, group_id: &str, isolation: Isolation) -> ClientConfig {

@@ -3,6 +3,7 @@
 //! and high offsets and, for a consumer group, where the group stands.
 
 use anyhow::{Context as _, bail};
+use kafka_kit::probe::LastError;
 use kafka_kit::{METADATA_TIMEOUT, Role, client_config, configured};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde::Serialize;
@@ -31,18 +32,42 @@ pub struct PartitionOffsets {
     pub in_sync: Vec<i32>,
 }
 
-fn admin_reader(bootstrap_servers: &str) -> anyhow::Result<BaseConsumer> {
+/// A metadata client that remembers why the broker connection failed (authentication, TLS).
+fn admin_reader(bootstrap_servers: &str) -> anyhow::Result<(BaseConsumer<LastError>, LastError)> {
     let mut config = client_config(bootstrap_servers);
     config.set("group.id", "blogctl-topics").set("allow.auto.create.topics", "false");
-    configured(&config, Role::Consumer)?.create().context("cannot create a Kafka client")
+    let context = LastError::default();
+    let consumer = configured(&config, Role::Consumer)?
+        .create_with_context(context.clone())
+        .context("cannot create a Kafka client")?;
+    Ok((consumer, context))
+}
+
+/// `what` failed with `error`; with the broker connection's last failure when there was one.
+fn broker_error(
+    what: String,
+    error: rdkafka::error::KafkaError,
+    consumer: &BaseConsumer<LastError>,
+    context: &LastError,
+) -> anyhow::Error {
+    kafka_kit::probe::serve_errors(consumer);
+    match context.last() {
+        Some(last) => anyhow::anyhow!("{what}: {error}; the broker connection failed with: {last}"),
+        None => anyhow::anyhow!("{what}: {error}"),
+    }
 }
 
 /// Every topic of the cluster, by name, with its partition count.
 pub fn list(bootstrap_servers: &str) -> anyhow::Result<Vec<TopicSummary>> {
-    let consumer = admin_reader(bootstrap_servers)?;
-    let metadata = consumer
-        .fetch_metadata(None, METADATA_TIMEOUT)
-        .with_context(|| format!("cannot read the topics from the broker at {bootstrap_servers}"))?;
+    let (consumer, context) = admin_reader(bootstrap_servers)?;
+    let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT).map_err(|error| {
+        broker_error(
+            format!("cannot read the topics from the broker at {bootstrap_servers}"),
+            error,
+            &consumer,
+            &context,
+        )
+    })?;
     let mut topics: Vec<TopicSummary> = metadata
         .topics()
         .iter()
@@ -62,10 +87,15 @@ pub fn describe(bootstrap_servers: &str, topic: &str) -> anyhow::Result<Vec<Part
 
 /// [`describe`], with `None` for a topic that does not exist.
 pub fn describe_if_exists(bootstrap_servers: &str, topic: &str) -> anyhow::Result<Option<Vec<PartitionOffsets>>> {
-    let consumer = admin_reader(bootstrap_servers)?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .with_context(|| format!("cannot read topic {topic} from the broker at {bootstrap_servers}"))?;
+    let (consumer, context) = admin_reader(bootstrap_servers)?;
+    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT).map_err(|error| {
+        broker_error(
+            format!("cannot read topic {topic} from the broker at {bootstrap_servers}"),
+            error,
+            &consumer,
+            &context,
+        )
+    })?;
     let Some(found) = metadata.topics().iter().find(|found| found.name() == topic) else {
         bail!("the broker said nothing of topic {topic}");
     };

@@ -92,11 +92,31 @@ fn kafka_version(libs: &Path) -> Option<String> {
 }
 
 /// How to start a broker.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BrokerOptions {
     pub kind: BrokerKind,
     /// The client port (Kafka's controller takes another free port).
     pub port: u16,
+    /// A second listener requiring TLS and SASL (Apache Kafka only), beside the plain one.
+    pub sasl_ssl: Option<SaslSslListener>,
+}
+
+impl BrokerOptions {
+    /// A broker of `kind` on `port`, plain text only.
+    pub fn plain(kind: BrokerKind, port: u16) -> Self {
+        Self { kind, port, sasl_ssl: None }
+    }
+}
+
+/// A `SASL_SSL` listener as managed Kafka offerings run one: TLS with `certs` (the server's
+/// certificate for 127.0.0.1), SCRAM-SHA-256/512 for `users` (created when the storage is
+/// formatted) and PLAIN for the same users.
+#[derive(Debug, Clone)]
+pub struct SaslSslListener {
+    pub port: u16,
+    pub certs: crate::certs::Certs,
+    /// `(name, password)`.
+    pub users: Vec<(String, String)>,
 }
 
 /// A running broker, owning its data directory's contents.
@@ -108,6 +128,7 @@ pub struct Broker {
     dir: PathBuf,
     /// What runs, for messages: "Apache Kafka 4.1.1", "nisshi 0.7.0-pre.2".
     description: String,
+    sasl_ssl: Option<SaslSslListener>,
 }
 
 /// nisshi's storage file, relative to its working directory (nisshi doubles absolute paths).
@@ -127,13 +148,17 @@ impl Broker {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         // Both run a program and wait for it (a JVM formatting storage, `nisshi --version`).
         let spec_dir = dir.to_path_buf();
+        let (kind, port, sasl_ssl) = (options.kind, options.port, options.sasl_ssl.clone());
+        if kind == BrokerKind::Nisshi && sasl_ssl.is_some() {
+            bail!("the SASL_SSL listener is for Apache Kafka (nisshi has no TLS)");
+        }
         let (spec, description) = tokio::task::spawn_blocking(move || match options.kind {
             BrokerKind::Kafka => kafka_spec(&spec_dir, options),
             BrokerKind::Nisshi => nisshi_spec(&spec_dir, options.port),
         })
         .await??;
         let process = ManagedProcess::start(spec)?;
-        let broker = Self { kind: options.kind, port: options.port, process, dir: dir.to_path_buf(), description };
+        let broker = Self { kind, port, process, dir: dir.to_path_buf(), description, sasl_ssl };
         broker.wait_until_up().await?;
         Ok(broker)
     }
@@ -165,7 +190,8 @@ impl Broker {
             let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
             removed.with_context(|| format!("cannot delete {}", path.display()))?;
         }
-        *self = Self::start(&self.dir.clone(), BrokerOptions { kind: self.kind, port: self.port }).await?;
+        let options = BrokerOptions { kind: self.kind, port: self.port, sasl_ssl: self.sasl_ssl.clone() };
+        *self = Self::start(&self.dir.clone(), options).await?;
         Ok(())
     }
 
@@ -238,7 +264,11 @@ fn kafka_spec(dir: &Path, options: BrokerOptions) -> anyhow::Result<(ProcessSpec
             port
         }
     };
-    std::fs::write(&config, kafka_server_properties(&data, options.port, controller_port))?;
+    let mut properties = kafka_server_properties(&data, options.port, controller_port);
+    if let Some(listener) = &options.sasl_ssl {
+        properties = with_sasl_ssl_listener(&properties, dir, options.port, controller_port, listener)?;
+    }
+    std::fs::write(&config, properties)?;
     std::fs::write(dir.join("log4j2.properties"), KAFKA_LOG4J2)?;
     let java = find_program("java")?;
     let jvm_args = |heap: &str| {
@@ -255,6 +285,7 @@ fn kafka_spec(dir: &Path, options: BrokerOptions) -> anyhow::Result<(ProcessSpec
         let output = std::process::Command::new(&java)
             .args(jvm_args("256m"))
             .args(["kafka.tools.StorageTool", "format", "--standalone", "--ignore-formatted", "-t", KAFKA_CLUSTER_ID])
+            .args(scram_credentials(options.sasl_ssl.as_ref()))
             .arg("-c")
             .arg(&config)
             .output()
@@ -280,6 +311,58 @@ fn kafka_spec(dir: &Path, options: BrokerOptions) -> anyhow::Result<(ProcessSpec
         stop_signal: "TERM",
     };
     Ok((spec, description))
+}
+
+/// `--add-scram` arguments of the storage format creating every user's SCRAM credentials.
+fn scram_credentials(listener: Option<&SaslSslListener>) -> Vec<String> {
+    let users = listener.map(|listener| listener.users.as_slice()).unwrap_or_default();
+    users
+        .iter()
+        .flat_map(|(name, password)| {
+            ["SCRAM-SHA-256", "SCRAM-SHA-512"]
+                .map(|mechanism| ["--add-scram".to_owned(), format!("{mechanism}=[name={name},password={password}]")])
+        })
+        .flatten()
+        .collect()
+}
+
+/// `properties` with a `SASL_SSL` listener on `listener.port` beside the plain one: the server's
+/// key and certificate as a PEM key store, SCRAM and PLAIN for `listener.users`.
+fn with_sasl_ssl_listener(
+    properties: &str,
+    dir: &Path,
+    port: u16,
+    controller_port: u16,
+    listener: &SaslSslListener,
+) -> anyhow::Result<String> {
+    let keystore = dir.join("server-keystore.pem");
+    let key = std::fs::read_to_string(&listener.certs.server_key)?;
+    let cert = std::fs::read_to_string(&listener.certs.server_cert)?;
+    std::fs::write(&keystore, format!("{key}{cert}"))?;
+    let plain_users: String =
+        listener.users.iter().map(|(name, password)| format!(" user_{name}=\"{password}\"")).collect();
+    let sasl_port = listener.port;
+    let mut lines: Vec<String> = properties
+        .lines()
+        .filter(|line| {
+            !line.starts_with("listeners=")
+                && !line.starts_with("advertised.listeners=")
+                && !line.starts_with("listener.security.protocol.map=")
+        })
+        .map(str::to_owned)
+        .collect();
+    lines.extend([
+        format!("listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{sasl_port},CONTROLLER://127.0.0.1:{controller_port}"),
+        format!("advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{sasl_port}"),
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL".to_owned(),
+        "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".to_owned(),
+        "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;".to_owned(),
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;".to_owned(),
+        format!("listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required{plain_users};"),
+        "listener.name.sasl_ssl.ssl.keystore.type=PEM".to_owned(),
+        format!("listener.name.sasl_ssl.ssl.keystore.location={}", keystore.display()),
+    ]);
+    Ok(lines.join("\n") + "\n")
 }
 
 /// A single node that is its own controller, on 127.0.0.1 only, with what tests need: groups

@@ -68,8 +68,7 @@ impl Fixtures {
         )
         .await?;
         let kind = BrokerKind::from_env()?;
-        let broker =
-            Broker::start(&dir.path().join("broker"), BrokerOptions { kind, port: crate::free_port() }).await?;
+        let broker = Broker::start(&dir.path().join("broker"), BrokerOptions::plain(kind, crate::free_port())).await?;
         let (admin_url, bootstrap_servers) = (cluster.url("postgres", "postgres"), broker.bootstrap_servers());
         Ok(Self { admin_url, bootstrap_servers, _private: Some((cluster, broker, dir)) })
     }

@@ -150,3 +150,134 @@ async fn secrets_come_from_files_and_never_print() -> anyhow::Result<()> {
     assert!(!text(&both).contains("file-s3cret-pw"), "{}", text(&both));
     Ok(())
 }
+
+/// Runs `blogctl args…` with `envs` (no other Kafka settings from the test's environment).
+async fn blogctl(args: &[&str], envs: &[(String, String)]) -> anyhow::Result<Output> {
+    Ok(tokio::process::Command::new(e2e::process::binary("blogctl")?)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .envs(envs.iter().map(|(name, value)| (name.as_str(), value.as_str())))
+        .output()
+        .await?)
+}
+
+/// The whole pipeline through Apache Kafka's SASL_SSL listener (SCRAM-SHA-256 credentials
+/// created by the test, TLS verified against the test's CA): the relay publishes, the sink
+/// applies, `blogctl` lists, consumes and produces; start-up logs name the security protocol and
+/// mask the password. A relay with a wrong password keeps running and retrying, its `/ready`
+/// saying the broker refused the authentication; `blogctl` says so too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_runs_over_sasl_ssl_and_a_wrong_password_is_a_clear_retried_error() -> anyhow::Result<()> {
+    if e2e::broker::BrokerKind::from_env()? != e2e::broker::BrokerKind::Kafka {
+        eprintln!("SASL_SSL needs Apache Kafka (nisshi has no TLS): not run on this broker");
+        return Ok(());
+    }
+    let stack = Stack::start_for_test_configured(|options| {
+        options.shared_broker = None;
+        options.kafka_sasl = true;
+    })
+    .await?;
+    let client_env = stack.kafka_client_env();
+    let password_file = client_env
+        .iter()
+        .find(|(name, _)| name == "RDKAFKA_SASL_PASSWORD_FILE")
+        .map(|(_, path)| path.clone())
+        .unwrap_or_default();
+    let password = std::fs::read_to_string(&password_file)?.trim().to_owned();
+    let api = stack.api();
+    let article = api.create(&json!({"title": "over SASL_SSL", "content": "c", "author": "ops"})).await?;
+    api.publish(article.id).await?;
+    stack.wait_for_replica(SYNC_TIMEOUT).await?;
+    for service in [Service::Relay, Service::Sink] {
+        let log = std::fs::read_to_string(stack.root().join("logs").join(format!("{}.log", service.binary_name())))?;
+        assert!(log.contains("security.protocol=SASL_SSL"), "{}: {log}", service.binary_name());
+        assert!(log.contains("sasl.password=***"), "{}: {log}", service.binary_name());
+        assert!(!log.contains(&password), "{} never logs the password", service.binary_name());
+    }
+    let relay_metrics = e2e::ApiClient::new(&stack.url(Service::Relay)).text("/metrics").await?;
+    assert!(!relay_metrics.contains(&password));
+
+    let mut env = client_env.clone();
+    env.push(("KAFKA_TOPIC".to_owned(), stack.topic().to_owned()));
+    let listed = blogctl(&["topics", "list"], &env).await?;
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(text(&listed).contains(stack.topic()), "{}", text(&listed));
+    let consumed = blogctl(&["consume", "--from-beginning", "--until-caught-up"], &env).await?;
+    assert!(consumed.status.success(), "{}", text(&consumed));
+    assert!(text(&consumed).contains("Processed a total of 2 messages"), "{}", text(&consumed));
+
+    let wrong = stack.root().join("wrong-password");
+    std::fs::write(&wrong, "not-the-password\n")?;
+    let mut wrong_env: Vec<(String, String)> =
+        client_env.iter().filter(|(name, _)| name != "RDKAFKA_SASL_PASSWORD_FILE").cloned().collect();
+    wrong_env.push(("RDKAFKA_SASL_PASSWORD_FILE".to_owned(), wrong.display().to_string()));
+    let refused = blogctl(&["topics", "list"], &wrong_env).await?;
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(text(&refused).contains("SASL authentication error"), "the reason: {}", text(&refused));
+
+    let listen = format!("127.0.0.1:{}", e2e::free_port());
+    let mut envs = wrong_env.clone();
+    envs.extend([
+        ("DATABASE_URL".to_owned(), stack.db1_url().expose().to_owned()),
+        ("KAFKA_TOPIC".to_owned(), stack.topic().to_owned()),
+        ("LISTEN_ADDR".to_owned(), listen.clone()),
+        ("RELAY_INSTANCE_ID".to_owned(), "relay-wrong-password".to_owned()),
+    ]);
+    let log = stack.root().join("logs").join("relay-wrong-password.log");
+    let mut relay = e2e::process::ManagedProcess::start(e2e::process::ProcessSpec {
+        name: "relay-wrong-password".to_owned(),
+        program: e2e::process::binary("outbox-relay")?,
+        args: vec![],
+        envs,
+        cwd: None,
+        run_as: None,
+        log: log.clone(),
+        stop_signal: "TERM",
+    })?;
+    let ops = e2e::ApiClient::new(&format!("http://{listen}"));
+    let reason = std::sync::Mutex::new(String::new());
+    e2e::wait::until("the relay's /ready to say why the broker refuses it", SYNC_TIMEOUT, || async {
+        let Ok((status, body)) = ops.request(reqwest::Method::GET, "/ready", None).await else { return Ok(false) };
+        let said = body.to_string();
+        *reason.lock().expect("not poisoned") = said.clone();
+        Ok(status == 503 && said.contains("SASL authentication error"))
+    })
+    .await
+    .map_err(|error| error.context(format!("last /ready answer: {}", reason.lock().expect("not poisoned"))))?;
+    // Still running and retrying: a wrong secret is not a crash loop.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(relay.is_running(), "the relay keeps running: {}", relay.log_tail(20));
+    let errors = std::fs::read_to_string(&log)?.matches("SASL authentication error").count();
+    assert!((1..200).contains(&errors), "retried with back-off, not in a tight loop: {errors} errors logged");
+    assert!(!std::fs::read_to_string(&log)?.contains(&password));
+    assert_eq!(relay.stop(Duration::from_secs(20)).await, Some(0), "it stops cleanly on SIGTERM");
+    Ok(())
+}
+
+/// A property the pipeline's guarantees rest on cannot be overridden by accident: the relay and
+/// the sink refuse to start, naming the variable and what to set instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn guarantee_critical_kafka_properties_are_refused_at_start() -> anyhow::Result<()> {
+    let cases = [
+        ("outbox-relay", "RDKAFKA_ENABLE_IDEMPOTENCE", "enable.idempotence", "DATABASE_URL"),
+        ("outbox-relay", "RDKAFKA_PRODUCER_ACKS", "acks", "DATABASE_URL"),
+        ("replica-sink", "RDKAFKA_CONSUMER_ISOLATION_LEVEL", "isolation.level", "REPLICA_DATABASE_URL"),
+        ("replica-sink", "RDKAFKA_ENABLE_AUTO_OFFSET_STORE", "enable.auto.offset.store", "REPLICA_DATABASE_URL"),
+    ];
+    for (binary, variable, property, database) in cases {
+        let output = tokio::process::Command::new(e2e::process::binary(binary)?)
+            .env(variable, "false")
+            .env(database, "postgres://u@127.0.0.1:1/db")
+            .env("LISTEN_ADDR", format!("127.0.0.1:{}", e2e::free_port()))
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .await?;
+        let said = text(&output);
+        assert!(!output.status.success(), "{binary} with {variable}: {said}");
+        assert!(
+            said.contains(&format!("{variable} sets {property}, which the pipeline's guarantees depend on")),
+            "{said}"
+        );
+    }
+    Ok(())
+}

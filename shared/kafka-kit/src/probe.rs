@@ -21,6 +21,20 @@ impl LastError {
 }
 
 impl ClientContext for LastError {
+    /// librdkafka logs an authentication or TLS failure (it raises no error event for it).
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel;
+        let lower = log_message.to_ascii_lowercase();
+        let severe = (level as i32) <= (RDKafkaLogLevel::Error as i32);
+        let cause = severe || ["authentication", "sasl", "ssl", "certificate"].iter().any(|word| lower.contains(word));
+        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+            tracing::warn!(facility = fac, "librdkafka: {log_message}");
+        }
+        if cause && let Ok(mut last) = self.0.lock() {
+            *last = Some(log_message.to_owned());
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // "1/1 brokers are down" follows every cause; the cause is what an operator needs.
         let all_down = matches!(error.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown));
@@ -32,6 +46,16 @@ impl ClientContext for LastError {
 }
 
 impl ConsumerContext for LastError {}
+
+/// Serves the client's pending events, so that the errors librdkafka queued (authentication,
+/// TLS) reach [`LastError`]; a metadata request does not serve them.
+pub fn serve_errors(client: &BaseConsumer<LastError>) {
+    for _ in 0..10 {
+        if client.poll(std::time::Duration::ZERO).is_none() {
+            break;
+        }
+    }
+}
 
 /// Why the broker did not answer the probe.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +91,9 @@ impl BrokerProbe {
     /// on brokers that do so). Blocking: call from `spawn_blocking`.
     pub fn topic_reachable(&self, topic: &str) -> Result<(), ProbeError> {
         use rdkafka::consumer::Consumer as _;
-        self.client
-            .fetch_metadata(Some(topic), crate::METADATA_TIMEOUT)
-            .map(|_| ())
-            .map_err(|source| ProbeError { source, last: self.context.last() })
+        self.client.fetch_metadata(Some(topic), crate::METADATA_TIMEOUT).map(|_| ()).map_err(|source| {
+            serve_errors(&self.client);
+            ProbeError { source, last: self.context.last() }
+        })
     }
 }

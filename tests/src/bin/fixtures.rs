@@ -29,7 +29,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let dir = tempfile::Builder::new().prefix("blog-test-fixtures-").tempdir()?;
-    let broker_options = BrokerOptions { kind: cli.broker, port: e2e::free_port() };
+    let broker_options = BrokerOptions::plain(cli.broker, e2e::free_port());
     let (broker_dir, postgres_dir) = (dir.path().join("broker"), dir.path().join("postgres"));
     let postgres_options = PgOptions { durable: false, tls: None };
     let (broker, cluster) = tokio::join!(

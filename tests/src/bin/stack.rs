@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         service_env_by_name: cli.api_token.map(|token| (Service::Api, "API_TOKEN".into(), token)).into_iter().collect(),
         print_logs_on_drop: false,
         postgres_tls: false,
+        kafka_sasl: false,
     };
     let stack = Stack::start(options, None)
         .await

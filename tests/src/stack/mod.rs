@@ -25,7 +25,12 @@ pub struct Stack {
     pub db2: PgCluster,
     /// The broker this stack started, if it did not use a shared one.
     broker: Option<Broker>,
+    /// Where the harness reaches the broker (its plain listener).
     bootstrap_servers: String,
+    /// Where the services reach it (the SASL_SSL listener of a `kafka_sasl` stack).
+    service_bootstrap_servers: String,
+    /// The `RDKAFKA_*` security settings the services get.
+    kafka_client_env: Vec<(String, String)>,
     api: ManagedProcess,
     relay: ManagedProcess,
     sink: ManagedProcess,
@@ -59,19 +64,38 @@ impl Stack {
             service_env_by_name: Vec::new(),
             print_logs_on_drop: true,
             postgres_tls: false,
+            kafka_sasl: false,
         };
         configure(&mut options);
         Self::start(options, Some(temp)).await
     }
 
     /// Starts every part and waits until each is ready.
-    pub async fn start(options: StackOptions, temp: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
-        let root = &options.root;
+    pub async fn start(mut options: StackOptions, temp: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
+        let root = options.root.clone();
         std::fs::create_dir_all(root.join("logs"))?;
-        let tls = if options.postgres_tls { Some(crate::certs::Certs::generate(&root.join("tls"))?) } else { None };
-        let pg = PgOptions { durable: options.durable, tls };
+        let certs = if options.postgres_tls || options.kafka_sasl {
+            Some(crate::certs::Certs::generate(&root.join("tls"))?)
+        } else {
+            None
+        };
+        let pg = PgOptions { durable: options.durable, tls: certs.clone().filter(|_| options.postgres_tls) };
         let (db1_dir, db2_dir, broker_dir) = (root.join("db1"), root.join("db2"), root.join("broker"));
-        let broker_options = BrokerOptions { kind: options.broker, port: options.ports.broker };
+        let mut broker_options = BrokerOptions::plain(options.broker, options.ports.broker);
+        let mut kafka_client_env = Vec::new();
+        if let Some(certs) = certs.filter(|_| options.kafka_sasl) {
+            if options.shared_broker.is_some() || options.broker != BrokerKind::Kafka {
+                anyhow::bail!(
+                    "a SASL_SSL listener needs a stack's own Apache Kafka (shared_broker = None, BROKER=kafka)"
+                );
+            }
+            let (listener, env) = sasl_ssl_listener(&root.join("tls"), certs)?;
+            broker_options.sasl_ssl = Some(listener);
+            kafka_client_env = env;
+            options
+                .service_env
+                .extend(kafka_client_env.iter().filter(|(name, _)| name != "KAFKA_BOOTSTRAP_SERVERS").cloned());
+        }
         let own_broker = async {
             match &options.shared_broker {
                 Some(_) => Ok(None),
@@ -87,15 +111,34 @@ impl Stack {
             (Some(broker), _) => broker.bootstrap_servers(),
             (None, shared) => shared.clone().unwrap_or_default(),
         };
+        // The services connect where a client must authenticate, when there is such a listener;
+        // the harness keeps the plain one.
+        let service_bootstrap_servers = kafka_client_env
+            .iter()
+            .find(|(name, _)| name == "KAFKA_BOOTSTRAP_SERVERS")
+            .map_or_else(|| bootstrap_servers.clone(), |(_, address)| address.clone());
         db1.create_database(DB1_NAME, DB_USER, DB_PASSWORD).await?;
         db2.create_database(DB2_NAME, DB_USER, DB_PASSWORD).await?;
         let start = |service| -> anyhow::Result<ManagedProcess> {
             let port = options.ports.of(service);
-            let spec = service_spec(service, port, service.binary_name(), &options, &db1, &db2, &bootstrap_servers)?;
+            let spec =
+                service_spec(service, port, service.binary_name(), &options, &db1, &db2, &service_bootstrap_servers)?;
             ManagedProcess::start(spec)
         };
         let (api, relay, sink) = (start(Service::Api)?, start(Service::Relay)?, start(Service::Sink)?);
-        let stack = Self { db1, db2, broker, bootstrap_servers, api, relay, sink, options, _temp: temp };
+        let stack = Self {
+            db1,
+            db2,
+            broker,
+            bootstrap_servers,
+            service_bootstrap_servers,
+            kafka_client_env,
+            api,
+            relay,
+            sink,
+            options,
+            _temp: temp,
+        };
         for service in [Service::Api, Service::Relay, Service::Sink] {
             stack.wait_ready(service).await?;
         }
@@ -116,6 +159,14 @@ impl Stack {
 
     pub fn bootstrap_servers(&self) -> String {
         self.bootstrap_servers.clone()
+    }
+
+    /// What a Kafka client of the services' own needs in its environment (`KAFKA_BOOTSTRAP_SERVERS`
+    /// and, on a stack with `kafka_sasl`, the `RDKAFKA_*` security settings): for `blogctl`.
+    pub fn kafka_client_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("KAFKA_BOOTSTRAP_SERVERS".to_owned(), self.service_bootstrap_servers.clone())];
+        env.extend(self.kafka_client_env.iter().filter(|(name, _)| name != "KAFKA_BOOTSTRAP_SERVERS").cloned());
+        env
     }
 
     /// The topic the relay publishes to.
@@ -163,8 +214,15 @@ impl Stack {
         binary_name: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<ManagedProcess> {
-        let mut spec =
-            service_spec(Service::Relay, port, name, &self.options, &self.db1, &self.db2, &self.bootstrap_servers)?;
+        let mut spec = service_spec(
+            Service::Relay,
+            port,
+            name,
+            &self.options,
+            &self.db1,
+            &self.db2,
+            &self.service_bootstrap_servers,
+        )?;
         spec.program = binary(binary_name)?;
         spec.envs.extend(env.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())));
         let process = ManagedProcess::start(spec)?;
@@ -374,6 +432,34 @@ impl Drop for Stack {
             eprintln!("{}", self.log_tails(40));
         }
     }
+}
+
+/// The user every service of a `kafka_sasl` stack authenticates as.
+pub const KAFKA_SASL_USER: &str = "pipeline";
+
+/// A SASL_SSL listener on a free port for [`KAFKA_SASL_USER`] with a password of its own (in a
+/// file under `dir`), and the client environment that reaches it: SCRAM-SHA-256 over TLS,
+/// verifying the broker against the stack's CA.
+fn sasl_ssl_listener(
+    dir: &std::path::Path,
+    certs: crate::certs::Certs,
+) -> anyhow::Result<(crate::broker::SaslSslListener, Vec<(String, String)>)> {
+    let password = format!("pw-{:016x}", fastrand::u64(..));
+    let password_file = dir.join("kafka-password");
+    std::fs::write(&password_file, format!("{password}\n"))?;
+    let port = crate::free_port();
+    let env = [
+        ("KAFKA_BOOTSTRAP_SERVERS", format!("127.0.0.1:{port}")),
+        ("RDKAFKA_SECURITY_PROTOCOL", "SASL_SSL".to_owned()),
+        ("RDKAFKA_SASL_MECHANISMS", "SCRAM-SHA-256".to_owned()),
+        ("RDKAFKA_SASL_USERNAME", KAFKA_SASL_USER.to_owned()),
+        ("RDKAFKA_SASL_PASSWORD_FILE", password_file.display().to_string()),
+        ("RDKAFKA_SSL_CA_LOCATION", certs.ca_cert.display().to_string()),
+    ]
+    .map(|(name, value)| (name.to_owned(), value))
+    .to_vec();
+    let listener = crate::broker::SaslSslListener { port, certs, users: vec![(KAFKA_SASL_USER.to_owned(), password)] };
+    Ok((listener, env))
 }
 
 fn service_spec(

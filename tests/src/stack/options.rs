@@ -86,6 +86,10 @@ pub struct StackOptions {
     /// Both PostgreSQL clusters require TLS (a CA of the stack's own, `pg_hba.conf` refusing
     /// plain TCP); every service then connects with `sslmode=verify-full`.
     pub postgres_tls: bool,
+    /// The stack's own Apache Kafka also listens with SASL_SSL (SCRAM credentials and a CA of
+    /// the stack's own), and every service connects there ([`super::Stack::kafka_client_env`]);
+    /// the harness reads through the plain listener.
+    pub kafka_sasl: bool,
 }
 
 /// One of the three services.

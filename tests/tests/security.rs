@@ -27,6 +27,22 @@ async fn verify(db1: &str, db2: &str) -> anyhow::Result<Output> {
         .await?)
 }
 
+/// Waits until the readiness endpoint `path` of the server at `base` answers 503 with a reason
+/// containing `wanted`; the error shows its last answer.
+async fn not_ready_saying(base: &str, path: &str, wanted: &str) -> anyhow::Result<()> {
+    let url = format!("{base}{path}");
+    let client = e2e::ApiClient::new(base);
+    let last = std::sync::Mutex::new(String::new());
+    e2e::wait::until(&format!("{url} to say {wanted:?}"), SYNC_TIMEOUT, || async {
+        let Ok((status, body)) = client.request(reqwest::Method::GET, path, None).await else { return Ok(false) };
+        let said = format!("{status} {body}");
+        *last.lock().expect("not poisoned") = said.clone();
+        Ok(status == 503 && said.contains(wanted))
+    })
+    .await
+    .map_err(|error| error.context(format!("last answer: {}", last.lock().expect("not poisoned"))))
+}
+
 /// `url` with its `sslmode` and `sslrootcert` replaced.
 fn with_tls(url: &str, mode: &str, root_cert: Option<&std::path::Path>) -> String {
     let base = url.split_once('?').map_or(url, |(base, _)| base);
@@ -76,6 +92,26 @@ async fn every_service_works_over_verified_tls_and_what_does_not_verify_is_refus
     assert!(!said.contains("panicked"), "{said}");
     let wrong_ca_unverified = verify(&with_tls(&db1, "verify-ca", Some(&other_ca)), &db2).await?;
     assert!(!wrong_ca_unverified.status.success(), "verify-ca checks the chain too: {}", text(&wrong_ca_unverified));
+
+    // A service started with a CA that does not verify the server keeps running, its /ready
+    // saying why it cannot reach its database.
+    let listen = format!("127.0.0.1:{}", e2e::free_port());
+    let mut api_wrong_ca = e2e::process::ManagedProcess::start(e2e::process::ProcessSpec {
+        name: "api-wrong-ca".to_owned(),
+        program: e2e::process::binary("api")?,
+        args: vec![],
+        envs: vec![
+            ("DATABASE_URL".to_owned(), with_tls(&db1, "verify-full", Some(&other_ca))),
+            ("LISTEN_ADDR".to_owned(), listen.clone()),
+        ],
+        cwd: None,
+        run_as: None,
+        log: stack.root().join("logs").join("api-wrong-ca.log"),
+        stop_signal: "TERM",
+    })?;
+    not_ready_saying(&format!("http://{listen}"), "/ready", "certificate verify failed").await?;
+    assert!(api_wrong_ca.is_running());
+    assert_eq!(api_wrong_ca.stop(Duration::from_secs(20)).await, Some(0));
 
     let plain = verify(&with_tls(&db1, "disable", None), &db2).await?;
     assert!(!plain.status.success(), "plain text is refused by the server: {}", text(&plain));
@@ -206,6 +242,17 @@ async fn the_pipeline_runs_over_sasl_ssl_and_a_wrong_password_is_a_clear_retried
     assert!(consumed.status.success(), "{}", text(&consumed));
     assert!(text(&consumed).contains("Processed a total of 2 messages"), "{}", text(&consumed));
 
+    // The other mechanisms the listener offers, set from a properties file this time.
+    for mechanism in ["SCRAM-SHA-512", "PLAIN"] {
+        let properties = stack.root().join(format!("{mechanism}.properties"));
+        std::fs::write(&properties, format!("# managed Kafka\nsasl.mechanisms={mechanism}\n"))?;
+        let mut by_file: Vec<(String, String)> =
+            env.iter().filter(|(name, _)| name != "RDKAFKA_SASL_MECHANISMS").cloned().collect();
+        by_file.push(("KAFKA_PROPERTIES_FILE".to_owned(), properties.display().to_string()));
+        let listed = blogctl(&["topics", "describe"], &by_file).await?;
+        assert!(listed.status.success(), "{mechanism}: {}", text(&listed));
+    }
+
     let wrong = stack.root().join("wrong-password");
     std::fs::write(&wrong, "not-the-password\n")?;
     let mut wrong_env: Vec<(String, String)> =
@@ -234,16 +281,7 @@ async fn the_pipeline_runs_over_sasl_ssl_and_a_wrong_password_is_a_clear_retried
         log: log.clone(),
         stop_signal: "TERM",
     })?;
-    let ops = e2e::ApiClient::new(&format!("http://{listen}"));
-    let reason = std::sync::Mutex::new(String::new());
-    e2e::wait::until("the relay's /ready to say why the broker refuses it", SYNC_TIMEOUT, || async {
-        let Ok((status, body)) = ops.request(reqwest::Method::GET, "/ready", None).await else { return Ok(false) };
-        let said = body.to_string();
-        *reason.lock().expect("not poisoned") = said.clone();
-        Ok(status == 503 && said.contains("SASL authentication error"))
-    })
-    .await
-    .map_err(|error| error.context(format!("last /ready answer: {}", reason.lock().expect("not poisoned"))))?;
+    not_ready_saying(&format!("http://{listen}"), "/ready", "SASL authentication error").await?;
     // Still running and retrying: a wrong secret is not a crash loop.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(relay.is_running(), "the relay keeps running: {}", relay.log_tail(20));

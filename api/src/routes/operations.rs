@@ -40,10 +40,11 @@ async fn health() -> Response {
     responses((status = OK, description = "Ready", body = ProbeAnswer),
         (status = SERVICE_UNAVAILABLE, description = "Not ready; `reason` says why", body = ProbeAnswer)))]
 async fn ready(State(state): State<AppState>) -> Response {
-    let result = if state.schema_ready() {
-        service_kit::ops::database_answers(&state.pool).await
-    } else {
-        Err(NotReady::SchemaPending)
+    // The database's own failure (unreachable, a certificate that does not verify) says more
+    // than "schema pending" while the migration cannot connect.
+    let result = match service_kit::ops::database_answers(&state.pool).await {
+        Ok(()) if !state.schema_ready() => Err(NotReady::SchemaPending),
+        answered => answered,
     };
     service_kit::ops::readiness_response(result)
 }

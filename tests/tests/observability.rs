@@ -58,6 +58,56 @@ fn compose_file_is_valid_for_docker_compose() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The TLS override (PostgreSQL requiring TLS, Kafka's SASL_SSL listener) merges into a valid
+/// stack with what `scripts/gen-certs.sh` makes, and every service's connections use it.
+#[test]
+fn the_tls_override_is_valid_with_the_generated_certificates() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let generated = Command::new(repo().join("scripts/gen-certs.sh")).arg(certs.path()).output()?;
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    for file in
+        ["ca.crt", "server.crt", "server.key", "kafka-keystore.pem", "pg_hba.conf", "kafka-password", "kafka.env"]
+    {
+        assert!(certs.path().join(file).is_file(), "gen-certs.sh makes {file}");
+    }
+    let merged = Command::new(compose_binary()?)
+        .args(["-f", "compose/docker-compose.yml", "-f", "compose/docker-compose.tls.yml", "config"])
+        .env("BLOG_CERTS_DIR", certs.path())
+        .current_dir(repo())
+        .output()?;
+    assert!(merged.status.success(), "{}", String::from_utf8_lossy(&merged.stderr));
+    let config = String::from_utf8(merged.stdout)?;
+    let services: serde_json::Value = {
+        let json = Command::new(compose_binary()?)
+            .args([
+                "-f",
+                "compose/docker-compose.yml",
+                "-f",
+                "compose/docker-compose.tls.yml",
+                "config",
+                "--format",
+                "json",
+            ])
+            .env("BLOG_CERTS_DIR", certs.path())
+            .current_dir(repo())
+            .output()?;
+        serde_json::from_slice::<serde_json::Value>(&json.stdout)?["services"].clone()
+    };
+    for (service, url) in
+        [("api", "DATABASE_URL"), ("outbox-relay", "DATABASE_URL"), ("replica-sink", "REPLICA_DATABASE_URL")]
+    {
+        let value = services[service]["environment"][url].as_str().unwrap_or_default();
+        assert!(value.contains("sslmode=verify-full&sslrootcert=/certs/ca.crt"), "{service}: {value}");
+    }
+    for service in ["outbox-relay", "replica-sink"] {
+        let environment = &services[service]["environment"];
+        assert_eq!(environment["RDKAFKA_SECURITY_PROTOCOL"], "SASL_SSL", "{service}");
+        assert_eq!(environment["KAFKA_BOOTSTRAP_SERVERS"], "kafka:9094", "{service}");
+    }
+    assert!(config.contains("SASL_SSL://kafka:9094"), "{config}");
+    Ok(())
+}
+
 #[test]
 fn prometheus_config_is_valid() -> anyhow::Result<()> {
     let output = Command::new(find_program("promtool")?)

@@ -6,6 +6,7 @@
 use std::process::Output;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use e2e::Stack;
 use e2e::stack::Service;
 use serde_json::json;
@@ -79,6 +80,17 @@ async fn every_service_works_over_verified_tls_and_what_does_not_verify_is_refus
             service.binary_name()
         );
     }
+    let status = tokio::process::Command::new(e2e::process::binary("blogctl")?)
+        .arg("status")
+        .env("DATABASE_URL", &db1)
+        .env("REPLICA_DATABASE_URL", &db2)
+        .env("KAFKA_BOOTSTRAP_SERVERS", stack.bootstrap_servers())
+        .env("KAFKA_TOPIC", stack.topic())
+        .env("KAFKA_GROUP_ID", stack.group())
+        .env("KAFKA_ISOLATION_LEVEL", stack.options.broker.isolation().as_str())
+        .output()
+        .await?;
+    assert!(text(&status).contains("DB2 replica     1 articles"), "blogctl over TLS too: {}", text(&status));
     let verified = verify(&db1, &db2).await?;
     assert!(verified.status.success(), "{}", text(&verified));
     assert!(text(&verified).contains("verdict: IDENTICAL"), "{}", text(&verified));
@@ -241,6 +253,27 @@ async fn the_pipeline_runs_over_sasl_ssl_and_a_wrong_password_is_a_clear_retried
     let consumed = blogctl(&["consume", "--from-beginning", "--until-caught-up"], &env).await?;
     assert!(consumed.status.success(), "{}", text(&consumed));
     assert!(text(&consumed).contains("Processed a total of 2 messages"), "{}", text(&consumed));
+
+    let produced = {
+        use tokio::io::AsyncWriteExt as _;
+        let mut child = tokio::process::Command::new(e2e::process::binary("blogctl")?)
+            .args(["produce", "--key", "999"])
+            .envs(env.iter().map(|(name, value)| (name.as_str(), value.as_str())))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(format!("{}\n", events::SEED_HAND_WRITTEN_EVENT).as_bytes()).await?;
+        drop(stdin);
+        child.wait_with_output().await?
+    };
+    assert!(produced.status.success(), "blogctl produces through SASL_SSL: {}", text(&produced));
+    e2e::wait::until("the sink to apply the produced event", SYNC_TIMEOUT, || async {
+        let db2 = stack.db2_client().await?;
+        Ok(db2.query_one("SELECT count(*) FROM articles WHERE id = 999", &[]).await?.get::<_, i64>(0) == 1)
+    })
+    .await?;
 
     // The other mechanisms the listener offers, set from a properties file this time.
     for mechanism in ["SCRAM-SHA-512", "PLAIN"] {

@@ -63,4 +63,47 @@ pub struct SinkConfig {
     /// (docs/performance.md measures both).
     #[arg(long, env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=30_000))]
     pub kafka_fetch_wait_max_ms: u32,
+    /// How long a `processed_events` row is kept: `7d`, `12h`, `30m`, `90s`. Older rows are
+    /// pruned in small batches; a replay of a pruned event still changes nothing (versions and
+    /// tombstones decide, see docs/guarantees.md).
+    #[arg(long, env = "SINK_PROCESSED_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    pub processed_retention: std::time::Duration,
+    /// Rows per pruning transaction.
+    #[arg(long, env = "SINK_PRUNE_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub prune_batch: i64,
+}
+
+/// A retention: a positive whole number with a unit, `d`, `h`, `m` or `s`.
+fn parse_retention(value: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("{value:?} is not a retention like 7d, 12h, 30m or 90s");
+    let split = value.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let seconds = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(invalid()),
+    };
+    if number == 0 {
+        return Err(invalid());
+    }
+    number.checked_mul(seconds).map(std::time::Duration::from_secs).ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_retention;
+    use std::time::Duration;
+
+    #[test]
+    fn retentions_have_a_unit_and_are_positive() {
+        assert_eq!(parse_retention("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_retention("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_retention("90s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "7", "d", "0d", "-1d", "7w", "1.5h", "99999999999999999999d"] {
+            assert!(parse_retention(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -10,6 +10,7 @@ mod dead_letter;
 mod decode;
 mod lag;
 mod metrics;
+mod prune;
 mod sink;
 pub mod startup;
 pub mod verify;

@@ -23,6 +23,8 @@ pub struct SinkMetrics {
     pub lag: IntGaugeVec,
     /// Records of a deposed relay leader read after its successor's.
     pub stale_leader_records: IntCounter,
+    /// `processed_events` rows deleted past `SINK_PROCESSED_RETENTION`.
+    pub processed_pruned: IntCounter,
 }
 
 impl SinkMetrics {
@@ -68,6 +70,13 @@ impl SinkMetrics {
                 IntCounter::new(
                     "sink_stale_leader_records_total",
                     "Records of a deposed relay leader read after its successor's",
+                ),
+            )?,
+            processed_pruned: register(
+                &registry,
+                IntCounter::new(
+                    "sink_processed_events_pruned_total",
+                    "processed_events rows deleted past SINK_PROCESSED_RETENTION",
                 ),
             )?,
             registry,

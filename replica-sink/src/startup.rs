@@ -21,6 +21,8 @@ pub struct Application {
     sink: Sink,
     consumer: Arc<StreamConsumer>,
     metrics: SinkMetrics,
+    /// DB2, for pruning `processed_events` beside the sink.
+    pool: deadpool_postgres::Pool,
 }
 
 impl std::fmt::Debug for Application {
@@ -59,9 +61,9 @@ impl Application {
             .create()
             .context("cannot create the dead-letter producer")?;
         let dlq_topic = config.kafka_dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", config.kafka_topic));
-        let sink = Sink::new(pool, consumer.clone(), metrics.clone(), DeadLetters::new(dlq, dlq_topic));
+        let sink = Sink::new(pool.clone(), consumer.clone(), metrics.clone(), DeadLetters::new(dlq, dlq_topic));
         let ops = OpsServer::bind(config.listen_addr, metrics.registry.clone(), readiness).await?;
-        Ok(Self { ops, config, sink, consumer, metrics })
+        Ok(Self { ops, config, sink, consumer, metrics, pool })
     }
 
     pub fn port(&self) -> u16 {
@@ -69,7 +71,7 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { ops, config, sink, consumer, metrics } = self;
+        let Self { ops, config, sink, consumer, metrics, pool } = self;
         tracing::info!(
             port = ops.port(),
             database = %config.replica_database_url, database_security = %config.replica_database_url.security(),
@@ -84,9 +86,17 @@ impl Application {
             {
                 subscribed = consumer.subscribe(&[&config.kafka_topic]);
                 if subscribed.is_ok() {
-                    let lag = tokio::spawn(crate::lag::report_lag(consumer.clone(), metrics, shutdown.clone()));
+                    let lag = tokio::spawn(crate::lag::report_lag(consumer.clone(), metrics.clone(), shutdown.clone()));
+                    let prune = tokio::spawn(crate::prune::prune_processed_events(
+                        pool.clone(),
+                        config.processed_retention,
+                        config.prune_batch,
+                        metrics,
+                        shutdown.clone(),
+                    ));
                     sink.run(shutdown.clone()).await;
                     lag.abort();
+                    prune.abort();
                 }
             }
         };

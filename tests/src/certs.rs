@@ -17,6 +17,21 @@ pub struct Certs {
     pub server_key: PathBuf,
 }
 
+/// `openssl req` arguments that make a new P-256 key, unencrypted.
+const NEW_KEY: [&str; 6] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout"];
+
+/// `openssl req` with a new key written to `key` (see [`NEW_KEY`]), then `rest`.
+fn request_with_new_key(dir: &Path, x509: bool, key: &str, rest: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["req"];
+    if x509 {
+        args.push("-x509");
+    }
+    args.extend(NEW_KEY);
+    args.push(key);
+    args.extend(rest);
+    openssl(dir, &args)
+}
+
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let output = Command::new("openssl").args(args).current_dir(dir).output().context("cannot run openssl")?;
     if !output.status.success() {
@@ -29,26 +44,7 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
 pub fn certificate_authority(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir)?;
     let (cert, key) = (format!("{name}.crt"), format!("{name}.key"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    )?;
+    request_with_new_key(dir, true, &key, &["-out", &cert, "-days", "2", "-subj", &format!("/CN={name}")])?;
     Ok((dir.join(cert), dir.join(key)))
 }
 
@@ -56,23 +52,7 @@ impl Certs {
     /// A CA and a server certificate for `localhost` / `127.0.0.1` in `dir`.
     pub fn generate(dir: &Path) -> anyhow::Result<Self> {
         let (ca_cert, _) = certificate_authority(dir, "test-ca")?;
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        )?;
+        request_with_new_key(dir, false, "server.key", &["-out", "server.csr", "-subj", "/CN=localhost"])?;
         std::fs::write(
             dir.join("server.ext"),
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\

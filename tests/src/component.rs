@@ -184,15 +184,16 @@ pub async fn relay(
     Ok(Running::spawn(application.port(), |shutdown| application.run_until_stopped(shutdown)))
 }
 
-/// The sink on DB2 `database`, consuming `topic` as `group`.
+/// The sink on DB2 `database`, consuming `topic` as `group`, with extra flags.
 pub async fn sink(
     database: &DatabaseUrl,
     bootstrap_servers: &str,
     topic: &str,
     group: &str,
+    extra: &[(&str, &str)],
 ) -> anyhow::Result<Running> {
     let isolation = BrokerKind::from_env()?.isolation().to_string();
-    let args = [
+    let mut args = vec![
         ("replica-database-url", database.expose()),
         ("listen-addr", "127.0.0.1:0"),
         ("kafka-bootstrap-servers", bootstrap_servers),
@@ -200,6 +201,7 @@ pub async fn sink(
         ("kafka-group-id", group),
         ("kafka-isolation-level", &isolation),
     ];
+    args.extend_from_slice(extra);
     let cli: replica_sink::config::Cli = parse("replica-sink", &args)?;
     let application = replica_sink::startup::Application::build(cli.config).await?;
     Ok(Running::spawn(application.port(), |shutdown| application.run_until_stopped(shutdown)))
@@ -237,7 +239,7 @@ impl Pipeline {
         let bootstrap = fixtures.bootstrap_servers().to_owned();
         let api = api(&db1, api_extra).await?;
         let relay = relay(&db1, &bootstrap, &topic, &[]).await?;
-        let sink = sink(&db2, &bootstrap, &topic, &group).await?;
+        let sink = sink(&db2, &bootstrap, &topic, &group, &[]).await?;
         Ok(Self { db1, db2, topic, group, api, relay, sink, fixtures })
     }
 

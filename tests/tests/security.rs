@@ -44,6 +44,25 @@ async fn not_ready_saying(base: &str, path: &str, wanted: &str) -> anyhow::Resul
     .map_err(|error| error.context(format!("last answer: {}", last.lock().expect("not poisoned"))))
 }
 
+/// Starts `binary` as `name` with exactly `envs`, logging to `log`.
+fn start_service(
+    name: &str,
+    binary: &str,
+    envs: Vec<(String, String)>,
+    log: std::path::PathBuf,
+) -> anyhow::Result<e2e::process::ManagedProcess> {
+    e2e::process::ManagedProcess::start(e2e::process::ProcessSpec {
+        name: name.to_owned(),
+        program: e2e::process::binary(binary)?,
+        args: vec![],
+        envs,
+        cwd: None,
+        run_as: None,
+        log,
+        stop_signal: "TERM",
+    })
+}
+
 /// `url` with its `sslmode` and `sslrootcert` replaced.
 fn with_tls(url: &str, mode: &str, root_cert: Option<&std::path::Path>) -> String {
     let base = url.split_once('?').map_or(url, |(base, _)| base);
@@ -108,19 +127,15 @@ async fn every_service_works_over_verified_tls_and_what_does_not_verify_is_refus
     // A service started with a CA that does not verify the server keeps running, its /ready
     // saying why it cannot reach its database.
     let listen = format!("127.0.0.1:{}", e2e::free_port());
-    let mut api_wrong_ca = e2e::process::ManagedProcess::start(e2e::process::ProcessSpec {
-        name: "api-wrong-ca".to_owned(),
-        program: e2e::process::binary("api")?,
-        args: vec![],
-        envs: vec![
+    let mut api_wrong_ca = start_service(
+        "api-wrong-ca",
+        "api",
+        vec![
             ("DATABASE_URL".to_owned(), with_tls(&db1, "verify-full", Some(&other_ca))),
             ("LISTEN_ADDR".to_owned(), listen.clone()),
         ],
-        cwd: None,
-        run_as: None,
-        log: stack.root().join("logs").join("api-wrong-ca.log"),
-        stop_signal: "TERM",
-    })?;
+        stack.root().join("logs").join("api-wrong-ca.log"),
+    )?;
     not_ready_saying(&format!("http://{listen}"), "/ready", "certificate verify failed").await?;
     assert!(api_wrong_ca.is_running());
     assert_eq!(api_wrong_ca.stop(Duration::from_secs(20)).await, Some(0));
@@ -152,11 +167,10 @@ async fn secrets_come_from_files_and_never_print() -> anyhow::Result<()> {
     std::fs::write(&secret_file, format!("{secret_url}\n"))?;
 
     let listen = format!("127.0.0.1:{}", e2e::free_port());
-    let mut relay = e2e::process::ManagedProcess::start(e2e::process::ProcessSpec {
-        name: "relay-with-file-secret".to_owned(),
-        program: e2e::process::binary("outbox-relay")?,
-        args: vec![],
-        envs: vec![
+    let mut relay = start_service(
+        "relay-with-file-secret",
+        "outbox-relay",
+        vec![
             ("DATABASE_URL_FILE".to_owned(), secret_file.display().to_string()),
             ("KAFKA_BOOTSTRAP_SERVERS".to_owned(), stack.bootstrap_servers()),
             ("KAFKA_TOPIC".to_owned(), stack.topic().to_owned()),
@@ -164,11 +178,8 @@ async fn secrets_come_from_files_and_never_print() -> anyhow::Result<()> {
             ("LISTEN_ADDR".to_owned(), listen.clone()),
             ("RELAY_INSTANCE_ID".to_owned(), "relay-with-file-secret".to_owned()),
         ],
-        cwd: None,
-        run_as: None,
-        log: dir.path().join("relay.log"),
-        stop_signal: "TERM",
-    })?;
+        dir.path().join("relay.log"),
+    )?;
     let ops = e2e::ApiClient::new(&format!("http://{listen}"));
     e2e::wait::until("the relay reading its URL from a file to be ready", SYNC_TIMEOUT, || async {
         Ok(ops.request(reqwest::Method::GET, "/ready", None).await.is_ok_and(|(status, _)| status == 200))
@@ -304,16 +315,7 @@ async fn the_pipeline_runs_over_sasl_ssl_and_a_wrong_password_is_a_clear_retried
         ("RELAY_INSTANCE_ID".to_owned(), "relay-wrong-password".to_owned()),
     ]);
     let log = stack.root().join("logs").join("relay-wrong-password.log");
-    let mut relay = e2e::process::ManagedProcess::start(e2e::process::ProcessSpec {
-        name: "relay-wrong-password".to_owned(),
-        program: e2e::process::binary("outbox-relay")?,
-        args: vec![],
-        envs,
-        cwd: None,
-        run_as: None,
-        log: log.clone(),
-        stop_signal: "TERM",
-    })?;
+    let mut relay = start_service("relay-wrong-password", "outbox-relay", envs, log.clone())?;
     not_ready_saying(&format!("http://{listen}"), "/ready", "SASL authentication error").await?;
     // Still running and retrying: a wrong secret is not a crash loop.
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -62,6 +62,14 @@ pub struct RelayConfig {
     /// `max.message.bytes` is lower.
     #[arg(long, env = "KAFKA_MESSAGE_MAX_BYTES", default_value_t = outbox::DEFAULT_MAX_RECORD_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1000..=1_000_000_000))]
     pub message_max_bytes: usize,
+    /// Partitions of the topic when the relay creates it (it does, if missing, before its first
+    /// record; default: the broker's `num.partitions`). An existing topic is left as it is.
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..=100_000))]
+    pub topic_partitions: Option<i32>,
+    /// Replication factor of the topic when the relay creates it (default: the broker's
+    /// `default.replication.factor`; 3 on a production cluster).
+    #[arg(long, env = "KAFKA_TOPIC_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..=32))]
+    pub topic_replication_factor: Option<i32>,
     /// Name of this relay in `relay_leader.holder` and the logs (default: host name and process id).
     #[arg(long, env = "RELAY_INSTANCE_ID")]
     pub instance_id: Option<String>,

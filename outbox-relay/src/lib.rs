@@ -15,6 +15,7 @@ mod readback;
 mod relay;
 mod settle;
 pub mod startup;
+mod topic;
 
 /// What the relay applies to DB1: the outbox contract's set (the outbox and the relay's own
 /// tables), never a service's tables.

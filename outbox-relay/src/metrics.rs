@@ -17,6 +17,8 @@ pub struct RelayMetrics {
     /// `outbox_dead_letter_rows`: rows in `outbox_dead_letters` now, each holding back its
     /// article's later rows until an operator requeues or discards it.
     pub dead_letter_rows: IntGauge,
+    /// `outbox_topic_partitions`: the partition count of the topic, as last seen.
+    pub topic_partitions: IntGauge,
     /// Seconds from the outbox row's commit to the broker's acknowledgement.
     pub commit_to_ack: Histogram,
     /// 1 while this relay is the leader.
@@ -72,6 +74,13 @@ impl RelayMetrics {
             oldest_age: register(
                 &registry,
                 Gauge::new("outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row"),
+            )?,
+            topic_partitions: register(
+                &registry,
+                IntGauge::new(
+                    "outbox_topic_partitions",
+                    "Partitions of the topic the relay publishes to, as last seen",
+                ),
             )?,
             dead_letter_rows: register(
                 &registry,

@@ -71,6 +71,8 @@ enum Ended {
 pub(crate) struct RelaySettings {
     pub(crate) producer: ProducerSettings,
     pub(crate) topic: String,
+    /// How the relay creates the topic if it is missing.
+    pub(crate) topic_spec: crate::topic::TopicSpec,
     /// How the read-back reads the topic (as its consumers do).
     pub(crate) isolation: kafka_kit::Isolation,
     pub(crate) batch_size: i64,
@@ -105,10 +107,20 @@ pub(crate) struct Relay {
     /// produce request, so some may be innocent): the next rounds publish the rows before the
     /// first suspect as a batch, then that suspect alone, which settles or dead-letters it.
     suspects: std::collections::BTreeSet<i64>,
+    /// Reads the topic's partition count (metadata only), to warn when it changes.
+    metadata: kafka_kit::probe::BrokerProbe,
+    /// The partition count last seen.
+    partitions: Option<usize>,
 }
 
 impl Relay {
-    pub(crate) fn new(pool: Pool, database_url: DatabaseUrl, settings: RelaySettings, metrics: RelayMetrics) -> Self {
+    pub(crate) fn new(
+        pool: Pool,
+        database_url: DatabaseUrl,
+        settings: RelaySettings,
+        metrics: RelayMetrics,
+        metadata: kafka_kit::probe::BrokerProbe,
+    ) -> Self {
         Self {
             pool,
             database_url,
@@ -117,6 +129,8 @@ impl Relay {
             wake: Arc::new(Notify::new()),
             session: None,
             suspects: Default::default(),
+            metadata,
+            partitions: None,
         }
     }
 
@@ -193,6 +207,7 @@ impl Relay {
             };
             if backlog_refreshed.elapsed() >= BACKLOG_REFRESH {
                 self.refresh_backlog().await;
+                self.watch_partitions().await;
                 backlog_refreshed = Instant::now();
             }
             ended = if result.is_ok() { Ended::Clean } else { Ended::Unclean };
@@ -261,6 +276,15 @@ impl Relay {
             .await?
             .map_err(RelayError::Session)?;
         tracing::info!(transactional_id, elapsed = ?started.elapsed(), "producer session started; earlier producers of this outbox are fenced");
+        let ensured = crate::topic::ensure(
+            &self.settings.producer.bootstrap_servers,
+            &self.settings.topic,
+            self.settings.topic_spec,
+        )
+        .await;
+        if let Some(crate::topic::Ensured::Existed { partitions }) = ensured {
+            self.saw_partitions(partitions);
+        }
         let producer_settings = &self.settings.producer;
         crate::limits::check_topic(
             &producer_settings.bootstrap_servers,
@@ -548,6 +572,33 @@ impl Relay {
             Err(error) => {
                 tracing::warn!(error = %error_chain(&error), "cannot record the clean stop; a successor will wait out this relay's bound")
             }
+        }
+    }
+
+    /// Records the topic's partition count, warning when it changed since last seen.
+    fn saw_partitions(&mut self, partitions: usize) {
+        if partitions == 0 {
+            return;
+        }
+        self.metrics.topic_partitions.set(i64::try_from(partitions).unwrap_or(i64::MAX));
+        match self.partitions.replace(partitions) {
+            Some(before) if before != partitions => tracing::warn!(
+                topic = %self.settings.topic,
+                before,
+                partitions,
+                "the topic's partition count changed while the relay runs: article ids now map to other partitions, so an article's newer events may be read before its older ones still waiting in the old partition; add partitions only to a drained pipeline (docs/operations.md)"
+            ),
+            _ => {}
+        }
+    }
+
+    /// Reads the topic's partition count now (metadata only).
+    async fn watch_partitions(&mut self) {
+        let (metadata, topic) = (self.metadata.clone(), self.settings.topic.clone());
+        match tokio::task::spawn_blocking(move || metadata.partition_count(&topic)).await {
+            Ok(Ok(partitions)) => self.saw_partitions(partitions),
+            Ok(Err(error)) => tracing::debug!(%error, "cannot read the topic's partition count"),
+            Err(error) => tracing::debug!(%error, "the partition count check did not finish"),
         }
     }
 

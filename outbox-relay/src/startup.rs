@@ -48,6 +48,10 @@ impl Application {
                 max_record_bytes: config.message_max_bytes,
             },
             topic: config.kafka_topic.clone(),
+            topic_spec: crate::topic::TopicSpec {
+                partitions: config.topic_partitions,
+                replication_factor: config.topic_replication_factor,
+            },
             isolation: config.kafka_isolation_level,
             batch_size: config.batch_size,
             poll_interval: Duration::from_millis(config.poll_interval_ms),
@@ -61,11 +65,11 @@ impl Application {
             .context("cannot create the Kafka client")?;
         let metrics = RelayMetrics::new().context("cannot register metrics")?;
         let readiness = {
-            let (producer, topic) = (probe, settings.topic.clone());
+            let (producer, topic) = (probe.clone(), settings.topic.clone());
             service_kit::ops::database_and_broker(pool.clone(), move || producer.topic_reachable(&topic))
         };
         let ops = OpsServer::bind(config.listen_addr, metrics.registry.clone(), readiness).await?;
-        let relay = Relay::new(pool, sessions, settings, metrics);
+        let relay = Relay::new(pool, sessions, settings, metrics, probe);
         Ok(Self { ops, config, relay })
     }
 

@@ -118,3 +118,37 @@ async fn blogctl_consume_until_caught_up_stops_at_a_commit_marker() -> anyhow::R
     assert_eq!(stdout.lines().filter(|line| line.starts_with("partition=")).count(), 12, "{stdout}");
     relay.stop().await
 }
+
+/// The partitions of `topic` as the broker reports them.
+async fn partitions_of(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    Ok(tokio::task::spawn_blocking(move || blogctl::topics::describe(&bootstrap, &topic)).await??.len())
+}
+
+/// A missing topic is created by the relay with `KAFKA_TOPIC_PARTITIONS` before its first record
+/// (not auto-created with the broker's count), and every row lands on it; an existing topic with
+/// another count is left as it is, its count exported.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_creates_a_missing_topic_with_the_partitions_asked_and_leaves_an_existing_one() -> anyhow::Result<()>
+{
+    let outbox = Outbox::start().await?;
+    let bootstrap = outbox.fixtures.bootstrap_servers().to_owned();
+    enqueue(&outbox.pool, &events(30, 9)).await?;
+    let relay = outbox.relay(&[("topic-partitions", "6")]).await?;
+    outbox.wait_for_rows(0).await?;
+    assert_eq!(partitions_of(&bootstrap, &outbox.topic).await?, 6, "created with the partitions asked");
+    let records = topic_records(&bootstrap, &outbox.topic).await?;
+    assert_eq!(records.len(), 30);
+    assert!(records.iter().map(|record| record.partition).max() > Some(3), "keys spread over the six");
+    relay.stop().await?;
+
+    let existing = component::Outbox::start().await?;
+    e2e::topics::create(&bootstrap, &existing.topic, 2, &[]).await?;
+    enqueue(&existing.pool, &events(10, 5)).await?;
+    let relay = existing.relay(&[("topic-partitions", "6")]).await?;
+    existing.wait_for_rows(0).await?;
+    assert_eq!(partitions_of(&bootstrap, &existing.topic).await?, 2, "an existing topic is left as it is");
+    let metrics = e2e::ApiClient::new(&relay.url()).text("/metrics").await?;
+    assert_eq!(e2e::metric(&metrics, "outbox_topic_partitions"), 2.0, "{metrics}");
+    relay.stop().await
+}

@@ -87,6 +87,16 @@ impl BrokerProbe {
         Ok(Self { client: Arc::new(client), context })
     }
 
+    /// The partition count of `topic` (0 if the broker does not know it). Blocking.
+    pub fn partition_count(&self, topic: &str) -> Result<usize, ProbeError> {
+        use rdkafka::consumer::Consumer as _;
+        let metadata = self.client.fetch_metadata(Some(topic), crate::METADATA_TIMEOUT).map_err(|source| {
+            serve_errors(&self.client);
+            ProbeError { source, last: self.context.last() }
+        })?;
+        Ok(metadata.topics().iter().find(|found| found.name() == topic).map_or(0, |found| found.partitions().len()))
+    }
+
     /// Whether the broker answers a metadata request for `topic` (which also auto-creates it
     /// on brokers that do so). Blocking: call from `spawn_blocking`.
     pub fn topic_reachable(&self, topic: &str) -> Result<(), ProbeError> {

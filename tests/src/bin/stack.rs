@@ -72,7 +72,10 @@ async fn main() -> anyhow::Result<()> {
         rust_log: cli.rust_log,
         relay_delivery_timeout: None,
         service_env,
-        service_env_by_name: cli.api_token.map(|token| (Service::Api, "API_TOKEN".into(), token)).into_iter().collect(),
+        // The relay creates the topic with 6 partitions (a topic already there is left as it is).
+        service_env_by_name: std::iter::once((Service::Relay, "KAFKA_TOPIC_PARTITIONS".into(), "6".into()))
+            .chain(cli.api_token.map(|token| (Service::Api, "API_TOKEN".into(), token)))
+            .collect(),
         print_logs_on_drop: false,
         postgres_tls: false,
         kafka_sasl: false,

@@ -84,21 +84,12 @@ async fn create(bootstrap_servers: &str, topic: &str, spec: TopicSpec) -> Result
     match admin.create_topics([&new], &options).await?.into_iter().next() {
         Some(Ok(_)) => Ok(Ensured::Created),
         Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
-            let partitions = partition_count(admin.inner(), topic)?;
+            let partitions = kafka_kit::partition_count(admin.inner(), topic)?;
             Ok(Ensured::Existed { partitions })
         }
         Some(Err((_, code))) => Err(rdkafka::error::KafkaError::AdminOp(code)),
         None => Err(rdkafka::error::KafkaError::AdminOpCreation("no answer".to_owned())),
     }
-}
-
-/// The partition count of `topic` as `client` sees it now. Blocking.
-pub(crate) fn partition_count<C: rdkafka::client::ClientContext>(
-    client: &rdkafka::client::Client<C>,
-    topic: &str,
-) -> Result<usize, rdkafka::error::KafkaError> {
-    let metadata = client.fetch_metadata(Some(topic), kafka_kit::METADATA_TIMEOUT)?;
-    Ok(metadata.topics().iter().find(|found| found.name() == topic).map_or(0, |found| found.partitions().len()))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::SinkMetrics;
+use crate::sink::Db2Error;
 
 /// How often the pruner looks for rows past the retention when it found none last time.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -56,16 +57,7 @@ pub(crate) async fn prune_processed_events(
     }
 }
 
-/// Why a pruning round failed (it is retried).
-#[derive(Debug, thiserror::Error)]
-enum PruneError {
-    #[error("DB2 unavailable")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("the pruning statement failed")]
-    Query(#[from] tokio_postgres::Error),
-}
-
-async fn prune_once(pool: &Pool, retention: Duration, batch: i64) -> Result<u64, PruneError> {
+async fn prune_once(pool: &Pool, retention: Duration, batch: i64) -> Result<u64, Db2Error> {
     let client = pool.get().await?;
     let statement = client.prepare_cached(PRUNE).await?;
     Ok(client.execute(&statement, &[&retention.as_secs_f64(), &batch]).await?)

@@ -37,9 +37,9 @@ struct Pending<'m> {
     span: tracing::Span,
 }
 
-/// Why applying events to DB2 failed.
+/// Why a DB2 transaction of the sink (applying events, pruning) failed.
 #[derive(Debug, thiserror::Error)]
-enum ApplyError {
+pub(crate) enum Db2Error {
     #[error("DB2 unavailable")]
     Unavailable(#[from] deadpool_postgres::PoolError),
     #[error("DB2 query failed")]
@@ -274,7 +274,7 @@ impl Sink {
                     }
                     return Ok(());
                 }
-                Err(ApplyError::Query(error)) if !is_transient(&error) => return Err(Stop::Refused(error)),
+                Err(Db2Error::Query(error)) if !is_transient(&error) => return Err(Stop::Refused(error)),
                 Err(error) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %error_chain(&error), ?delay, events = events.len(), "DB2 unavailable; retrying");
@@ -286,7 +286,7 @@ impl Sink {
         }
     }
 
-    async fn apply(&self, events: &[Pending<'_>]) -> Result<Vec<ApplyOutcome>, ApplyError> {
+    async fn apply(&self, events: &[Pending<'_>]) -> Result<Vec<ApplyOutcome>, Db2Error> {
         let started = Instant::now();
         let mut client = self.pool.get().await?;
         let outcomes = apply_all(&mut client, events.iter().map(|event| (&event.decoded, &event.span))).await?;

@@ -46,6 +46,12 @@ impl SinkUnderTest {
     }
 }
 
+/// DB2's articles as (id, title, version), by id.
+async fn articles_in(sink: &SinkUnderTest) -> anyhow::Result<Vec<(i64, String, i64)>> {
+    let rows = sink.db2_client().await?.query("SELECT id, title, version FROM articles ORDER BY id", &[]).await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect())
+}
+
 /// Reads a single number from DB2.
 async fn db2_count(sink: &SinkUnderTest, sql: &str) -> anyhow::Result<i64> {
     Ok(sink.db2_client().await?.query_one(sql, &[]).await?.get(0))
@@ -124,10 +130,9 @@ async fn stale_replayed_and_post_deletion_events_change_nothing() -> anyhow::Res
     let metrics = sink.metrics().await?;
     assert!(metrics.contains("sink_events_duplicate_total 1"), "e3 twice: {metrics}");
     assert!(metrics.contains("sink_events_stale_total 3"), "e2, f1 and g0 are stale: {metrics}");
-    let db2 = sink.db2_client().await?;
-    let rows = db2.query("SELECT id, title, version FROM articles ORDER BY id", &[]).await?;
-    let articles: Vec<(i64, String, i64)> = rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+    let articles = articles_in(&sink).await?;
     assert_eq!(articles, [(7000, "v3".to_owned(), 3), (7001, "kept".to_owned(), 2)], "7002 stays deleted");
+    let db2 = sink.db2_client().await?;
     let tombstone: i64 = db2.query_one("SELECT version FROM article_tombstones WHERE id = 7002", &[]).await?.get(0);
     assert_eq!(tombstone, 2);
     Ok(())
@@ -153,9 +158,7 @@ async fn snapshots_fill_an_empty_replica_but_never_undo_a_newer_change_or_deleti
     let metrics = sink.metrics().await?;
     assert!(metrics.contains("sink_events_stale_total 2"), "s2 and s4 are stale: {metrics}");
     assert!(metrics.contains(r#"sink_events_applied_total{event_type="article.snapshot"} 2"#), "{metrics}");
-    let db2 = sink.db2_client().await?;
-    let rows = db2.query("SELECT id, title, version FROM articles ORDER BY id", &[]).await?;
-    let articles: Vec<(i64, String, i64)> = rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+    let articles = articles_in(&sink).await?;
     assert_eq!(articles, [(8000, "seeded at v4".to_owned(), 4), (8001, "v2".to_owned(), 2)], "8002 stays deleted");
     Ok(())
 }
@@ -175,15 +178,9 @@ async fn processed_events_past_the_retention_are_pruned_and_their_replay_changes
     produce_and_wait(&sink, &events, 5).await?;
     let db2 = sink.db2_client().await?;
     let state = || async {
-        let articles = db2.query("SELECT id, title, version FROM articles ORDER BY id", &[]).await?;
         let tombstones = db2.query("SELECT id, version FROM article_tombstones ORDER BY id", &[]).await?;
-        anyhow::Ok((
-            articles
-                .iter()
-                .map(|row| (row.get::<_, i64>(0), row.get::<_, String>(1), row.get::<_, i64>(2)))
-                .collect::<Vec<_>>(),
-            tombstones.iter().map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1))).collect::<Vec<_>>(),
-        ))
+        let tombstones: Vec<(i64, i64)> = tombstones.iter().map(|row| (row.get(0), row.get(1))).collect();
+        anyhow::Ok((articles_in(&sink).await?, tombstones))
     };
     let before = state().await?;
     assert_eq!(before.0, [(9000, "v2".to_owned(), 2), (9002, "seeded".to_owned(), 5)]);

@@ -121,6 +121,16 @@ pub fn topic_reachable<C: rdkafka::client::ClientContext>(
     client.fetch_metadata(Some(topic), METADATA_TIMEOUT).map(|_| ())
 }
 
+/// The partition count of `topic` as `client` sees it now (0 when the broker does not know the
+/// topic). Blocking.
+pub fn partition_count<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<usize, rdkafka::error::KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    Ok(metadata.topics().iter().find(|found| found.name() == topic).map_or(0, |found| found.partitions().len()))
+}
+
 /// Why reading a topic back failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadBackError {

@@ -90,11 +90,13 @@ impl BrokerProbe {
     /// The partition count of `topic` (0 if the broker does not know it). Blocking.
     pub fn partition_count(&self, topic: &str) -> Result<usize, ProbeError> {
         use rdkafka::consumer::Consumer as _;
-        let metadata = self.client.fetch_metadata(Some(topic), crate::METADATA_TIMEOUT).map_err(|source| {
-            serve_errors(&self.client);
-            ProbeError { source, last: self.context.last() }
-        })?;
-        Ok(metadata.topics().iter().find(|found| found.name() == topic).map_or(0, |found| found.partitions().len()))
+        crate::partition_count(self.client.client(), topic).map_err(|source| self.failure(source))
+    }
+
+    /// `source`, with the connection's last failure.
+    fn failure(&self, source: KafkaError) -> ProbeError {
+        serve_errors(&self.client);
+        ProbeError { source, last: self.context.last() }
     }
 
     /// Whether the broker answers a metadata request for `topic` (which also auto-creates it

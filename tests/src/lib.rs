@@ -6,6 +6,7 @@
 pub mod api_client;
 pub mod broker;
 pub mod certs;
+pub mod cli;
 pub mod component;
 pub mod jaeger;
 pub mod postgres;

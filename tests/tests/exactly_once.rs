@@ -182,13 +182,8 @@ async fn replica_verifier_reports_missing_extra_and_differing_articles() -> anyh
         ids.push(api.create(&serde_json::json!({"title": format!("v{i}"), "content": "c", "author": "a"})).await?.id);
     }
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
-    let verify = || {
-        tokio::process::Command::new(e2e::process::binary("replica-sink").expect("built"))
-            .arg("verify")
-            .env("DATABASE_URL", stack.db1_url().expose())
-            .env("REPLICA_DATABASE_URL", stack.db2_url().expose())
-            .output()
-    };
+    let (db1, db2) = (stack.db1_url().expose().to_owned(), stack.db2_url().expose().to_owned());
+    let verify = || e2e::cli::verify_replica(&db1, &db2);
     let clean = verify().await?;
     let stderr = String::from_utf8_lossy(&clean.stderr);
     assert!(clean.status.success(), "{}\n{stderr}", String::from_utf8_lossy(&clean.stdout));

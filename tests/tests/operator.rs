@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::Duration;
 
+use e2e::cli::{blogctl, verify_replica};
 use e2e::component::Fixtures;
 use e2e::stack::{FAST_TAKEOVER, Service};
 use e2e::{Stack, workload};
@@ -13,26 +14,6 @@ use events::ArticleEvent;
 use serde_json::{Value, json};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Runs `blogctl args…` with `envs` and standard input `stdin`.
-async fn blogctl(args: &[&str], envs: &[(&str, String)], stdin: &str) -> anyhow::Result<Output> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut command = tokio::process::Command::new(e2e::process::binary("blogctl")?);
-    command
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("REPLICA_DATABASE_URL")
-        .env("KAFKA_ISOLATION_LEVEL", e2e::broker::BrokerKind::from_env()?.isolation().as_str())
-        .envs(envs.iter().map(|(name, value)| (*name, value.as_str())))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn()?;
-    let mut input = child.stdin.take().expect("piped");
-    input.write_all(stdin.as_bytes()).await?;
-    drop(input);
-    Ok(tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await??)
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -299,12 +280,7 @@ async fn a_snapshot_reseeds_an_empty_replica_after_the_broker_lost_its_data_whil
 
     let articles = stack.wait_for_replica(SYNC_TIMEOUT).await?;
     assert!(!articles.is_empty());
-    let verify = tokio::process::Command::new(e2e::process::binary("replica-sink")?)
-        .arg("verify")
-        .env("DATABASE_URL", stack.db1_url().expose())
-        .env("REPLICA_DATABASE_URL", stack.db2_url().expose())
-        .output()
-        .await?;
+    let verify = verify_replica(stack.db1_url().expose(), stack.db2_url().expose()).await?;
     assert!(verify.status.success(), "{}{}", stdout(&verify), stderr(&verify));
     assert!(stdout(&verify).contains("verdict: IDENTICAL"), "{}", stdout(&verify));
     // Every article alive in DB1 reached the new log as a snapshot (or a later change).

@@ -6,8 +6,8 @@
 use std::process::Output;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use e2e::Stack;
+use e2e::cli::{blogctl, verify_replica};
 use e2e::stack::Service;
 use serde_json::json;
 
@@ -15,17 +15,6 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-/// `replica-sink verify` on `db1` and `db2`: a quick, complete use of both connection strings.
-async fn verify(db1: &str, db2: &str) -> anyhow::Result<Output> {
-    Ok(tokio::process::Command::new(e2e::process::binary("replica-sink")?)
-        .arg("verify")
-        .env("DATABASE_URL", db1)
-        .env("REPLICA_DATABASE_URL", db2)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .await?)
 }
 
 /// Waits until the readiness endpoint `path` of the server at `base` answers 503 with a reason
@@ -99,29 +88,31 @@ async fn every_service_works_over_verified_tls_and_what_does_not_verify_is_refus
             service.binary_name()
         );
     }
-    let status = tokio::process::Command::new(e2e::process::binary("blogctl")?)
-        .arg("status")
-        .env("DATABASE_URL", &db1)
-        .env("REPLICA_DATABASE_URL", &db2)
-        .env("KAFKA_BOOTSTRAP_SERVERS", stack.bootstrap_servers())
-        .env("KAFKA_TOPIC", stack.topic())
-        .env("KAFKA_GROUP_ID", stack.group())
-        .env("KAFKA_ISOLATION_LEVEL", stack.options.broker.isolation().as_str())
-        .output()
-        .await?;
+    let status = blogctl(
+        &["status"],
+        &[
+            ("DATABASE_URL", db1.clone()),
+            ("REPLICA_DATABASE_URL", db2.clone()),
+            ("KAFKA_BOOTSTRAP_SERVERS", stack.bootstrap_servers()),
+            ("KAFKA_TOPIC", stack.topic().to_owned()),
+            ("KAFKA_GROUP_ID", stack.group().to_owned()),
+        ],
+        "",
+    )
+    .await?;
     assert!(text(&status).contains("DB2 replica     1 articles"), "blogctl over TLS too: {}", text(&status));
-    let verified = verify(&db1, &db2).await?;
+    let verified = verify_replica(&db1, &db2).await?;
     assert!(verified.status.success(), "{}", text(&verified));
     assert!(text(&verified).contains("verdict: IDENTICAL"), "{}", text(&verified));
 
     let other_ca = e2e::certs::certificate_authority(&stack.root().join("other-ca"), "not-the-servers-ca")?.0;
-    let wrong_ca = verify(&with_tls(&db1, "verify-full", Some(&other_ca)), &db2).await?;
+    let wrong_ca = verify_replica(&with_tls(&db1, "verify-full", Some(&other_ca)), &db2).await?;
     assert!(!wrong_ca.status.success(), "a certificate the CA did not sign: {}", text(&wrong_ca));
     let said = text(&wrong_ca);
     assert!(said.contains("certificate verify failed"), "the reason: {said}");
     assert!(said.contains("127.0.0.1"), "the host: {said}");
     assert!(!said.contains("panicked"), "{said}");
-    let wrong_ca_unverified = verify(&with_tls(&db1, "verify-ca", Some(&other_ca)), &db2).await?;
+    let wrong_ca_unverified = verify_replica(&with_tls(&db1, "verify-ca", Some(&other_ca)), &db2).await?;
     assert!(!wrong_ca_unverified.status.success(), "verify-ca checks the chain too: {}", text(&wrong_ca_unverified));
 
     // A service started with a CA that does not verify the server keeps running, its /ready
@@ -140,14 +131,15 @@ async fn every_service_works_over_verified_tls_and_what_does_not_verify_is_refus
     assert!(api_wrong_ca.is_running());
     assert_eq!(api_wrong_ca.stop(Duration::from_secs(20)).await, Some(0));
 
-    let plain = verify(&with_tls(&db1, "disable", None), &db2).await?;
+    let plain = verify_replica(&with_tls(&db1, "disable", None), &db2).await?;
     assert!(!plain.status.success(), "plain text is refused by the server: {}", text(&plain));
     assert!(text(&plain).contains("no encryption"), "pg_hba.conf's reason: {}", text(&plain));
 
-    let encrypted_only = verify(&with_tls(&db1, "require", Some(&other_ca)), &with_tls(&db2, "prefer", None)).await?;
+    let encrypted_only =
+        verify_replica(&with_tls(&db1, "require", Some(&other_ca)), &with_tls(&db2, "prefer", None)).await?;
     assert!(encrypted_only.status.success(), "require and prefer do not verify: {}", text(&encrypted_only));
 
-    let unknown_mode = verify(&with_tls(&db1, "allow", None), &db2).await?;
+    let unknown_mode = verify_replica(&with_tls(&db1, "allow", None), &db2).await?;
     assert!(!unknown_mode.status.success());
     assert!(text(&unknown_mode).contains("sslmode \"allow\" is not one of"), "{}", text(&unknown_mode));
     Ok(())
@@ -210,16 +202,6 @@ async fn secrets_come_from_files_and_never_print() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `blogctl args…` with `envs` (no other Kafka settings from the test's environment).
-async fn blogctl(args: &[&str], envs: &[(String, String)]) -> anyhow::Result<Output> {
-    Ok(tokio::process::Command::new(e2e::process::binary("blogctl")?)
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .envs(envs.iter().map(|(name, value)| (name.as_str(), value.as_str())))
-        .output()
-        .await?)
-}
-
 /// The whole pipeline through Apache Kafka's SASL_SSL listener (SCRAM-SHA-256 credentials
 /// created by the test, TLS verified against the test's CA): the relay publishes, the sink
 /// applies, `blogctl` lists, consumes and produces; start-up logs name the security protocol and
@@ -258,27 +240,15 @@ async fn the_pipeline_runs_over_sasl_ssl_and_a_wrong_password_is_a_clear_retried
 
     let mut env = client_env.clone();
     env.push(("KAFKA_TOPIC".to_owned(), stack.topic().to_owned()));
-    let listed = blogctl(&["topics", "list"], &env).await?;
+    let listed = blogctl(&["topics", "list"], &env, "").await?;
     assert!(listed.status.success(), "{}", text(&listed));
     assert!(text(&listed).contains(stack.topic()), "{}", text(&listed));
-    let consumed = blogctl(&["consume", "--from-beginning", "--until-caught-up"], &env).await?;
+    let consumed = blogctl(&["consume", "--from-beginning", "--until-caught-up"], &env, "").await?;
     assert!(consumed.status.success(), "{}", text(&consumed));
     assert!(text(&consumed).contains("Processed a total of 2 messages"), "{}", text(&consumed));
 
-    let produced = {
-        use tokio::io::AsyncWriteExt as _;
-        let mut child = tokio::process::Command::new(e2e::process::binary("blogctl")?)
-            .args(["produce", "--key", "999"])
-            .envs(env.iter().map(|(name, value)| (name.as_str(), value.as_str())))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        let mut stdin = child.stdin.take().context("stdin")?;
-        stdin.write_all(format!("{}\n", events::SEED_HAND_WRITTEN_EVENT).as_bytes()).await?;
-        drop(stdin);
-        child.wait_with_output().await?
-    };
+    let seed_event = format!("{}\n", events::SEED_HAND_WRITTEN_EVENT);
+    let produced = blogctl(&["produce", "--key", "999"], &env, &seed_event).await?;
     assert!(produced.status.success(), "blogctl produces through SASL_SSL: {}", text(&produced));
     e2e::wait::until("the sink to apply the produced event", SYNC_TIMEOUT, || async {
         let db2 = stack.db2_client().await?;
@@ -293,7 +263,7 @@ async fn the_pipeline_runs_over_sasl_ssl_and_a_wrong_password_is_a_clear_retried
         let mut by_file: Vec<(String, String)> =
             env.iter().filter(|(name, _)| name != "RDKAFKA_SASL_MECHANISMS").cloned().collect();
         by_file.push(("KAFKA_PROPERTIES_FILE".to_owned(), properties.display().to_string()));
-        let listed = blogctl(&["topics", "describe"], &by_file).await?;
+        let listed = blogctl(&["topics", "describe"], &by_file, "").await?;
         assert!(listed.status.success(), "{mechanism}: {}", text(&listed));
     }
 
@@ -302,7 +272,7 @@ async fn the_pipeline_runs_over_sasl_ssl_and_a_wrong_password_is_a_clear_retried
     let mut wrong_env: Vec<(String, String)> =
         client_env.iter().filter(|(name, _)| name != "RDKAFKA_SASL_PASSWORD_FILE").cloned().collect();
     wrong_env.push(("RDKAFKA_SASL_PASSWORD_FILE".to_owned(), wrong.display().to_string()));
-    let refused = blogctl(&["topics", "list"], &wrong_env).await?;
+    let refused = blogctl(&["topics", "list"], &wrong_env, "").await?;
     assert!(!refused.status.success(), "{}", text(&refused));
     assert!(text(&refused).contains("SASL authentication error"), "the reason: {}", text(&refused));
 

@@ -13,15 +13,10 @@ use crate::metrics::RelayMetrics;
 use crate::publish::ProducerSettings;
 use crate::relay::{Relay, RelaySettings};
 
-/// Set on every DB1 session of the relay, so that a relay stopped mid-transaction (SIGSTOP, a
-/// frozen VM) cannot hold up its successor: its open transaction is ended by the server, and a
-/// statement waiting for a lock gives up and is retried.
-const SESSION_SETTINGS: &[(&str, &str)] =
-    &[("lock_timeout", "5s"), ("statement_timeout", "60s"), ("idle_in_transaction_session_timeout", "10s")];
-
-/// DB1 as the relay's sessions use it (migrations use the plain URL: they may wait longer).
+/// DB1 as the relay's sessions use it, so that a relay stopped mid-transaction cannot hold up
+/// its successor (migrations use the plain URL: they may wait longer).
 fn relay_sessions(url: &DatabaseUrl) -> DatabaseUrl {
-    url.with_session_settings(SESSION_SETTINGS)
+    url.with_session_settings(service_kit::db::BOUNDED_SESSIONS)
 }
 
 pub struct Application {

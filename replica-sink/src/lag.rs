@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::consumer::Consumer as _;
+
+use crate::group::SinkConsumer;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::SinkMetrics;
@@ -13,7 +15,7 @@ const LAG_REFRESH: Duration = Duration::from_secs(5);
 
 /// Refreshes `sink_consumer_lag` until `shutdown`: per assigned partition, the high watermark
 /// minus the consumer's position.
-pub(crate) async fn report_lag(consumer: Arc<StreamConsumer>, metrics: SinkMetrics, shutdown: CancellationToken) {
+pub(crate) async fn report_lag(consumer: Arc<SinkConsumer>, metrics: SinkMetrics, shutdown: CancellationToken) {
     while service_kit::shutdown::sleep_unless_cancelled(&shutdown, LAG_REFRESH).await {
         let (consumer, metrics) = (consumer.clone(), metrics.clone());
         let measured = tokio::task::spawn_blocking(move || -> Result<(), rdkafka::error::KafkaError> {

@@ -8,6 +8,7 @@ mod apply;
 pub mod config;
 mod dead_letter;
 mod decode;
+mod group;
 mod lag;
 mod metrics;
 mod prune;

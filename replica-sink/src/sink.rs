@@ -2,10 +2,10 @@
 //!
 //! 1. decode each one; a record that can never be applied (poison) is logged, counted and copied
 //!    to the dead-letter topic at once;
-//! 2. apply the others in one DB2 transaction, retrying with capped backoff while DB2 is
-//!    unavailable, without moving on;
-//! 3. if DB2 refuses one event's data, apply the batch again event by event, so that only the
-//!    refused event goes to the dead-letter topic;
+//! 2. apply the others, one DB2 transaction per partition, the partitions side by side (each
+//!    keeps its order), retrying with capped backoff while DB2 is unavailable, without moving on;
+//! 3. if DB2 refuses one event's data, apply that partition's events again event by event, so
+//!    that only the refused event goes to the dead-letter topic;
 //! 4. store the offsets, for the next auto-commit.
 //!
 //! Poison never stops the pipeline, and no offset moves before its event's effect is committed.
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use service_kit::backoff::Backoff;
 use service_kit::db::{error_chain, is_transient};
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyOutcome, apply_all};
 use crate::dead_letter::{DeadLetters, Handled};
+use crate::group::SinkConsumer;
 use crate::decode::{DecodedEvent, Poison, decode};
 use crate::metrics::SinkMetrics;
 
@@ -55,7 +56,7 @@ enum Stop {
 
 pub(crate) struct Sink {
     pool: Pool,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<SinkConsumer>,
     metrics: SinkMetrics,
     dead_letters: DeadLetters,
     /// The relay epochs seen per partition: a record of a deposed relay leader that landed after
@@ -66,7 +67,7 @@ pub(crate) struct Sink {
 impl Sink {
     pub(crate) fn new(
         pool: Pool,
-        consumer: Arc<StreamConsumer>,
+        consumer: Arc<SinkConsumer>,
         metrics: SinkMetrics,
         dead_letters: DeadLetters,
     ) -> Self {
@@ -169,10 +170,17 @@ impl Sink {
                 }
             }
         }
-        if events.is_empty() {
-            return Handled::Done;
-        }
-        match self.apply_retrying(&events, shutdown).await {
+        // Each partition's events in their own DB2 transaction, side by side: one instance scales
+        // with the partitions it owns, and each partition's events stay in their order.
+        let groups = by_partition(events);
+        let handled = futures_util::future::join_all(groups.iter().map(|group| self.apply_group(group, shutdown))).await;
+        if handled.contains(&Handled::Interrupted) { Handled::Interrupted } else { Handled::Done }
+    }
+
+    /// Applies one partition's events in one transaction; if DB2 refuses one of them, event by
+    /// event, so that only the refused one goes to the dead-letter topic.
+    async fn apply_group(&self, events: &[Pending<'_>], shutdown: &CancellationToken) -> Handled {
+        match self.apply_retrying(events, shutdown).await {
             Ok(()) => Handled::Done,
             Err(Stop::Interrupted) => Handled::Interrupted,
             Err(Stop::Refused(error)) if events.len() == 1 => self.reject(&events[0], &error, shutdown).await,
@@ -338,4 +346,13 @@ impl Sink {
             }
         }
     }
+}
+
+/// Splits `events` by partition, keeping each partition's order.
+fn by_partition(events: Vec<Pending<'_>>) -> Vec<Vec<Pending<'_>>> {
+    let mut groups: std::collections::BTreeMap<i32, Vec<Pending<'_>>> = Default::default();
+    for event in events {
+        groups.entry(event.message.partition()).or_default().push(event);
+    }
+    groups.into_values().collect()
 }

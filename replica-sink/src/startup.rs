@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use kafka_kit::Role;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::consumer::Consumer as _;
 use service_kit::ops::OpsServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SinkConfig;
 use crate::dead_letter::DeadLetters;
+use crate::group::{ASSIGNMENT_STRATEGY, GroupLog, SinkConsumer};
 use crate::metrics::SinkMetrics;
 use crate::sink::Sink;
 
@@ -19,7 +20,7 @@ pub struct Application {
     ops: OpsServer,
     config: SinkConfig,
     sink: Sink,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<SinkConsumer>,
     metrics: SinkMetrics,
     /// DB2, for pruning `processed_events` beside the sink.
     pool: deadpool_postgres::Pool,
@@ -33,7 +34,9 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     pub async fn build(config: SinkConfig) -> anyhow::Result<Self> {
-        let pool = service_kit::db::pool(&config.replica_database_url, config.db_pool_size)
+        // A sink stopped mid-transaction must not hold up its partitions' next owner.
+        let sessions = config.replica_database_url.with_session_settings(service_kit::db::BOUNDED_SESSIONS);
+        let pool = service_kit::db::pool(&sessions, config.db_pool_size)
             .context("cannot create the DB2 pool")?;
         let kafka_settings = kafka_kit::settings::settings().context("invalid Kafka settings")?;
         tracing::info!(kafka_security = %kafka_settings.describe(), "Kafka client settings");
@@ -42,10 +45,12 @@ impl Application {
             &config.kafka_group_id,
             config.kafka_isolation_level,
         );
-        consumer_config.set("fetch.wait.max.ms", config.kafka_fetch_wait_max_ms.to_string());
-        let consumer: Arc<StreamConsumer> = Arc::new(
+        consumer_config
+            .set("fetch.wait.max.ms", config.kafka_fetch_wait_max_ms.to_string())
+            .set("partition.assignment.strategy", ASSIGNMENT_STRATEGY);
+        let consumer: Arc<SinkConsumer> = Arc::new(
             kafka_kit::configured(&consumer_config, Role::Consumer)?
-                .create()
+                .create_with_context(GroupLog)
                 .context("cannot create the Kafka consumer")?,
         );
         let metrics = SinkMetrics::new().context("cannot register metrics")?;

@@ -58,6 +58,14 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::BuildError),
 }
 
+/// Session settings for a service whose open transaction another instance may wait behind (a
+/// relay's successor, a sink's partition's next owner): if the process stops mid-transaction
+/// (SIGSTOP, a frozen VM), the server ends that transaction after 10 s, and a statement waiting
+/// for a lock gives up after 5 s and is retried ([`is_transient`] says both are transient).
+/// Apply them with [`DatabaseUrl::with_session_settings`]; migrations may wait longer.
+pub const BOUNDED_SESSIONS: &[(&str, &str)] =
+    &[("lock_timeout", "5s"), ("statement_timeout", "60s"), ("idle_in_transaction_session_timeout", "10s")];
+
 /// How long a caller waits for a pooled connection, or for a new one to open, before giving up.
 pub const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -145,7 +153,11 @@ pub fn is_transient(error: &tokio_postgres::Error) -> bool {
         return true;
     };
     let class = &code.code()[..2];
-    matches!(class, "08" | "53" | "57" | "58" | "40") || *code == SqlState::LOCK_NOT_AVAILABLE
+    // A session the server ended for idling in a transaction ([`BOUNDED_SESSIONS`]) is gone, not
+    // wrong: the work is retried on a new one.
+    matches!(class, "08" | "53" | "57" | "58" | "40")
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
 }
 
 /// `error: cause: cause` on one line, for log fields.

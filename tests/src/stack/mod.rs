@@ -214,23 +214,30 @@ impl Stack {
         binary_name: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<ManagedProcess> {
-        let mut spec = service_spec(
-            Service::Relay,
-            port,
-            name,
-            &self.options,
-            &self.db1,
-            &self.db2,
-            &self.service_bootstrap_servers,
-        )?;
+        self.start_instance(Service::Relay, name, port, binary_name, env).await
+    }
+
+    /// Starts one more sink in the stack's group (the group then shares the topic's partitions),
+    /// serving its ops endpoints on `port`, logging to `logs/<name>.log`; waits until it is ready.
+    pub async fn start_extra_sink(&self, name: &str, port: u16) -> anyhow::Result<ManagedProcess> {
+        self.start_instance(Service::Sink, name, port, Service::Sink.binary_name(), &[]).await
+    }
+
+    /// One more process of `service`, configured as the stack's own, running `binary_name`.
+    async fn start_instance(
+        &self,
+        service: Service,
+        name: &str,
+        port: u16,
+        binary_name: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ManagedProcess> {
+        let mut spec =
+            service_spec(service, port, name, &self.options, &self.db1, &self.db2, &self.service_bootstrap_servers)?;
         spec.program = binary(binary_name)?;
         spec.envs.extend(env.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())));
         let process = ManagedProcess::start(spec)?;
-        let client = ApiClient::new(&format!("http://127.0.0.1:{port}"));
-        crate::wait::until(&format!("{name} to be ready"), Duration::from_secs(60), || async {
-            Ok(client.request(reqwest::Method::GET, "/ready", None).await?.0 == 200)
-        })
-        .await?;
+        wait_ready_at(name, port).await?;
         Ok(process)
     }
 
@@ -252,11 +259,7 @@ impl Stack {
 
     /// Waits until `GET /ready` of `service` answers 200.
     pub async fn wait_ready(&self, service: Service) -> anyhow::Result<()> {
-        let client = ApiClient::new(&self.url(service));
-        crate::wait::until(&format!("{} to be ready", service.binary_name()), Duration::from_secs(60), || async {
-            Ok(client.request(reqwest::Method::GET, "/ready", None).await?.0 == 200)
-        })
-        .await
+        wait_ready_at(service.binary_name(), self.port(service)).await
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit code.
@@ -432,6 +435,15 @@ impl Drop for Stack {
             eprintln!("{}", self.log_tails(40));
         }
     }
+}
+
+/// Waits until `GET /ready` on `port` answers 200.
+pub async fn wait_ready_at(name: &str, port: u16) -> anyhow::Result<()> {
+    let client = ApiClient::new(&format!("http://127.0.0.1:{port}"));
+    crate::wait::until(&format!("{name} to be ready"), Duration::from_secs(60), || async {
+        Ok(client.request(reqwest::Method::GET, "/ready", None).await?.0 == 200)
+    })
+    .await
 }
 
 /// The user every service of a `kafka_sasl` stack authenticates as.

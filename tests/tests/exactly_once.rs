@@ -158,16 +158,21 @@ async fn sink_killed_mid_batch_leaves_an_identical_replica() -> anyhow::Result<(
     Ok(())
 }
 
-/// The chaos script's short mode (CI's run): kills the broker, the relay and the sink while writing,
-/// and must end with a PASS verdict.
+/// The chaos script's short mode (CI's run), with 3 sinks on 6 partitions: kills the broker, the
+/// relay and sinks while writing, pauses the relay and the broker, and must end with a PASS verdict.
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_script_short_mode_passes() -> anyhow::Result<()> {
-    let output = tokio::process::Command::new(e2e::process::binary("chaos")?).arg("--short").output().await?;
+    let output = tokio::process::Command::new(e2e::process::binary("chaos")?)
+        .args(["--short", "--partitions", "6", "--sinks", "3"])
+        .output()
+        .await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     assert!(output.status.success(), "chaos failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("RESULT: PASS"));
     assert!(stdout.contains("duplicates                 0"));
+    assert!(stdout.contains("partitions: 6; sinks: 3"), "{stdout}");
+    assert!(stdout.contains("(one per event)"), "{stdout}");
     Ok(())
 }
 

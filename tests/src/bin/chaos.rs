@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use e2e::process::Server as _;
-use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, FAST_TAKEOVER, Service, TOPIC};
+use e2e::process::ManagedProcess;
+use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, FAST_TAKEOVER, Service, TOPIC, wait_ready_at};
 use e2e::verify::check_topic;
 use e2e::{ApiClient, Ports, Stack, workload};
 use service_kit::config::DatabaseUrl;
@@ -52,6 +53,12 @@ struct Cli {
     /// CI's quick run: 20 s at 40 writes/s, a fault every 3 s.
     #[arg(long)]
     short: bool,
+    /// Partitions of the topic the relay creates (target `self`; default: the broker's).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    partitions: Option<u32>,
+    /// Sinks in the group (target `self`); each sink fault hits one of them at random.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    sinks: u32,
     /// The local stack's directory (pid files).
     #[arg(long, default_value = ".stack")]
     stack_dir: PathBuf,
@@ -125,9 +132,16 @@ impl Part {
     }
 }
 
+/// A sink the chaos script added to its own stack's group.
+struct ExtraSink {
+    process: ManagedProcess,
+    port: u16,
+}
+
 /// Where the parts are and how to kill and restart them.
 enum Victims {
-    Own(Box<Stack>),
+    /// The stack and the sinks added to its group.
+    Own(Box<Stack>, Vec<ExtraSink>),
     Local { pids: PathBuf },
     Compose { file: PathBuf },
 }
@@ -151,11 +165,14 @@ impl Victims {
     /// SIGSTOP, `down_for`, SIGCONT.
     async fn pause(&mut self, part: Part, down_for: Duration) -> anyhow::Result<()> {
         match self {
-            Self::Own(stack) => {
+            Self::Own(stack, extra_sinks) => {
                 let process = match part {
                     Part::Broker => stack.broker_mut()?.process_mut(),
                     Part::Relay => stack.process(Service::Relay),
-                    Part::Sink => stack.process(Service::Sink),
+                    Part::Sink => match pick_sink(extra_sinks) {
+                        Some(sink) => &mut sink.process,
+                        None => stack.process(Service::Sink),
+                    },
                 };
                 process.signal("STOP").await?;
                 tokio::time::sleep(down_for).await;
@@ -183,17 +200,23 @@ impl Victims {
 
     async fn kill_and_restart(&mut self, part: Part, down_for: Duration) -> anyhow::Result<()> {
         match self {
-            Self::Own(stack) => {
-                match part {
-                    Part::Broker => stack.broker_mut()?.process_mut().kill(),
-                    Part::Relay => stack.kill(Service::Relay),
-                    Part::Sink => stack.kill(Service::Sink),
+            Self::Own(stack, extra_sinks) => {
+                let mut extra = if part == Part::Sink { pick_sink(extra_sinks) } else { None };
+                match (part, extra.as_deref_mut()) {
+                    (Part::Sink, Some(sink)) => sink.process.kill(),
+                    (Part::Broker, _) => stack.broker_mut()?.process_mut().kill(),
+                    (Part::Relay, _) => stack.kill(Service::Relay),
+                    (Part::Sink, None) => stack.kill(Service::Sink),
                 }
                 tokio::time::sleep(down_for).await;
-                match part {
-                    Part::Broker => stack.broker_mut()?.restart().await,
-                    Part::Relay => stack.restart(Service::Relay).await,
-                    Part::Sink => stack.restart(Service::Sink).await,
+                match (part, extra) {
+                    (Part::Sink, Some(sink)) => {
+                        sink.process.restart()?;
+                        wait_ready_at(sink.process.name(), sink.port).await
+                    }
+                    (Part::Broker, _) => stack.broker_mut()?.restart().await,
+                    (Part::Relay, _) => stack.restart(Service::Relay).await,
+                    (Part::Sink, None) => stack.restart(Service::Sink).await,
                 }
             }
             Self::Local { pids } => {
@@ -216,6 +239,12 @@ impl Victims {
             }
         }
     }
+}
+
+/// One of the extra sinks, or `None` for the stack's own, at random.
+fn pick_sink(extra_sinks: &mut [ExtraSink]) -> Option<&mut ExtraSink> {
+    let index = fastrand::usize(..=extra_sinks.len());
+    extra_sinks.get_mut(index)
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
@@ -267,6 +296,9 @@ async fn main() -> anyhow::Result<()> {
     if cli.rate == 0 || cli.duration == 0 || cli.kill_every == 0 {
         bail!("--rate, --duration and --kill-every must be positive");
     }
+    if cli.target != Target::SelfContained && (cli.partitions.is_some() || cli.sinks != 1) {
+        bail!("--partitions and --sinks apply to --target self only (the local and compose stacks choose their own)");
+    }
     let (mut victims, endpoints) = match cli.target {
         Target::SelfContained => {
             println!("starting a stack of its own ...");
@@ -274,11 +306,29 @@ async fn main() -> anyhow::Result<()> {
                 // The broker is one of the victims: a broker of its own, never a shared one.
                 options.shared_broker = None;
                 options.relay_delivery_timeout = Some(FAST_TAKEOVER);
+                if let Some(partitions) = cli.partitions {
+                    options.service_env_by_name.push((
+                        Service::Relay,
+                        "KAFKA_TOPIC_PARTITIONS".into(),
+                        partitions.to_string(),
+                    ));
+                }
             })
             .await?;
+            let mut extra_sinks = Vec::new();
+            for number in 2..=cli.sinks {
+                let port = e2e::free_port();
+                let process = stack.start_extra_sink(&format!("replica-sink-{number}"), port).await?;
+                extra_sinks.push(ExtraSink { process, port });
+            }
             // Logs are printed below only when the verdict is a failure.
             stack.options.print_logs_on_drop = false;
-            println!("broker: {}", stack.broker_description());
+            println!(
+                "broker: {}; partitions: {}; sinks: {}",
+                stack.broker_description(),
+                cli.partitions.map_or_else(|| "the broker's default".to_owned(), |p| p.to_string()),
+                cli.sinks
+            );
             let endpoints = Endpoints {
                 api: stack.url(Service::Api),
                 bootstrap: stack.bootstrap_servers(),
@@ -286,7 +336,7 @@ async fn main() -> anyhow::Result<()> {
                 db1: stack.db1_url(),
                 db2: stack.db2_url(),
             };
-            (Victims::Own(Box::new(stack)), endpoints)
+            (Victims::Own(Box::new(stack), extra_sinks), endpoints)
         }
         Target::Local => (Victims::Local { pids: cli.stack_dir.join("pids") }, seed_endpoints()),
         Target::Compose => (Victims::Compose { file: cli.compose_file.clone() }, seed_endpoints()),
@@ -335,7 +385,14 @@ async fn main() -> anyhow::Result<()> {
     let topic = check_topic(&records, &report.expected);
     let errors_while_broker_down =
         report.error_times.iter().filter(|at| broker_down.iter().any(|(from, to)| (from..=to).contains(at))).count();
-    let pass = topic.is_clean() && drift.is_identical() && report.errors == 0;
+    // Each event recorded once in DB2, whichever sink applied it and however often it was delivered.
+    let processed: i64 = service_kit::db::connect(&endpoints.db2)
+        .await?
+        .query_one("SELECT count(*) FROM processed_events", &[])
+        .await?
+        .get(0);
+    let processed_once = usize::try_from(processed).is_ok_and(|rows| rows == topic.events);
+    let pass = topic.is_clean() && drift.is_identical() && report.errors == 0 && processed_once;
     println!(
         "
 chaos verdict ({:?} target, {} s at {} writes/s)
@@ -348,6 +405,7 @@ chaos verdict ({:?} target, {} s at {} writes/s)
   missing                    {}{}
   order violations           {}
   DB1 vs DB2                 {} (DB1 {} articles, DB2 {}; missing {}, extra {}, differing {})
+  processed_events rows      {processed} ({})
 RESULT: {}",
         cli.target,
         cli.duration,
@@ -375,15 +433,20 @@ RESULT: {}",
         drift.missing.0,
         drift.extra.0,
         drift.differing.0,
+        if processed_once { "one per event" } else { "NOT one per event" },
         if pass { "PASS" } else { "FAIL" }
     );
     if !report.error_samples.is_empty() {
         println!("API error samples: {:#?}", report.error_samples);
     }
-    if let Victims::Own(stack) = victims {
+    if let Victims::Own(stack, extra_sinks) = victims {
         if !pass {
             println!("{}", stack.log_tails(60));
+            for sink in &extra_sinks {
+                println!("----- {} -----\n{}", sink.process.name(), sink.process.log_tail(60));
+            }
         }
+        drop(extra_sinks);
         stack.shutdown().await;
     }
     if !pass {

@@ -55,6 +55,17 @@ fn compose_file_is_valid_for_docker_compose() -> anyhow::Result<()> {
     ] {
         assert!(services.lines().any(|service| service == wanted), "service {wanted} missing: {services}");
     }
+    // Two sinks of the group, which must not clash: no container name, no fixed host port.
+    let json = Command::new(compose_binary()?)
+        .args(["-f", "compose/docker-compose.yml", "config", "--format", "json"])
+        .current_dir(repo())
+        .output()?;
+    let sink = serde_json::from_slice::<serde_json::Value>(&json.stdout)?["services"]["replica-sink"].clone();
+    assert_eq!(sink["deploy"]["replicas"], 2, "{sink}");
+    assert!(sink.get("container_name").is_none(), "{sink}");
+    for port in sink["ports"].as_array().into_iter().flatten() {
+        assert!(port.get("published").is_none_or(|published| published == ""), "no fixed host port: {port}");
+    }
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! The relay's Prometheus metrics, served at `/metrics`.
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use service_kit::metrics::{LATENCY_BUCKETS, register};
 
 #[derive(Debug, Clone)]
@@ -21,6 +23,11 @@ pub struct RelayMetrics {
     pub topic_partitions: IntGauge,
     /// Seconds from the outbox row's commit to the broker's acknowledgement.
     pub commit_to_ack: Histogram,
+    /// `outbox_round_phase_seconds{phase}`: how long each phase of a publishing round took —
+    /// `fetch` (read the batch from DB1), `produce` (hand it over until every acknowledgement),
+    /// `commit` (the Kafka transaction's commit), `settle` (delete the rows, move the checkpoints):
+    /// what bounds the relay's rate and latency.
+    pub round_phase: HistogramVec,
     /// 1 while this relay is the leader.
     pub leader: IntGauge,
     /// The fencing epoch this relay last led.
@@ -57,6 +64,8 @@ impl RelayMetrics {
             "outbox_commit_to_ack_seconds",
             "Time from outbox row creation to broker acknowledgement",
         );
+        let round_phase = HistogramOpts::new("outbox_round_phase_seconds", "Duration of each phase of a publishing round")
+            .buckets(LATENCY_BUCKETS.to_vec());
         let reconciled_help = "Outbox rows found on the topic by read-back and settled without publishing again";
         Ok(Self {
             leader: register(
@@ -87,6 +96,7 @@ impl RelayMetrics {
                 IntGauge::new("outbox_dead_letter_rows", "Rows in outbox_dead_letters, waiting for an operator"),
             )?,
             commit_to_ack: register(&registry, Histogram::with_opts(commit_to_ack.buckets(LATENCY_BUCKETS.to_vec())))?,
+            round_phase: register(&registry, HistogramVec::new(round_phase, &["phase"]))?,
             takeover_wait: register(
                 &registry,
                 Gauge::new(

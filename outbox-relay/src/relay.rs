@@ -111,6 +111,17 @@ pub(crate) struct Relay {
     metadata: kafka_kit::probe::BrokerProbe,
     /// The partition count last seen.
     partitions: Option<usize>,
+    /// The next batch, being read from DB1 while the current one commits.
+    read_ahead: Option<tokio::task::JoinHandle<Result<Vec<OutboxRow>, RelayError>>>,
+    /// The last committed batch, being settled while the next one is produced.
+    settling: Option<Settling>,
+}
+
+/// A committed batch being settled in the background.
+struct Settling {
+    /// Its outbox rows: in flight until settled, so no read may return them.
+    ids: Vec<i64>,
+    handle: tokio::task::JoinHandle<Result<(), RelayError>>,
 }
 
 impl Relay {
@@ -131,6 +142,8 @@ impl Relay {
             suspects: Default::default(),
             metadata,
             partitions: None,
+            read_ahead: None,
+            settling: None,
         }
     }
 
@@ -152,9 +165,14 @@ impl Relay {
             let epoch = leadership.epoch.epoch;
             self.metrics.leader.set(1);
             self.metrics.epoch.set(epoch);
-            let ended = self.lead(&leadership, &shutdown).await;
+            let mut ended = self.lead(&leadership, &shutdown).await;
             // Whatever is still queued or in flight must not go out once we stop leading.
             self.end_session();
+            self.drop_read_ahead();
+            if let Err(error) = self.finish_settling().await {
+                tracing::warn!(error = %error_chain(&error), "the last batch's settle failed; the next leader reconciles it");
+                ended = Ended::Unclean;
+            }
             if ended == Ended::Clean {
                 self.record_clean_stop(epoch).await;
             } else if !shutdown.is_cancelled() {
@@ -239,6 +257,11 @@ impl Relay {
                 }
                 Err(error) => {
                     reconciled = false;
+                    // What was read ahead may be stale, and the read-back must see the last settle.
+                    self.drop_read_ahead();
+                    if let Err(settle_error) = self.finish_settling().await {
+                        tracing::debug!(error = %error_chain(&settle_error), "the settle in flight failed too");
+                    }
                     let mut delay = backoff.next_delay();
                     tracing::warn!(error = %error_chain(&error), ?delay, "relay round failed; rows stay in the outbox, reconciling before the next round");
                     if self.session_ended(&error) {
@@ -379,15 +402,29 @@ impl Relay {
         }
     }
 
-    /// Publishes up to `batch_size` of the oldest rows in one transaction and settles those
-    /// acknowledged once it committed.
+    /// Publishes up to `batch_size` of the oldest rows in one transaction, and settles those
+    /// acknowledged once it committed — in the background, while the next round runs.
+    ///
+    /// The round is pipelined: while this batch's transaction commits, the next batch is read
+    /// from DB1 (leaving out the rows in flight), and this batch is settled while the next one is
+    /// produced. Kafka transactions stay one after the other, so a batch's records are committed
+    /// before the next batch's are sent: per-article order holds in the log. A round that fails
+    /// drops what was read ahead and waits for the settle in flight before reconciling.
     async fn publish_batch(&mut self, epoch: i64, lease: &Lease) -> Result<Outcome, RelayError> {
-        let mut client = self.pool.get().await?;
-        let rows = outbox::fetch_pending(&client, self.settings.batch_size).await?;
+        let phase = PhaseClock::new(&self.metrics);
+        let rows = match self.read_ahead.take() {
+            Some(read_ahead) => read_ahead.await??,
+            None => {
+                let in_flight = self.settling.as_ref().map(|settling| settling.ids.clone()).unwrap_or_default();
+                outbox::fetch_pending(&self.pool.get().await?, self.settings.batch_size, &in_flight).await?
+            }
+        };
         let (rows, alone) = self.isolate_suspect(rows);
         if rows.is_empty() {
+            self.finish_settling().await?;
             return Ok(Outcome::Empty);
         }
+        let mut phase = phase.lap("fetch");
         let Some(session) = &self.session else {
             return Err(RelayError::NoSession);
         };
@@ -435,6 +472,18 @@ impl Relay {
             }
         }
         crate::failpoint::hit(crate::failpoint::AFTER_SEND);
+        phase = phase.lap("produce");
+        // Read the next batch while this one commits, leaving out every row not settled yet.
+        if refused.is_empty() && !alone {
+            let mut in_flight: Vec<i64> = rows.iter().map(|row| row.id).collect();
+            if let Some(settling) = &self.settling {
+                in_flight.extend(&settling.ids);
+            }
+            self.read_ahead = Some(self.spawn_read_ahead(in_flight));
+        }
+        // The commit sends what lingers at once and waits for every acknowledgement; it fails if
+        // any record failed, and then nothing of the transaction becomes visible.
+        let committed = if sent.is_empty() { Ok(()) } else { self.commit(&producer).await };
         let results = futures_util::future::join_all(deliveries).await;
         let mut acks = Acknowledgements::default();
         for ((row, span), result) in sent.iter().zip(results) {
@@ -456,10 +505,12 @@ impl Relay {
         if let Some(first) = acks.first_failure {
             // Nothing of a transaction that is not committed becomes visible: the whole batch
             // stays in the outbox, and the session ends (see `end_session`).
+            self.drop_read_ahead();
             if alone && !acks.refused.is_empty() {
                 // Refused on its own: this record is the culprit.
                 self.end_session();
-                self.dead_letter(&mut client, epoch, &rows, rows[0].id, &first).await?;
+                self.finish_settling().await?;
+                self.dead_letter(&mut self.pool.get().await?, epoch, &rows, rows[0].id, &first).await?;
                 return Ok(Outcome::Published(0));
             }
             if !acks.refused.is_empty() {
@@ -468,31 +519,73 @@ impl Relay {
             }
             return Err(RelayError::Delivery { failed: acks.failed, attempted: sent.len(), first });
         }
-        self.commit(&producer).await?;
+        committed?;
+        phase = phase.lap("commit");
         crate::failpoint::hit(crate::failpoint::AFTER_COMMIT);
         for (row, _) in &sent {
             self.metrics.messages_sent.with_label_values(&[&row.event_type]).inc();
             let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
             self.metrics.commit_to_ack.observe(age.as_secs_f64());
         }
-        for (id, error) in &refused {
-            self.dead_letter(&mut client, epoch, &rows, *id, error).await?;
+        // Settles are one after the other: each moves the checkpoints past the one before.
+        self.finish_settling().await?;
+        if !refused.is_empty() {
+            let mut client = self.pool.get().await?;
+            for (id, error) in &refused {
+                self.dead_letter(&mut client, epoch, &rows, *id, error).await?;
+            }
         }
-        let Settled { lowered, .. } =
-            settle::settle(&mut client, epoch, &topic, Published::Rows(&acks.acknowledged), &acks.checkpoints())
-                .await?;
-        for lowered in lowered {
-            self.metrics.checkpoint_ahead.inc();
-            tracing::error!(
-                topic,
-                partition = lowered.partition,
-                checkpoint = lowered.from,
-                log_end = lowered.to,
-                "checkpoint ahead of the log: the broker acknowledged records below the checkpoint, so the log was lost or replaced; the events settled below the old checkpoint are gone from it"
-            );
+        let published = acks.acknowledged.len();
+        self.settling = Some(self.spawn_settle(epoch, acks, phase));
+        tracing::debug!(published, "batch committed; settling it");
+        Ok(Outcome::Published(published))
+    }
+
+    /// Reads the next batch in the background, leaving out the rows `in_flight`.
+    fn spawn_read_ahead(&self, in_flight: Vec<i64>) -> tokio::task::JoinHandle<Result<Vec<OutboxRow>, RelayError>> {
+        let (pool, limit) = (self.pool.clone(), self.settings.batch_size);
+        tokio::spawn(async move { Ok(outbox::fetch_pending(&pool.get().await?, limit, &in_flight).await?) })
+    }
+
+    /// Forgets the batch read ahead: after a failure, the next round reads afresh.
+    fn drop_read_ahead(&mut self) {
+        if let Some(read_ahead) = self.read_ahead.take() {
+            read_ahead.abort();
         }
-        tracing::debug!(published = acks.acknowledged.len(), "batch committed and settled");
-        Ok(Outcome::Published(acks.acknowledged.len()))
+    }
+
+    /// Settles an acknowledged, committed batch in the background: deletes its rows and moves the
+    /// checkpoints, in one DB1 transaction fenced by `epoch`, raising the alarm for any
+    /// checkpoint that went down.
+    fn spawn_settle(&self, epoch: i64, acks: Acknowledgements, phase: PhaseClock) -> Settling {
+        let (pool, topic, metrics) = (self.pool.clone(), self.settings.topic.clone(), self.metrics.clone());
+        let ids = acks.acknowledged.clone();
+        let handle = tokio::spawn(async move {
+            let Settled { lowered, .. } =
+                settle::settle(&mut pool.get().await?, epoch, &topic, Published::Rows(&acks.acknowledged), &acks.checkpoints())
+                    .await?;
+            let _ = phase.lap("settle");
+            for lowered in lowered {
+                metrics.checkpoint_ahead.inc();
+                tracing::error!(
+                    topic,
+                    partition = lowered.partition,
+                    checkpoint = lowered.from,
+                    log_end = lowered.to,
+                    "checkpoint ahead of the log: the broker acknowledged records below the checkpoint, so the log was lost or replaced; the events settled below the old checkpoint are gone from it"
+                );
+            }
+            Ok(())
+        });
+        Settling { ids, handle }
+    }
+
+    /// Waits for the settle in flight, if any.
+    async fn finish_settling(&mut self) -> Result<(), RelayError> {
+        match self.settling.take() {
+            Some(settling) => settling.handle.await?,
+            None => Ok(()),
+        }
     }
 
     /// With suspects, the rows before the first one form the batch, or that suspect goes alone;
@@ -614,5 +707,25 @@ impl Relay {
             }
             Err(error) => tracing::debug!(%error, "cannot measure the outbox backlog"),
         }
+    }
+}
+
+/// Times the phases of one round into `outbox_round_phase_seconds`.
+struct PhaseClock {
+    phases: prometheus::HistogramVec,
+    started: Instant,
+}
+
+impl PhaseClock {
+    fn new(metrics: &RelayMetrics) -> Self {
+        Self { phases: metrics.round_phase.clone(), started: Instant::now() }
+    }
+
+    /// Records the phase that just ended, and starts the next.
+    #[must_use]
+    fn lap(mut self, phase: &str) -> Self {
+        self.phases.with_label_values(&[phase]).observe(self.started.elapsed().as_secs_f64());
+        self.started = Instant::now();
+        self
     }
 }

@@ -89,16 +89,23 @@ async fn notify_relay(transaction: &Transaction<'_>) -> Result<(), tokio_postgre
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 /// The oldest `limit` unpublished rows, in the order they must be published, leaving out the
-/// rows of any article that has a dead letter: they wait for an operator (see [`dead_letter`]).
-pub async fn fetch_pending(client: &impl GenericClient, limit: i64) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
+/// rows of any article that has a dead letter: they wait for an operator (see [`dead_letter`]),
+/// and the rows `in_flight` (a pipelined relay's batches sent but not settled yet). Rows are left
+/// out by id, never by "ids above the last one sent": ids are taken in insertion order but
+/// committed in any order, so a row with a lower id can become visible after a higher one.
+pub async fn fetch_pending(
+    client: &impl GenericClient,
+    limit: i64,
+    in_flight: &[i64],
+) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
             "SELECT id, event_id, article_id, event_type, payload, created_at, trace_context FROM outbox o \
              WHERE NOT EXISTS (SELECT 1 FROM outbox_dead_letters d WHERE d.article_id = o.article_id) \
-             ORDER BY id LIMIT $1",
+             AND o.id <> ALL($2) ORDER BY id LIMIT $1",
         )
         .await?;
-    let rows = client.query(&statement, &[&limit]).await?;
+    let rows = client.query(&statement, &[&limit, &in_flight]).await?;
     rows.iter().map(OutboxRow::from_row).collect()
 }
 

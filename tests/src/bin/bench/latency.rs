@@ -15,8 +15,11 @@ pub(crate) type Series = Vec<(String, Vec<f64>)>;
 pub(crate) async fn run(stack: &Stack, sizes: &Sizes, results: &mut Results) -> anyhow::Result<Series> {
     let mut series = Vec::new();
     let mut latency_rows = Vec::new();
+    let relay = e2e::ApiClient::new(&stack.url(e2e::stack::Service::Relay));
     for rate in sizes.rates {
+        let metrics_before = relay.text("/metrics").await?;
         let (latencies, sent) = end_to_end(stack, rate, sizes.phase).await?;
+        let (phases, phase_figures) = crate::measure::round_phases(&metrics_before, &relay.text("/metrics").await?);
         let (p50, p95, p99, max) = (
             percentile(&latencies, 0.5),
             percentile(&latencies, 0.95),
@@ -27,7 +30,9 @@ pub(crate) async fn run(stack: &Stack, sizes: &Sizes, results: &mut Results) -> 
             "end-to-end at {rate:>4} writes/s: p50 {p50:>7.1} ms  p95 {p95:>7.1} ms  p99 {p99:>7.1} ms  max {max:>7.1} ms  ({} of {sent} seen)",
             latencies.len()
         );
-        latency_rows.push(json!({"rate": rate, "sent": sent, "seen": latencies.len(), "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": max}));
+        println!("    relay round phases, mean per round: {phases}");
+        latency_rows.push(json!({"rate": rate, "sent": sent, "seen": latencies.len(), "p50_ms": p50, "p95_ms": p95,
+            "p99_ms": p99, "max_ms": max, "round_phases": phase_figures}));
         series.push((format!("{rate} writes/s (n={})", latencies.len()), latencies));
     }
     results.insert("end_to_end".into(), json!(latency_rows));

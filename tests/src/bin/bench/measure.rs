@@ -38,3 +38,58 @@ pub(crate) fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+/// Per label value of histogram `name`'s `label`, (count, sum) in Prometheus text.
+pub(crate) fn histogram_by_label(text: &str, name: &str, label: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut by_value: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    let prefix = format!("{label}=\"");
+    for line in text.lines() {
+        let (is_count, rest) = if let Some(rest) = line.strip_prefix(&format!("{name}_count{{")) {
+            (true, rest)
+        } else if let Some(rest) = line.strip_prefix(&format!("{name}_sum{{")) {
+            (false, rest)
+        } else {
+            continue;
+        };
+        let Some(start) = rest.find(&prefix) else { continue };
+        let value_start = &rest[start + prefix.len()..];
+        let Some(end) = value_start.find('"') else { continue };
+        let Some(number) = line.rsplit(' ').next().and_then(|number| number.parse::<f64>().ok()) else { continue };
+        let entry = by_value.entry(value_start[..end].to_owned()).or_default();
+        if is_count {
+            entry.0 += number;
+        } else {
+            entry.1 += number;
+        }
+    }
+    by_value
+}
+
+/// The relay's round phases between two `/metrics` texts: per phase, mean ms and share of the
+/// time, e.g. `fetch 1.2 ms (8%), produce …`.
+pub(crate) fn round_phases(before: &str, after: &str) -> (String, serde_json::Value) {
+    let (before, after) = (
+        histogram_by_label(before, "outbox_round_phase_seconds", "phase"),
+        histogram_by_label(after, "outbox_round_phase_seconds", "phase"),
+    );
+    let deltas: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(phase, (count, sum))| {
+            let (count_before, sum_before) = before.get(phase).copied().unwrap_or_default();
+            (phase.clone(), count - count_before, sum - sum_before)
+        })
+        .collect();
+    let total: f64 = deltas.iter().map(|(_, _, sum)| sum).sum();
+    let mut figures = serde_json::Map::new();
+    let text = deltas
+        .iter()
+        .map(|(phase, count, sum)| {
+            let mean_ms = if *count > 0.0 { sum / count * 1000.0 } else { 0.0 };
+            let share = if total > 0.0 { sum / total * 100.0 } else { 0.0 };
+            figures.insert(phase.clone(), serde_json::json!({"rounds": count, "mean_ms": mean_ms, "share_pct": share}));
+            format!("{phase} {mean_ms:.1} ms ({share:.0}%)")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    (text, serde_json::Value::Object(figures))
+}

@@ -46,8 +46,11 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
         .collect();
     let backlog_size = backlog.len() as i64;
     stack.restart(Service::Relay).await?;
+    let relay_metrics = e2e::ApiClient::new(&stack.url(Service::Relay));
+    let metrics_before = relay_metrics.text("/metrics").await?;
     let (relay_rate, relay_time) =
         drain_rate(0, || async { Ok(db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0)) }).await?;
+    let (phases, phase_figures) = crate::measure::round_phases(&metrics_before, &relay_metrics.text("/metrics").await?);
     // The relay's ceiling: a bare producer sending the same records (key, payload and the
     // `event_id` and `event_type` headers the relay adds) to another topic of the same broker. On
     // nisshi every header is a row of its own, so the same payloads without headers are measured
@@ -57,11 +60,12 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
     let (ratio, ratio_without_headers) = (relay_rate / with_headers, relay_rate / without_headers);
     let line = format!(
         "relay drain of {backlog_size} events: {relay_rate:>8.0}/s ({relay_time:.1?})   bare producer, same records: \
-         {with_headers:>8.0}/s   ratio {ratio:.2}   (without headers: {without_headers:>8.0}/s, ratio {ratio_without_headers:.2})"
+         {with_headers:>8.0}/s   ratio {ratio:.2}   (without headers: {without_headers:>8.0}/s, ratio {ratio_without_headers:.2})\n\
+         relay round phases, mean per round: {phases}"
     );
     let figures = json!({"events": backlog_size, "relay_per_s": relay_rate, "bare_producer_per_s": with_headers,
         "ratio": ratio, "bare_producer_without_headers_per_s": without_headers,
-        "ratio_without_headers": ratio_without_headers});
+        "ratio_without_headers": ratio_without_headers, "round_phases": phase_figures});
     crate::report(results, "relay_drain", &line, figures);
     Ok(backlog_size)
 }

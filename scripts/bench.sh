@@ -29,7 +29,9 @@ def rows(r):
     d = r["relay_drain"]
     yield "relay drain/s (ratio to bare producer)", f"{d['relay_per_s']:,.0f} ({d['ratio']:.2f})"
     s = r["sink_apply"]
-    yield "sink apply/s (ratio to pgbench; to bare consumer)", f"{s['sink_per_s']:,.0f} ({s['ratio']:.2f}; {s['consumer_ratio']:.2f})"
+    yield "sink apply/s, 1 sink (ratio to its lower ceiling; to bare consumer)", f"{s['sink_per_s']:,.0f} ({s['ratio']:.2f}; {s['consumer_ratio']:.2f})"
+    for drain in s.get("drains", []):
+        yield f"sink drain/s, {drain['sinks']} sink(s)", f"{drain['per_s']:,.0f}"
     for e in r["end_to_end"]:
         yield f"e2e at {e['rate']} writes/s p50 / p99 ms", f"{e['p50_ms']:.1f} / {e['p99_ms']:.1f}"
     for name, mib in r["peak_rss_mib"].items():

@@ -1,8 +1,6 @@
 //! The relay's Prometheus metrics, served at `/metrics`.
 
-use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use service_kit::metrics::{LATENCY_BUCKETS, register};
 
 #[derive(Debug, Clone)]
@@ -64,8 +62,9 @@ impl RelayMetrics {
             "outbox_commit_to_ack_seconds",
             "Time from outbox row creation to broker acknowledgement",
         );
-        let round_phase = HistogramOpts::new("outbox_round_phase_seconds", "Duration of each phase of a publishing round")
-            .buckets(LATENCY_BUCKETS.to_vec());
+        let round_phase =
+            HistogramOpts::new("outbox_round_phase_seconds", "Duration of each phase of a publishing round")
+                .buckets(LATENCY_BUCKETS.to_vec());
         let reconciled_help = "Outbox rows found on the topic by read-back and settled without publishing again";
         Ok(Self {
             leader: register(

@@ -9,7 +9,9 @@
 //! outbox rows whose `event_id` it finds there, without republishing them. Then it loops: read the
 //! oldest rows in id order, send them in one Kafka transaction (records keyed by article id),
 //! wait for every acknowledgement, commit, and **settle** — delete the acknowledged rows and move
-//! each partition's checkpoint past them, in one DB1 transaction fenced by the leader epoch.
+//! each partition's checkpoint past them, in one DB1 transaction fenced by the leader epoch. The
+//! rounds overlap (see `Relay::publish_batch`): the next batch is read while one commits, and a
+//! committed batch is settled while the next is produced; the transactions themselves never do.
 //!
 //! A row is therefore published again only if reconciliation did not find it on the topic, after
 //! the previous session's records can no longer become visible: the broker refuses a fenced
@@ -90,10 +92,33 @@ impl RelaySettings {
     }
 }
 
-/// The producer session of one leadership: its producer and transactional id.
+/// How many transactional producers a session alternates between. The broker answers a producer
+/// that starts its next transaction while its last commit is still being completed (the markers
+/// written) with `CONCURRENT_TRANSACTIONS`, and librdkafka retries after a fixed 20 ms; rounds
+/// following one another back to back hit that every other time (docs/performance.md). With two
+/// lanes, a round's producer last committed a whole round earlier. Kafka transactions still run
+/// one after the other: a batch is committed before the next one's records are sent.
+const LANES: usize = 2;
+
+/// The transactional id of `lane`: the outbox's own for lane 0, so that a relay of an older
+/// version (one lane) and this one fence each other.
+fn lane_transactional_id(transactional_id: &str, lane: usize) -> String {
+    if lane == 0 { transactional_id.to_owned() } else { format!("{transactional_id}.{lane}") }
+}
+
+/// The producer session of one leadership: its producers (one per lane) and transactional id.
 struct Session {
-    producer: FutureProducer,
+    producers: Vec<FutureProducer>,
     transactional_id: String,
+    /// The lane of the next round.
+    next: usize,
+}
+
+impl Session {
+    /// The producer of the next round.
+    fn producer(&self) -> &FutureProducer {
+        &self.producers[self.next]
+    }
 }
 
 pub(crate) struct Relay {
@@ -294,11 +319,17 @@ impl Relay {
     /// A new producer session: the broker fences every earlier producer of this outbox.
     async fn start_session(&mut self, transactional_id: &str) -> Result<(), RelayError> {
         let started = Instant::now();
-        let (settings, id) = (self.settings.producer.clone(), transactional_id.to_owned());
-        let producer = tokio::task::spawn_blocking(move || crate::publish::start_session(&settings, &id))
-            .await?
-            .map_err(RelayError::Session)?;
-        tracing::info!(transactional_id, elapsed = ?started.elapsed(), "producer session started; earlier producers of this outbox are fenced");
+        // Each lane registers its id with the broker, side by side: every earlier producer of each
+        // is fenced.
+        let registrations = (0..LANES).map(|lane| {
+            let (settings, id) = (self.settings.producer.clone(), lane_transactional_id(transactional_id, lane));
+            tokio::task::spawn_blocking(move || crate::publish::start_session(&settings, &id))
+        });
+        let mut producers = Vec::with_capacity(LANES);
+        for registered in futures_util::future::join_all(registrations).await {
+            producers.push(registered?.map_err(RelayError::Session)?);
+        }
+        tracing::info!(transactional_id, lanes = LANES, elapsed = ?started.elapsed(), "producer session started; earlier producers of this outbox are fenced");
         let ensured = crate::topic::ensure(
             &self.settings.producer.bootstrap_servers,
             &self.settings.topic,
@@ -315,7 +346,7 @@ impl Relay {
             producer_settings.max_record_bytes,
         )
         .await;
-        self.session = Some(Session { producer, transactional_id: transactional_id.to_owned() });
+        self.session = Some(Session { producers, transactional_id: transactional_id.to_owned(), next: 0 });
         Ok(())
     }
 
@@ -325,7 +356,9 @@ impl Relay {
     /// epoch bump, which not every broker implements), and nothing of it becomes visible.
     fn end_session(&mut self) {
         if let Some(session) = self.session.take() {
-            session.producer.purge(PurgeConfig::default().queue().inflight());
+            for producer in &session.producers {
+                producer.purge(PurgeConfig::default().queue().inflight());
+            }
             tracing::debug!(transactional_id = %session.transactional_id, "producer session ended");
         }
     }
@@ -428,8 +461,13 @@ impl Relay {
         let Some(session) = &self.session else {
             return Err(RelayError::NoSession);
         };
-        let producer = session.producer.clone();
+        let producer = session.producer().clone();
         producer.begin_transaction().map_err(RelayError::Session)?;
+        // A full batch means a backlog: read the next one while this one is produced, too. (A
+        // partial one reads ahead only once acknowledged, so as to take the rows written meanwhile.)
+        if rows.len() as i64 >= self.settings.batch_size && !alone {
+            self.read_ahead_past(&rows);
+        }
         let topic = self.settings.topic.clone();
         let mut deliveries = Vec::with_capacity(rows.len());
         let mut sent = Vec::with_capacity(rows.len());
@@ -472,18 +510,11 @@ impl Relay {
             }
         }
         crate::failpoint::hit(crate::failpoint::AFTER_SEND);
-        phase = phase.lap("produce");
-        // Read the next batch while this one commits, leaving out every row not settled yet.
-        if refused.is_empty() && !alone {
-            let mut in_flight: Vec<i64> = rows.iter().map(|row| row.id).collect();
-            if let Some(settling) = &self.settling {
-                in_flight.extend(&settling.ids);
-            }
-            self.read_ahead = Some(self.spawn_read_ahead(in_flight));
+        if !refused.is_empty() {
+            // What was read ahead may hold later rows of a refused row's article, which must wait
+            // behind its dead letter: read again once it is recorded.
+            self.drop_read_ahead();
         }
-        // The commit sends what lingers at once and waits for every acknowledgement; it fails if
-        // any record failed, and then nothing of the transaction becomes visible.
-        let committed = if sent.is_empty() { Ok(()) } else { self.commit(&producer).await };
         let results = futures_util::future::join_all(deliveries).await;
         let mut acks = Acknowledgements::default();
         for ((row, span), result) in sent.iter().zip(results) {
@@ -501,11 +532,11 @@ impl Relay {
             }
             acks.record(row.id, row.event_id, answer);
         }
+        phase = phase.lap("produce");
         self.metrics.publish_errors.inc_by((acks.failed + refused.len()) as u64);
         if let Some(first) = acks.first_failure {
             // Nothing of a transaction that is not committed becomes visible: the whole batch
             // stays in the outbox, and the session ends (see `end_session`).
-            self.drop_read_ahead();
             if alone && !acks.refused.is_empty() {
                 // Refused on its own: this record is the culprit.
                 self.end_session();
@@ -519,8 +550,17 @@ impl Relay {
             }
             return Err(RelayError::Delivery { failed: acks.failed, attempted: sent.len(), first });
         }
-        committed?;
+        // Read the next batch while this one commits.
+        if refused.is_empty() && !alone && self.read_ahead.is_none() {
+            self.read_ahead_past(&rows);
+        }
+        // Every record is acknowledged by now: the commit has nothing left to flush (rdkafka's
+        // flush before a commit waits up to 100 ms for an event otherwise).
+        self.commit(&producer).await?;
         phase = phase.lap("commit");
+        if let Some(session) = &mut self.session {
+            session.next = (session.next + 1) % LANES;
+        }
         crate::failpoint::hit(crate::failpoint::AFTER_COMMIT);
         for (row, _) in &sent {
             self.metrics.messages_sent.with_label_values(&[&row.event_type]).inc();
@@ -541,10 +581,16 @@ impl Relay {
         Ok(Outcome::Published(published))
     }
 
-    /// Reads the next batch in the background, leaving out the rows `in_flight`.
-    fn spawn_read_ahead(&self, in_flight: Vec<i64>) -> tokio::task::JoinHandle<Result<Vec<OutboxRow>, RelayError>> {
+    /// Reads the batch after `rows` in the background, leaving out every row not settled yet:
+    /// `rows` and the batch being settled.
+    fn read_ahead_past(&mut self, rows: &[OutboxRow]) {
+        let mut in_flight: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        if let Some(settling) = &self.settling {
+            in_flight.extend(&settling.ids);
+        }
         let (pool, limit) = (self.pool.clone(), self.settings.batch_size);
-        tokio::spawn(async move { Ok(outbox::fetch_pending(&pool.get().await?, limit, &in_flight).await?) })
+        self.read_ahead =
+            Some(tokio::spawn(async move { Ok(outbox::fetch_pending(&pool.get().await?, limit, &in_flight).await?) }));
     }
 
     /// Forgets the batch read ahead: after a failure, the next round reads afresh.
@@ -561,9 +607,14 @@ impl Relay {
         let (pool, topic, metrics) = (self.pool.clone(), self.settings.topic.clone(), self.metrics.clone());
         let ids = acks.acknowledged.clone();
         let handle = tokio::spawn(async move {
-            let Settled { lowered, .. } =
-                settle::settle(&mut pool.get().await?, epoch, &topic, Published::Rows(&acks.acknowledged), &acks.checkpoints())
-                    .await?;
+            let Settled { lowered, .. } = settle::settle(
+                &mut pool.get().await?,
+                epoch,
+                &topic,
+                Published::Rows(&acks.acknowledged),
+                &acks.checkpoints(),
+            )
+            .await?;
             let _ = phase.lap("settle");
             for lowered in lowered {
                 metrics.checkpoint_ahead.inc();
@@ -647,7 +698,7 @@ impl Relay {
     /// session starts clean, and its registration aborts whatever this one left open).
     fn session_ended(&self, error: &RelayError) -> bool {
         if let Some(session) = &self.session
-            && let Some((code, reason)) = session.producer.client().fatal_error()
+            && let Some((code, reason)) = session.producers.iter().find_map(|producer| producer.client().fatal_error())
         {
             tracing::error!(?code, %reason, "fatal producer error");
             return true;

@@ -36,8 +36,7 @@ impl Application {
     pub async fn build(config: SinkConfig) -> anyhow::Result<Self> {
         // A sink stopped mid-transaction must not hold up its partitions' next owner.
         let sessions = config.replica_database_url.with_session_settings(service_kit::db::BOUNDED_SESSIONS);
-        let pool = service_kit::db::pool(&sessions, config.db_pool_size)
-            .context("cannot create the DB2 pool")?;
+        let pool = service_kit::db::pool(&sessions, config.db_pool_size).context("cannot create the DB2 pool")?;
         let kafka_settings = kafka_kit::settings::settings().context("invalid Kafka settings")?;
         tracing::info!(kafka_security = %kafka_settings.describe(), "Kafka client settings");
         let mut consumer_config = kafka_kit::consumer_config(

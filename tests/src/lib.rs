@@ -29,6 +29,11 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The Prometheus text a service on 127.0.0.1 serves at `/metrics` on `port`.
+pub async fn metrics_at(port: u16) -> anyhow::Result<String> {
+    ApiClient::new(&format!("http://127.0.0.1:{port}")).text("/metrics").await
+}
+
 /// Lowest port [`free_port`] hands out.
 const LOWEST_TEST_PORT: u16 = 10_000;
 

@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use e2e::Stack;
 use e2e::process::Server as _;
 use e2e::stack::{FAST_TAKEOVER, Service};
 use e2e::verify::TopicReport;
 use e2e::workload::{self, WorkloadReport};
-use e2e::{ApiClient, Stack};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -21,11 +21,6 @@ async fn fast_takeover_stack() -> anyhow::Result<Stack> {
 /// Waits for the pipeline to drain, then checks the topic against what the API acknowledged.
 async fn assert_exactly_once(stack: &Stack, workload: &WorkloadReport) -> anyhow::Result<TopicReport> {
     stack.assert_exactly_once(workload, SYNC_TIMEOUT).await
-}
-
-/// The Prometheus text of the relay or sink serving on `port`.
-async fn relay_metrics(port: u16) -> anyhow::Result<String> {
-    ApiClient::new(&format!("http://127.0.0.1:{port}")).text("/metrics").await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -40,7 +35,7 @@ async fn relay_killed_at_random_points_publishes_each_change_exactly_once() -> a
         // Kill only a relay that is publishing (past its takeover wait), at a random moment.
         e2e::wait::until("the relay to publish", Duration::from_secs(60), || async {
             Ok(writes.is_finished()
-                || e2e::metric(&relay_metrics(relay_port).await?, "kafka_messages_sent_total") > 0.0)
+                || e2e::metric(&e2e::metrics_at(relay_port).await?, "kafka_messages_sent_total") > 0.0)
         })
         .await?;
         tokio::time::sleep(Duration::from_millis(rng.u64(0..800))).await;
@@ -72,7 +67,7 @@ async fn broker_killed_mid_write_loses_and_duplicates_nothing() -> anyhow::Resul
         stack.broker_mut()?.restart().await?;
     }
     let report = writes.await?;
-    let relay = relay_metrics(stack.port(Service::Relay)).await?;
+    let relay = e2e::metrics_at(stack.port(Service::Relay)).await?;
     println!("publish errors seen by the relay: {}", e2e::metric(&relay, "outbox_publish_errors_total"));
     assert_exactly_once(&stack, &report).await?;
     Ok(())
@@ -83,8 +78,8 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
     let mut stack = fast_takeover_stack().await?;
     let (first_port, second_port) = (stack.port(Service::Relay), e2e::free_port());
     let mut second = stack.start_extra_relay("outbox-relay-2", second_port).await?;
-    assert_eq!(e2e::metric(&relay_metrics(first_port).await?, "outbox_relay_leader"), 1.0, "the first relay leads");
-    assert_eq!(e2e::metric(&relay_metrics(second_port).await?, "outbox_relay_leader"), 0.0, "the second stands by");
+    assert_eq!(e2e::metric(&e2e::metrics_at(first_port).await?, "outbox_relay_leader"), 1.0, "the first relay leads");
+    assert_eq!(e2e::metric(&e2e::metrics_at(second_port).await?, "outbox_relay_leader"), 0.0, "the second stands by");
 
     let api = stack.api();
     let writes = tokio::spawn(async move { workload::run(&api, 3, 200, Duration::from_millis(20)).await });
@@ -94,23 +89,23 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
     stack.kill(Service::Relay);
     let killed_at = Instant::now();
     e2e::wait::until("the standby to take the lock", Duration::from_secs(30), || async {
-        Ok(e2e::metric(&relay_metrics(second_port).await?, "outbox_relay_leader") == 1.0)
+        Ok(e2e::metric(&e2e::metrics_at(second_port).await?, "outbox_relay_leader") == 1.0)
     })
     .await?;
     let took_lock = killed_at.elapsed();
-    let sent_before = e2e::metric(&relay_metrics(second_port).await?, "kafka_messages_sent_total");
+    let sent_before = e2e::metric(&e2e::metrics_at(second_port).await?, "kafka_messages_sent_total");
     e2e::wait::until("the new leader to publish", Duration::from_secs(60), || async {
-        Ok(e2e::metric(&relay_metrics(second_port).await?, "kafka_messages_sent_total") > sent_before)
+        Ok(e2e::metric(&e2e::metrics_at(second_port).await?, "kafka_messages_sent_total") > sent_before)
     })
     .await?;
     println!("standby took the lock {took_lock:?} and published {:?} after the leader was killed", killed_at.elapsed());
 
     // 2. The first relay comes back as a standby; then the leader's lock connection is cut.
     stack.restart(Service::Relay).await?;
-    let epoch_before = e2e::metric(&relay_metrics(second_port).await?, "outbox_relay_epoch");
+    let epoch_before = e2e::metric(&e2e::metrics_at(second_port).await?, "outbox_relay_epoch");
     assert_eq!(stack.cut_leader_lock().await?, 1, "exactly one relay holds a lock connection");
     e2e::wait::until("a new epoch with exactly one leader", Duration::from_secs(30), || async {
-        let (first, second) = (relay_metrics(first_port).await?, relay_metrics(second_port).await?);
+        let (first, second) = (e2e::metrics_at(first_port).await?, e2e::metrics_at(second_port).await?);
         let leaders = e2e::metric(&first, "outbox_relay_leader") + e2e::metric(&second, "outbox_relay_leader");
         let epoch = e2e::metric(&first, "outbox_relay_epoch").max(e2e::metric(&second, "outbox_relay_epoch"));
         Ok(leaders == 1.0 && epoch > epoch_before)
@@ -118,19 +113,19 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
     .await?;
     let report = writes.await?;
     let topic = assert_exactly_once(&stack, &report).await?;
-    let (first, second_text) = (relay_metrics(first_port).await?, relay_metrics(second_port).await?);
+    let (first, second_text) = (e2e::metrics_at(first_port).await?, e2e::metrics_at(second_port).await?);
     let (first_sent, second_sent) =
         (e2e::metric(&first, "kafka_messages_sent_total"), e2e::metric(&second_text, "kafka_messages_sent_total"));
     println!("events: {}, sent by the first relay: {first_sent}, by the second: {second_sent}", topic.events);
 
     // The relay that does not lead now publishes nothing while more writes come in.
     let idle_port = if e2e::metric(&first, "outbox_relay_leader") == 1.0 { second_port } else { first_port };
-    let idle_sent = e2e::metric(&relay_metrics(idle_port).await?, "kafka_messages_sent_total");
+    let idle_sent = e2e::metric(&e2e::metrics_at(idle_port).await?, "kafka_messages_sent_total");
     let more = workload::run(&stack.api(), 1, 20, Duration::ZERO).await;
     assert_eq!(more.errors, 0);
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
     assert_eq!(
-        e2e::metric(&relay_metrics(idle_port).await?, "kafka_messages_sent_total"),
+        e2e::metric(&e2e::metrics_at(idle_port).await?, "kafka_messages_sent_total"),
         idle_sent,
         "a standby never produces"
     );
@@ -237,7 +232,11 @@ async fn benchmark_short_mode_produces_results() -> anyhow::Result<()> {
     for key in ["api_writes", "relay_drain", "sink_apply", "end_to_end", "handover", "peak_rss_mib"] {
         assert!(!results[key].is_null(), "results.json lacks {key}: {results}");
     }
-    assert!(std::fs::read_to_string(out.path().join("latency.svg"))?.starts_with("<svg"));
+    let drains = results["sink_apply"]["drains"].as_array().map(Vec::len);
+    assert_eq!(drains, Some(3), "drains with 1, 2 and 3 sinks: {results}");
+    assert!(!results["relay_drain"]["round_phases"]["commit"].is_null(), "the relay's phases: {results}");
+    let plot = std::fs::read_to_string(out.path().join("latency.svg"))?;
+    assert!(plot.starts_with("<svg") && plot.contains("Sink drain"), "latency distributions and drain curves: {plot}");
     Ok(())
 }
 
@@ -258,7 +257,7 @@ async fn sigterm_under_load_stops_cleanly_and_loses_nothing() -> anyhow::Result<
             _ => (stack.port(Service::Relay), "kafka_messages_sent_total"),
         };
         e2e::wait::until("the service to be working", Duration::from_secs(60), || async {
-            Ok(e2e::metric(&relay_metrics(port).await?, counter) > 0.0)
+            Ok(e2e::metric(&e2e::metrics_at(port).await?, counter) > 0.0)
         })
         .await?;
         tokio::time::sleep(Duration::from_millis(rng.u64(0..500))).await;

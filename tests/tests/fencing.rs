@@ -7,16 +7,12 @@
 
 use std::time::Duration;
 
+use e2e::Stack;
 use e2e::process::ManagedProcess;
 use e2e::stack::{FAILPOINT_RELAY, FAST_TAKEOVER, Service};
 use e2e::workload::{self, WorkloadReport};
-use e2e::{ApiClient, Stack};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
-
-async fn metrics(port: u16) -> anyhow::Result<String> {
-    ApiClient::new(&format!("http://127.0.0.1:{port}")).text("/metrics").await
-}
 
 /// A stack with quick takeovers whose own relay is stopped, and a backlog of `changes` API
 /// writes waiting in the outbox.
@@ -51,14 +47,14 @@ async fn paused_leader_is_replaced(failpoint: &str, nth: u32, extra_env: &[(&str
 
     // B drains everything while A is still stopped.
     stack.assert_exactly_once(&report, SYNC_TIMEOUT).await?;
-    let b_metrics = metrics(b_port).await?;
+    let b_metrics = e2e::metrics_at(b_port).await?;
     assert_eq!(e2e::metric(&b_metrics, "outbox_relay_leader"), 1.0, "B leads");
     assert!(e2e::metric(&b_metrics, "outbox_takeover_wait_seconds") > 0.0, "A did not stop cleanly: B waited");
 
     // A wakes up: whatever it still held must not reach the topic, and it must stand down.
     a.signal("CONT").await?;
     e2e::wait::until("A to stand down", Duration::from_secs(60), || async {
-        Ok(e2e::metric(&metrics(a_port).await?, "outbox_relay_leader") == 0.0
+        Ok(e2e::metric(&e2e::metrics_at(a_port).await?, "outbox_relay_leader") == 0.0
             && a.log_contains("stepped down as leader"))
     })
     .await
@@ -66,7 +62,7 @@ async fn paused_leader_is_replaced(failpoint: &str, nth: u32, extra_env: &[(&str
     println!(
         "A stood down; the broker refused its producer: {}; its lease had lapsed: {}",
         a.log_contains("fenced by newer instance"),
-        e2e::metric(&metrics(a_port).await?, "outbox_lease_lapsed_total") > 0.0
+        e2e::metric(&e2e::metrics_at(a_port).await?, "outbox_lease_lapsed_total") > 0.0
     );
     // Give A's producer time to flush anything it held (its requests are the broker's to refuse).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -76,9 +72,9 @@ async fn paused_leader_is_replaced(failpoint: &str, nth: u32, extra_env: &[(&str
     all.acknowledged += more.acknowledged;
     all.expected.extend(more.expected);
     stack.assert_exactly_once(&all, SYNC_TIMEOUT).await?;
-    let b_metrics = metrics(b_port).await?;
+    let b_metrics = e2e::metrics_at(b_port).await?;
     assert_eq!(e2e::metric(&b_metrics, "outbox_stale_leader_records_total"), 0.0, "{b_metrics}");
-    let sink = metrics(stack.port(Service::Sink)).await?;
+    let sink = e2e::metrics_at(stack.port(Service::Sink)).await?;
     assert_eq!(e2e::metric(&sink, "sink_stale_leader_records_total"), 0.0, "no record of A after B's");
     drop((a, b));
     Ok(b_metrics)
@@ -130,7 +126,7 @@ async fn a_relay_crashing_in_each_window_loses_and_duplicates_nothing() -> anyho
             let successor_port = e2e::free_port();
             let successor = stack.start_extra_relay("after-commit-successor", successor_port).await?;
             e2e::wait::until("the successor to reconcile", Duration::from_secs(60), || async {
-                Ok(e2e::metric(&metrics(successor_port).await?, "outbox_reconciled_total") > 0.0)
+                Ok(e2e::metric(&e2e::metrics_at(successor_port).await?, "outbox_reconciled_total") > 0.0)
             })
             .await
             .map_err(|error| {
@@ -145,7 +141,7 @@ async fn a_relay_crashing_in_each_window_loses_and_duplicates_nothing() -> anyho
                         .join("\n")
                 ))
             })?;
-            reconciled = e2e::metric(&metrics(successor_port).await?, "outbox_reconciled_total");
+            reconciled = e2e::metric(&e2e::metrics_at(successor_port).await?, "outbox_reconciled_total");
             drop(successor);
         }
     }

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use e2e::process::{ManagedProcess, Server as _};
+use e2e::process::Server as _;
 use e2e::stack::{FAST_TAKEOVER, Service, wait_ready_at};
-use e2e::{ApiClient, Stack, workload};
+use e2e::{Stack, workload};
 use serde_json::json;
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(180);
@@ -26,22 +26,9 @@ async fn six_partitions(own_broker: bool) -> anyhow::Result<Stack> {
     .await
 }
 
-/// One more sink of the stack's group, with the port it serves on.
-struct ExtraSink {
-    process: ManagedProcess,
-    port: u16,
-}
-
-impl ExtraSink {
-    async fn start(stack: &Stack, name: &str) -> anyhow::Result<Self> {
-        let port = e2e::free_port();
-        Ok(Self { process: stack.start_extra_sink(name, port).await?, port })
-    }
-}
-
 /// A counter of the sink serving on `port`.
 async fn sink_counter(port: u16, name: &str) -> anyhow::Result<f64> {
-    Ok(e2e::metric(&ApiClient::new(&format!("http://127.0.0.1:{port}")).text("/metrics").await?, name))
+    Ok(e2e::metric(&e2e::metrics_at(port).await?, name))
 }
 
 /// Waits until the sink serving on `port` has applied an event.
@@ -64,8 +51,8 @@ async fn assert_one_processed_row_per_event(stack: &Stack, events: usize) -> any
 #[tokio::test(flavor = "multi_thread")]
 async fn three_sinks_on_six_partitions_survive_kills_joins_and_leaves() -> anyhow::Result<()> {
     let mut stack = six_partitions(true).await?;
-    let mut second = ExtraSink::start(&stack, "replica-sink-2").await?;
-    let mut third = ExtraSink::start(&stack, "replica-sink-3").await?;
+    let mut second = stack.start_extra_sink("replica-sink-2").await?;
+    let mut third = stack.start_extra_sink("replica-sink-3").await?;
     let writes = workload::Unbounded::start(&stack.api(), 4, Duration::from_millis(10));
     for port in [stack.port(Service::Sink), second.port, third.port] {
         wait_applying(port).await?;
@@ -82,7 +69,7 @@ async fn three_sinks_on_six_partitions_survive_kills_joins_and_leaves() -> anyho
     tokio::time::sleep(pause(&mut rng)).await;
     stack.broker_mut()?.restart().await?;
 
-    let fourth = ExtraSink::start(&stack, "replica-sink-4").await?;
+    let fourth = stack.start_extra_sink("replica-sink-4").await?;
     wait_applying(fourth.port).await?;
     assert_eq!(second.process.stop(Duration::from_secs(30)).await, Some(0), "a leaving sink exits 0 on SIGTERM");
     tokio::time::sleep(pause(&mut rng)).await;
@@ -137,7 +124,7 @@ async fn a_sink_frozen_mid_transaction_applies_late_and_changes_nothing() -> any
     holder.rollback().await?;
 
     // Another sink takes the partitions over while the first is still frozen, and applies v2 and v3.
-    let second = ExtraSink::start(&stack, "replica-sink-2").await?;
+    let second = stack.start_extra_sink("replica-sink-2").await?;
     stack.wait_for_replica(SYNC_TIMEOUT).await?;
     api.patch(article.id, &json!({"title": "v3"})).await?;
     let replica = stack.wait_for_replica(SYNC_TIMEOUT).await?;

@@ -97,7 +97,7 @@ pub fn consumer_config(bootstrap_servers: &str, group_id: &str, isolation: Isola
         .set("fetch.wait.max.ms", "10")
         // librdkafka prefetches up to 64 MiB by default; Apache Kafka fills that at once on a
         // backlog (the sink peaked at 140 MiB RSS). 8 MiB is still ~13,000 events ahead of a sink
-        // that applies 500 at a time (docs/performance.md).
+        // that handles 2,000 at a time (docs/performance.md).
         .set("queued.max.messages.kbytes", "8192");
     config
 }

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use e2e::process::Server as _;
-use e2e::process::ManagedProcess;
-use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, FAST_TAKEOVER, Service, TOPIC, wait_ready_at};
+use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, ExtraSink, FAST_TAKEOVER, Service, TOPIC};
 use e2e::verify::check_topic;
 use e2e::{ApiClient, Ports, Stack, workload};
 use service_kit::config::DatabaseUrl;
@@ -132,18 +131,16 @@ impl Part {
     }
 }
 
-/// A sink the chaos script added to its own stack's group.
-struct ExtraSink {
-    process: ManagedProcess,
-    port: u16,
-}
-
 /// Where the parts are and how to kill and restart them.
 enum Victims {
     /// The stack and the sinks added to its group.
     Own(Box<Stack>, Vec<ExtraSink>),
-    Local { pids: PathBuf },
-    Compose { file: PathBuf },
+    Local {
+        pids: PathBuf,
+    },
+    Compose {
+        file: PathBuf,
+    },
 }
 
 struct Endpoints {
@@ -210,10 +207,7 @@ impl Victims {
                 }
                 tokio::time::sleep(down_for).await;
                 match (part, extra) {
-                    (Part::Sink, Some(sink)) => {
-                        sink.process.restart()?;
-                        wait_ready_at(sink.process.name(), sink.port).await
-                    }
+                    (Part::Sink, Some(sink)) => sink.restart().await,
                     (Part::Broker, _) => stack.broker_mut()?.restart().await,
                     (Part::Relay, _) => stack.restart(Service::Relay).await,
                     (Part::Sink, None) => stack.restart(Service::Sink).await,
@@ -317,9 +311,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             let mut extra_sinks = Vec::new();
             for number in 2..=cli.sinks {
-                let port = e2e::free_port();
-                let process = stack.start_extra_sink(&format!("replica-sink-{number}"), port).await?;
-                extra_sinks.push(ExtraSink { process, port });
+                extra_sinks.push(stack.start_extra_sink(&format!("replica-sink-{number}")).await?);
             }
             // Logs are printed below only when the verdict is a failure.
             stack.options.print_logs_on_drop = false;

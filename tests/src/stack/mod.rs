@@ -218,9 +218,12 @@ impl Stack {
     }
 
     /// Starts one more sink in the stack's group (the group then shares the topic's partitions),
-    /// serving its ops endpoints on `port`, logging to `logs/<name>.log`; waits until it is ready.
-    pub async fn start_extra_sink(&self, name: &str, port: u16) -> anyhow::Result<ManagedProcess> {
-        self.start_instance(Service::Sink, name, port, Service::Sink.binary_name(), &[]).await
+    /// serving its ops endpoints on a free port, logging to `logs/<name>.log`; waits until it is
+    /// ready.
+    pub async fn start_extra_sink(&self, name: &str) -> anyhow::Result<ExtraSink> {
+        let port = crate::free_port();
+        let process = self.start_instance(Service::Sink, name, port, Service::Sink.binary_name(), &[]).await?;
+        Ok(ExtraSink { process, port })
     }
 
     /// One more process of `service`, configured as the stack's own, running `binary_name`.
@@ -434,6 +437,22 @@ impl Drop for Stack {
         if self.options.print_logs_on_drop {
             eprintln!("{}", self.log_tails(40));
         }
+    }
+}
+
+/// A sink [`Stack::start_extra_sink`] added to the stack's group.
+#[derive(Debug)]
+pub struct ExtraSink {
+    pub process: ManagedProcess,
+    /// Where it serves /health, /ready and /metrics.
+    pub port: u16,
+}
+
+impl ExtraSink {
+    /// Starts it again after a kill or a stop, and waits until it is ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.restart()?;
+        wait_ready_at(self.process.name(), self.port).await
     }
 }
 

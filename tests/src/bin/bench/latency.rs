@@ -89,16 +89,60 @@ pub(crate) async fn end_to_end(stack: &Stack, rate: u64, duration: Duration) -> 
     Ok((latencies, total))
 }
 
-pub(crate) fn svg_plot(series: &[(String, Vec<f64>)]) -> String {
-    let (width, height, margin) = (720.0, 420.0, 60.0);
-    let max_ms = series.iter().flat_map(|(_, values)| values.iter().copied()).fold(1.0_f64, f64::max);
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+/// A labelled line: (x, y) points.
+pub(crate) type Curve = (String, Vec<(f64, f64)>);
+
+const CHART_WIDTH: f64 = 720.0;
+const CHART_HEIGHT: f64 = 420.0;
+
+/// Two charts, one above the other: the end-to-end latency distributions, and the sink's drain
+/// curves (events applied over time, per sink count).
+pub(crate) fn svg_plot(latencies: &Series, drains: &[Curve]) -> String {
+    let distributions: Vec<Curve> = latencies
+        .iter()
+        .map(|(label, values)| {
+            let points = values.iter().enumerate().map(|(i, ms)| (*ms, (i + 1) as f64 / values.len() as f64)).collect();
+            (label.clone(), points)
+        })
+        .collect();
+    let height = if drains.is_empty() { CHART_HEIGHT } else { 2.0 * CHART_HEIGHT };
     let mut svg = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='12'>\
-         <rect width='100%' height='100%' fill='white'/>\
-         <text x='{}' y='20' text-anchor='middle' font-size='14'>End-to-end latency (API response → applied in DB2): cumulative distribution</text>\
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{CHART_WIDTH}' height='{height}' font-family='sans-serif' font-size='12'>\
+         <rect width='100%' height='100%' fill='white'/>"
+    );
+    svg.push_str(&chart(
+        "End-to-end latency (API response → applied in DB2): cumulative distribution",
+        "latency (ms)",
+        "fraction of events",
+        &distributions,
+        0.0,
+    ));
+    if !drains.is_empty() {
+        svg.push_str(&chart(
+            "Sink drain of the topic's backlog (default settings)",
+            "seconds",
+            "events applied",
+            drains,
+            CHART_HEIGHT,
+        ));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// One line chart of `curves`, its top at `top`, each axis from 0 to its largest value.
+fn chart(title: &str, x_label: &str, y_label: &str, curves: &[Curve], top: f64) -> String {
+    let (width, height, margin) = (CHART_WIDTH, CHART_HEIGHT, 60.0);
+    let points = || curves.iter().flat_map(|(_, points)| points.iter().copied());
+    let max_x = points().map(|(x, _)| x).fold(f64::MIN_POSITIVE, f64::max);
+    let max_y = points().map(|(_, y)| y).fold(f64::MIN_POSITIVE, f64::max);
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let (plot_width, plot_height) = (width - margin - 20.0, height - 2.0 * margin);
+    let mut svg = format!(
+        "<g transform='translate(0 {top})'>\
+         <text x='{}' y='20' text-anchor='middle' font-size='14'>{title}</text>\
          <line x1='{margin}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{margin}' y1='{margin}' x2='{margin}' y2='{}' stroke='black'/>\
-         <text x='{}' y='{}' text-anchor='middle'>latency (ms), max {max_ms:.1}</text><text x='15' y='{}' transform='rotate(-90 15 {})' text-anchor='middle'>fraction of events</text>",
+         <text x='{}' y='{}' text-anchor='middle'>{x_label}, max {max_x:.1}</text><text x='15' y='{}' transform='rotate(-90 15 {})' text-anchor='middle'>{y_label}</text>",
         width / 2.0,
         height - margin,
         width - 20.0,
@@ -110,35 +154,38 @@ pub(crate) fn svg_plot(series: &[(String, Vec<f64>)]) -> String {
         height / 2.0
     );
     for tick in 0..=4 {
-        let fraction = tick as f64 / 4.0;
-        let y = height - margin - fraction * (height - 2.0 * margin);
-        let x = margin + fraction * (width - margin - 20.0);
+        let fraction = f64::from(tick) / 4.0;
+        let y = height - margin - fraction * plot_height;
+        let x = margin + fraction * plot_width;
         svg.push_str(&format!(
-            "<text x='{}' y='{}' text-anchor='end'>{fraction:.2}</text><text x='{x}' y='{}' text-anchor='middle'>{:.0}</text>",
-            margin - 5.0, y + 4.0, height - margin + 15.0, fraction * max_ms
+            "<text x='{}' y='{}' text-anchor='end'>{}</text><text x='{x}' y='{}' text-anchor='middle'>{}</text>",
+            margin - 5.0,
+            y + 4.0,
+            tick_label(fraction * max_y),
+            height - margin + 15.0,
+            tick_label(fraction * max_x)
         ));
     }
-    for (index, (label, values)) in series.iter().enumerate() {
+    for (index, (label, curve)) in curves.iter().enumerate() {
         let color = colors[index % colors.len()];
-        let points: Vec<String> = values
+        let line: Vec<String> = curve
             .iter()
-            .enumerate()
-            .map(|(i, ms)| {
-                let x = margin + ms / max_ms * (width - margin - 20.0);
-                let y = height - margin - (i + 1) as f64 / values.len() as f64 * (height - 2.0 * margin);
-                format!("{x:.1},{y:.1}")
+            .map(|(x, y)| {
+                format!("{:.1},{:.1}", margin + x / max_x * plot_width, height - margin - y / max_y * plot_height)
             })
             .collect();
-        svg.push_str(&format!(
-            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
-            points.join(" ")
-        ));
+        svg.push_str(&format!("<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>", line.join(" ")));
         svg.push_str(&format!(
             "<text x='{}' y='{}' fill='{color}'>{label}</text>",
             width - 240.0,
             height - margin - 40.0 - 18.0 * index as f64
         ));
     }
-    svg.push_str("</svg>");
+    svg.push_str("</g>");
     svg
+}
+
+/// `0.25`, `12`, `4000`: short enough for an axis.
+fn tick_label(value: f64) -> String {
+    if value < 10.0 { format!("{value:.2}") } else { format!("{value:.0}") }
 }

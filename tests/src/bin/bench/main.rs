@@ -3,8 +3,10 @@
 //!
 //! 1. API creates/s at 8 and 32 connections vs pgbench running the same SQL on the same DB1.
 //! 2. Relay drain of an outbox backlog vs a bare rdkafka producer sending the same payloads.
-//! 3. Sink apply rate on a topic backlog vs pgbench running the sink's apply SQL on DB2.
-//! 4. End-to-end latency (API response → row visible in DB2's `processed_events`) at two rates.
+//! 3. Sink apply rate on a topic backlog, with 1, 2 and 3 sinks, vs pgbench running the sink's
+//!    apply SQL on DB2 and a bare consumer.
+//! 4. End-to-end latency (API response → row visible in DB2's `processed_events`) at two rates,
+//!    with 3 sinks on the topic's 6 partitions.
 //! 5. Peak RSS of each service.
 //!
 //! Everything runs on one broker of its own, the one `BROKER` names (Apache Kafka by default, or
@@ -30,6 +32,9 @@ use e2e::process::Server as _;
 use e2e::stack::{FAST_TAKEOVER, Service};
 use serde_json::json;
 
+/// Partitions of the topic the relay creates (as `scripts/stack.sh` and compose do).
+const PARTITIONS: u32 = 6;
+
 /// What the run measured, written to `results.json`.
 type Results = serde_json::Map<String, serde_json::Value>;
 
@@ -53,6 +58,10 @@ struct Cli {
     /// between catching up and following closely.
     #[arg(long)]
     sink_fetch_wait_ms: Option<u64>,
+    /// The sink's `KAFKA_ISOLATION_LEVEL` (unset: the stack's), to measure what reading only
+    /// committed transactions costs in latency.
+    #[arg(long)]
+    sink_isolation_level: Option<kafka_kit::Isolation>,
 }
 
 /// How long each phase runs and how much it moves.
@@ -71,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let sizes = if cli.short {
         Sizes { phase: Duration::from_secs(2), backlog: 3_000, rates: [50, 100] }
     } else {
-        Sizes { phase: Duration::from_secs(10), backlog: 100_000, rates: [200, 1000] }
+        Sizes { phase: Duration::from_secs(10), backlog: 100_000, rates: [1000, 2000] }
     };
     std::fs::create_dir_all(&cli.out)?;
     let mut results = serde_json::Map::new();
@@ -85,6 +94,11 @@ async fn main() -> anyhow::Result<()> {
             .sink_fetch_wait_ms
             .map(|wait| (Service::Sink, "KAFKA_FETCH_WAIT_MAX_MS".to_owned(), wait.to_string()))
             .into_iter()
+            .chain(
+                cli.sink_isolation_level
+                    .map(|level| (Service::Sink, "KAFKA_ISOLATION_LEVEL".to_owned(), level.to_string())),
+            )
+            .chain([(Service::Relay, "KAFKA_TOPIC_PARTITIONS".to_owned(), PARTITIONS.to_string())])
             .collect();
         options.print_logs_on_drop = false;
     })
@@ -96,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
     );
     results.insert("broker".into(), json!(stack.broker_description()));
     results.insert("sink_fetch_wait_ms".into(), json!(cli.sink_fetch_wait_ms));
+    results.insert("sink_isolation_level".into(), json!(cli.sink_isolation_level.map(|level| level.to_string())));
     let scripts = tempfile::tempdir()?;
 
     // One article through the whole pipeline first, so that the topic exists and the sink's group
@@ -106,7 +121,8 @@ async fn main() -> anyhow::Result<()> {
 
     api::run(&mut stack, &sizes, scripts.path(), &mut results).await?;
     let backlog_size = relay::run(&mut stack, &sizes, &mut results).await?;
-    sink::run(&mut stack, &sizes, backlog_size, scripts.path(), &mut results).await?;
+    // The sinks the drains added to the group stay: the latency phase runs with 3.
+    let (extra_sinks, drain_curves) = sink::run(&mut stack, &sizes, backlog_size, scripts.path(), &mut results).await?;
     let series = latency::run(&stack, &sizes, &mut results).await?;
     handover::run(&mut stack, &sizes, &mut results).await?;
 
@@ -116,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .map(|service| (service.binary_name(), stack.process(service).pid()))
         .collect();
+    processes.extend(extra_sinks.iter().map(|sink| (sink.process.name(), sink.process.pid())));
     processes.push(("broker", stack.broker_mut()?.process_mut().pid()));
     for (name, pid) in processes {
         let peak = measure::peak_rss_mib(pid);
@@ -127,8 +144,9 @@ async fn main() -> anyhow::Result<()> {
     results.insert("date".into(), json!(Utc::now().to_rfc3339()));
 
     std::fs::write(cli.out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
-    std::fs::write(cli.out.join("latency.svg"), latency::svg_plot(&series))?;
+    std::fs::write(cli.out.join("latency.svg"), latency::svg_plot(&series, &drain_curves))?;
     println!("results: {}, plot: {}", cli.out.join("results.json").display(), cli.out.join("latency.svg").display());
+    drop(extra_sinks);
     stack.shutdown().await;
     Ok(())
 }

@@ -5,24 +5,47 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 /// Waits until `count()` reaches `target`; returns events/s measured from the first change.
-pub(crate) async fn drain_rate<F, Fut>(target: i64, mut count: F) -> anyhow::Result<(f64, Duration)>
+pub(crate) async fn drain_rate<F, Fut>(target: i64, count: F) -> anyhow::Result<(f64, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<i64>>,
+{
+    let drain = drain_curve(target, count).await?;
+    Ok((drain.rate, drain.elapsed))
+}
+
+/// A drain measured by [`drain_curve`].
+pub(crate) struct Drain {
+    /// Events per second from the first change to the target.
+    pub(crate) rate: f64,
+    pub(crate) elapsed: Duration,
+    /// (seconds since the first change, events moved since), every poll.
+    pub(crate) curve: Vec<(f64, f64)>,
+}
+
+/// Waits until `count()` reaches `target`, sampling how far it got every 50 ms.
+pub(crate) async fn drain_curve<F, Fut>(target: i64, mut count: F) -> anyhow::Result<Drain>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<i64>>,
 {
     let initial = count().await?;
-    let mut first_change = None;
+    let mut first_change: Option<(Instant, i64)> = None;
+    let mut curve = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         let now = count().await?;
         if now != initial && first_change.is_none() {
-            first_change = Some((Instant::now(), now));
+            first_change = Some((Instant::now(), initial));
+        }
+        if let Some((started, at_start)) = first_change {
+            curve.push((started.elapsed().as_secs_f64(), (now - at_start).abs() as f64));
         }
         if now == target {
             let (started, at_start) = first_change.unwrap_or((Instant::now(), initial));
             let elapsed = started.elapsed().max(Duration::from_millis(1));
             let moved = (target - at_start).abs().max(1);
-            return Ok((moved as f64 / elapsed.as_secs_f64(), elapsed));
+            return Ok(Drain { rate: moved as f64 / elapsed.as_secs_f64(), elapsed, curve });
         }
         if Instant::now() > deadline {
             bail!("gave up waiting: {now} of {target}");
@@ -40,7 +63,11 @@ pub(crate) fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
 }
 
 /// Per label value of histogram `name`'s `label`, (count, sum) in Prometheus text.
-pub(crate) fn histogram_by_label(text: &str, name: &str, label: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+pub(crate) fn histogram_by_label(
+    text: &str,
+    name: &str,
+    label: &str,
+) -> std::collections::BTreeMap<String, (f64, f64)> {
     let mut by_value: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
     let prefix = format!("{label}=\"");
     for line in text.lines() {

@@ -1,35 +1,71 @@
-//! Phase 3: the sink's apply rate on the topic's backlog against its two ceilings: pgbench running
-//! the sink's own statement on DB2, and a bare consumer reading the same topic.
+//! Phase 3: the sink's apply rate on the topic's backlog, with 1, 2 and 3 instances of the group
+//! (default settings), against its two ceilings: pgbench running the sink's own statement on DB2
+//! (one client, and as many as one instance applies partitions side by side), and a bare consumer
+//! reading the same topic. Each drain starts from an empty DB2 and the group's offsets at the
+//! start of the topic; the last one's three sinks stay for the latency phase.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::Stack;
-use e2e::stack::{DB2_NAME, Service};
+use e2e::stack::{DB2_NAME, ExtraSink, Service};
 use serde_json::json;
 
-use crate::measure::drain_rate;
+use crate::latency::Curve;
+use crate::measure::drain_curve;
 use crate::pgbench::pgbench;
 use crate::{Results, Sizes};
 
-/// Events per transaction in the sink's ceiling (the sink applies up to 500 waiting records at once).
+/// Events per transaction in the sink's ceiling (the sink applies a partition's share of up to 2,000 waiting records at once).
 const APPLY_BATCH: usize = 100;
+/// DB2 connections of one sink (its `DB_POOL_SIZE` default): how many partitions it applies at once.
+const SINK_CONNECTIONS: u32 = 4;
+/// The sink counts of the drains.
+const SINK_COUNTS: [usize; 3] = [1, 2, 3];
 
+/// Returns the sinks added to the stack's group, which keep running, and the drain curves.
 pub(crate) async fn run(
     stack: &mut Stack,
     sizes: &Sizes,
     backlog_size: i64,
     scripts: &Path,
     results: &mut Results,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(Vec<ExtraSink>, Vec<Curve>)> {
     let db2 = stack.db2_client().await?;
-    let applied_before: i64 = db2.query_one("SELECT count(*) FROM processed_events", &[]).await?.get(0);
-    let on_topic = backlog_size + applied_before;
-    stack.restart(Service::Sink).await?;
-    let (sink_rate, sink_time) = drain_rate(on_topic, || async {
-        Ok(db2.query_one("SELECT count(*) FROM processed_events", &[]).await?.get(0))
-    })
-    .await?;
+    let on_topic =
+        stack.topic_records().await?.iter().filter(|record| record.header("event_id").is_some()).count() as i64;
+    let mut drains = Vec::new();
+    let mut curves: Vec<Curve> = Vec::new();
+    let mut extra_sinks: Vec<ExtraSink> = Vec::new();
+    for sinks in SINK_COUNTS {
+        stack.stop(Service::Sink).await;
+        for mut sink in extra_sinks.drain(..) {
+            sink.process.stop(Duration::from_secs(30)).await;
+        }
+        db2.batch_execute("TRUNCATE articles, processed_events, article_tombstones").await?;
+        rewind_group(stack).await?;
+        // Every sink starts applying at once: DB2's table stays locked until all are ready (their
+        // statements wait, give up after their lock timeout and are retried).
+        let mut holder = stack.db2_client().await?;
+        let lock = holder.transaction().await?;
+        lock.batch_execute("LOCK TABLE processed_events IN ACCESS EXCLUSIVE MODE").await?;
+        stack.restart(Service::Sink).await?;
+        for number in 2..=sinks {
+            extra_sinks.push(stack.start_extra_sink(&format!("replica-sink-{number}")).await?);
+        }
+        lock.commit().await?;
+        let drain = drain_curve(on_topic, || async {
+            Ok(db2.query_one("SELECT count(*) FROM processed_events", &[]).await?.get(0))
+        })
+        .await?;
+        let (rate, time) = (drain.rate, drain.elapsed);
+        println!(
+            "sink drain of {on_topic} events, {sinks} sink(s) on the topic's partitions: {rate:>8.0}/s ({time:.1?})"
+        );
+        drains.push((sinks, rate, time));
+        curves.push((format!("{sinks} sink(s): {rate:.0}/s"), drain.curve));
+    }
+    let (_, sink_rate, sink_time) = drains[0];
     let apply_script = scripts.join("apply.sql");
     // The sink applies the records waiting for it in one transaction, one statement per event,
     // pipelined: the ceiling runs the very same statement (`replica_sink::apply::UPSERT`) for
@@ -61,6 +97,8 @@ pub(crate) async fn run(
     script.push_str("\\endpipeline\nCOMMIT;\n");
     std::fs::write(&apply_script, script)?;
     let sink_ceiling = APPLY_BATCH as f64 * pgbench(stack.db2.port, DB2_NAME, 1, sizes.phase.as_secs(), &apply_script)?;
+    let parallel_ceiling =
+        APPLY_BATCH as f64 * pgbench(stack.db2.port, DB2_NAME, SINK_CONNECTIONS, sizes.phase.as_secs(), &apply_script)?;
     // pgbench's rows are not replicas of anything: remove them so DB2 matches DB1 again.
     db2.batch_execute(
         "DELETE FROM articles WHERE id >= 100000000; DELETE FROM processed_events WHERE article_id >= 100000000",
@@ -80,15 +118,44 @@ pub(crate) async fn run(
     })
     .await??;
     let bare_consumer_rate = consumed as f64 / started.elapsed().as_secs_f64();
-    let (consumer_ratio, ratio) = (sink_rate / bare_consumer_rate, sink_rate / sink_ceiling);
+    // One instance applies its partitions side by side: its ceiling is the lower of the bare
+    // consumer and pgbench with as many clients as it has connections.
+    let ceiling = bare_consumer_rate.min(parallel_ceiling);
+    let (consumer_ratio, ratio) = (sink_rate / bare_consumer_rate, sink_rate / ceiling);
     let line = format!(
-        "sink apply of {backlog_size} events: {sink_rate:>8.0}/s ({sink_time:.1?})   bare consumer: \
-         {bare_consumer_rate:>8.0}/s   ratio {consumer_ratio:.2}   pgbench same statement, pipelined \
-         ({APPLY_BATCH}/tx): {sink_ceiling:>8.0}/s   ratio {ratio:.2}"
+        "sink apply of {on_topic} events, 1 sink: {sink_rate:>8.0}/s ({sink_time:.1?})   bare consumer: \
+         {bare_consumer_rate:>8.0}/s   pgbench same statement, pipelined ({APPLY_BATCH}/tx): 1 client \
+         {sink_ceiling:>8.0}/s, {SINK_CONNECTIONS} clients {parallel_ceiling:>8.0}/s   ratio to the lower ceiling {ratio:.2}"
     );
-    let figures = json!({"events": backlog_size, "sink_per_s": sink_rate, "bare_consumer_per_s": bare_consumer_rate,
-        "consumer_ratio": consumer_ratio, "pgbench_events_per_s": sink_ceiling,
-        "events_per_transaction": APPLY_BATCH, "ratio": ratio});
+    let drain_figures: Vec<serde_json::Value> = drains
+        .iter()
+        .map(|(sinks, rate, time)| json!({"sinks": sinks, "per_s": rate, "seconds": time.as_secs_f64()}))
+        .collect();
+    let figures = json!({"events": on_topic, "backlog": backlog_size, "sink_per_s": sink_rate,
+        "bare_consumer_per_s": bare_consumer_rate, "consumer_ratio": consumer_ratio,
+        "pgbench_events_per_s": sink_ceiling, "pgbench_parallel_events_per_s": parallel_ceiling,
+        "pgbench_parallel_clients": SINK_CONNECTIONS, "ceiling_per_s": ceiling,
+        "events_per_transaction": APPLY_BATCH, "ratio": ratio, "drains": drain_figures});
     crate::report(results, "sink_apply", &line, figures);
-    Ok(())
+    Ok((extra_sinks, curves))
+}
+
+/// Moves the stack's sink group back to the start of the topic (its members must be stopped):
+/// the next drain applies every event again, into an empty DB2.
+async fn rewind_group(stack: &Stack) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+    let (bootstrap, topic, group) = (stack.bootstrap_servers(), stack.topic().to_owned(), stack.group().to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let consumer: BaseConsumer =
+            kafka_kit::client_config(&bootstrap).set("group.id", &group).set("enable.auto.commit", "false").create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let mut start = rdkafka::TopicPartitionList::new();
+        for partition in metadata.topics().iter().flat_map(|topic| topic.partitions()) {
+            let (low, _) = consumer.fetch_watermarks(&topic, partition.id(), Duration::from_secs(10))?;
+            start.add_partition_offset(&topic, partition.id(), rdkafka::Offset::Offset(low))?;
+        }
+        consumer.commit(&start, CommitMode::Sync)?;
+        Ok(())
+    })
+    .await?
 }

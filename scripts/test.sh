@@ -75,6 +75,6 @@ else
     status=0
     run_suite kafka || status=$?
     # The second, independent broker: the guarantees must not rest on one implementation.
-    run_suite nisshi -E '(binary(exactly_once) - test(benchmark)) | binary(fencing) | binary(component_relay) | binary(component_relay_faults) | binary(component_broker) | binary(operator)' || status=$?
+    run_suite nisshi -E '(binary(exactly_once) - test(benchmark)) | binary(fencing) | binary(component_relay) | binary(component_relay_faults) | binary(component_broker) | binary(component_routing) | binary(operator)' || status=$?
     exit "$status"
 fi

@@ -40,10 +40,11 @@ pub async fn act(pool: &Pool, action: Action, id: i64) -> anyhow::Result<()> {
 /// One dead letter as `list` prints it.
 pub fn display_line(dead: &DeadLetter) -> String {
     format!(
-        "{}\t{}\tarticle={}\t{}\t{} bytes\tfailed {}\twaiting behind it: {}\t{}",
+        "{}\t{}\t{}={}\t{}\t{} bytes\tfailed {}\twaiting behind it: {}\t{}",
         dead.row.id,
         dead.row.event_id,
-        dead.row.article_id,
+        dead.row.aggregate_type,
+        dead.row.aggregate_id,
         dead.row.event_type,
         dead.row.payload.len(),
         dead.failed_at.to_rfc3339(),

@@ -81,10 +81,14 @@ async fn enqueue_snapshot(transaction: &deadpool_postgres::Transaction<'_>, arti
     };
     let payload = serde_json::to_string(&event)?;
     let untraced = HashMap::new();
+    let article_id = event.data.id.to_string();
     let new_event = NewEvent {
         event_id,
-        article_id: event.data.id,
+        aggregate_type: ArticleEvent::AGGREGATE_TYPE,
+        aggregate_id: &article_id,
         event_type: EventType::Snapshot.as_str(),
+        topic: None,
+        headers: &[],
         payload: &payload,
         trace_context: &untraced,
     };

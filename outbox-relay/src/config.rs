@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand};
 use service_kit::config::{DatabaseUrl, DatabaseUrlParser};
 
-/// Publishes DB1's outbox rows to Kafka, in order, keyed by article id.
+/// Publishes an outbox's rows to Kafka exactly once, in order per aggregate (the record key),
+/// each to its row's topic or to KAFKA_TOPIC.
 #[derive(Debug, Parser)]
 #[command(name = "outbox-relay", version)]
 pub struct Cli {
@@ -23,15 +24,24 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct RelayConfig {
-    /// DB1 (primary) connection string.
+    /// The outbox's database (DB1 for the articles API), e.g.
+    /// postgres://bloguser:blogpass@localhost:5432/blogdb. The relay creates only the outbox's
+    /// and its own tables there.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrlParser)]
     pub database_url: DatabaseUrl,
     /// Kafka bootstrap servers, comma-separated.
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "localhost:9092")]
     pub kafka_bootstrap_servers: String,
-    /// Topic the events are published to.
+    /// Topic of the rows that name none (a row's `topic` column decides).
     #[arg(long, env = "KAFKA_TOPIC", default_value = "articles")]
     pub kafka_topic: String,
+    /// `binary`: every record also carries CloudEvents attributes as headers (Kafka protocol
+    /// binding, binary mode: ce_specversion, ce_id, ce_type, ce_source, ce_time, content-type).
+    #[arg(long, env = "RELAY_CLOUDEVENTS", value_enum, default_value_t = crate::cloudevents::Mode::Off)]
+    pub cloudevents: crate::cloudevents::Mode,
+    /// `ce_source` of the records, a URI-reference (default: /outbox/<database name>).
+    #[arg(long, env = "RELAY_CLOUDEVENTS_SOURCE", value_parser = crate::cloudevents::parse_source)]
+    pub cloudevents_source: Option<String>,
     /// Which records the read-back sees (`read_committed` skips aborted transactions, as the
     /// sink does; `read_uncommitted` only for brokers whose transactions are incomplete, such as
     /// nisshi). Must match the consumers'.
@@ -126,6 +136,20 @@ mod tests {
             let error = parse(&[flag, value]).err().map(|error| error.to_string()).unwrap_or_default();
             assert!(error.contains(flag) && error.contains(value), "{flag} {value}: {error:?}");
         }
+    }
+
+    #[test]
+    fn cloudevents_are_off_unless_asked_and_their_source_is_checked() -> Result<(), clap::Error> {
+        use crate::cloudevents::Mode;
+        assert_eq!(parse(&[])?.config.cloudevents, Mode::Off);
+        let cli = parse(&["--cloudevents", "binary", "--cloudevents-source", "urn:blog"])?;
+        assert_eq!(cli.config.cloudevents, Mode::Binary);
+        assert_eq!(cli.config.cloudevents_source.as_deref(), Some("urn:blog"));
+        let error = parse(&["--cloudevents", "structured"]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("structured") && error.contains("binary"), "{error}");
+        let error = parse(&["--cloudevents-source", "not a uri"]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("not a uri") && error.contains("URI-reference"), "{error}");
+        Ok(())
     }
 
     #[test]

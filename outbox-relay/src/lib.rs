@@ -1,8 +1,10 @@
-//! The outbox relay: a sidecar of the API that publishes every outbox row of DB1 to the Kafka
-//! topic `articles` exactly once, keyed by article id. One relay leads (advisory lock), others
+//! The outbox relay: a sidecar of a service (the articles API, the notifier…) that publishes every
+//! row of its database's outbox exactly once, to the row's topic (default `KAFKA_TOPIC`), keyed by
+//! the row's aggregate id. It reads only the outbox contract (the `outbox` crate). One relay leads (advisory lock), others
 //! stand by; the leader wakes on NOTIFY and polls as a fallback, and while Kafka is down it keeps
 //! the rows and retries with capped backoff. See docs/guarantees.md.
 
+pub mod cloudevents;
 pub mod config;
 mod error;
 mod failpoint;

@@ -1,5 +1,6 @@
-//! Publishing one batch: each outbox row becomes a record keyed by article id, with the event id,
-//! the event type and the leader's epoch in headers and the trace context carried on. A batch is
+//! Publishing one batch: each outbox row becomes a record on its row's topic (or the default one),
+//! keyed by its aggregate id, with the event id, the event type and the leader's epoch in headers,
+//! the trace context carried on, the row's extra headers and, when on, CloudEvents attributes. A batch is
 //! one Kafka transaction of a transactional producer whose `transactional.id` every relay of this
 //! outbox shares: when a new leader's producer registers it, the broker aborts the previous
 //! leader's open transaction and refuses every later request of the old producer, even one that
@@ -16,6 +17,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use uuid::Uuid;
 
+use crate::cloudevents::CloudEvents;
 use crate::readback::Checkpoint;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
@@ -85,26 +87,45 @@ pub(crate) fn is_producer_fenced(error: &KafkaError) -> bool {
     )
 }
 
-/// Hands one row to the producer, waiting while its queue is full (back-pressure, not failure).
+/// The headers of `row`'s record: the relay's own, the trace context, the CloudEvents attributes
+/// when on, then the row's extra headers — except those whose name one of the former already
+/// took (the relay's headers are what exactly once and tracing rest on).
+pub(crate) fn record_headers(
+    row: &OutboxRow,
+    epoch: i64,
+    trace_headers: &HashMap<String, String>,
+    cloudevents: Option<&CloudEvents>,
+) -> Vec<(String, String)> {
+    let mut headers = vec![
+        (EVENT_ID_HEADER.to_owned(), row.event_id.to_string()),
+        (EVENT_TYPE_HEADER.to_owned(), row.event_type.clone()),
+        (RELAY_EPOCH_HEADER.to_owned(), epoch.to_string()),
+    ];
+    headers.extend(trace_headers.iter().map(|(name, value)| (name.clone(), value.clone())));
+    if let Some(cloudevents) = cloudevents {
+        headers.extend(cloudevents.attributes(row).into_iter().map(|(name, value)| (name.to_owned(), value)));
+    }
+    for (name, value) in &row.headers {
+        if headers.iter().all(|(taken, _)| !taken.eq_ignore_ascii_case(name)) {
+            headers.push((name.clone(), value.clone()));
+        }
+    }
+    headers
+}
+
+/// Hands one record to the producer, waiting while its queue is full (back-pressure, not failure).
 pub(crate) async fn send(
     producer: &FutureProducer,
     topic: &str,
     row: &OutboxRow,
-    epoch: i64,
-    trace_headers: &HashMap<String, String>,
+    headers: &[(String, String)],
 ) -> Result<DeliveryFuture, KafkaError> {
-    let key = row.article_id.to_string();
-    let event_id = row.event_id.to_string();
-    let epoch = epoch.to_string();
     loop {
-        let mut headers = OwnedHeaders::new_with_capacity(3 + trace_headers.len())
-            .insert(Header { key: EVENT_ID_HEADER, value: Some(event_id.as_str()) })
-            .insert(Header { key: EVENT_TYPE_HEADER, value: Some(row.event_type.as_str()) })
-            .insert(Header { key: RELAY_EPOCH_HEADER, value: Some(epoch.as_str()) });
-        for (name, value) in trace_headers {
-            headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned = owned.insert(Header { key: name, value: Some(value.as_str()) });
         }
-        let record = FutureRecord::to(topic).key(&key).payload(&row.payload).headers(headers);
+        let record = FutureRecord::to(topic).key(&row.aggregate_id).payload(&row.payload).headers(owned);
         match producer.send_result(record) {
             Ok(delivery) => return Ok(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -120,9 +141,10 @@ pub(crate) fn publish_span(topic: &str, row: &OutboxRow) -> tracing::Span {
     let otel_name = format!("outbox.publish {topic}");
     let span = service_kit::kafka_span!("outbox.publish", producer = "send", otel_name, topic);
     span.record("messaging.message.id", tracing::field::display(&row.event_id));
-    span.record("messaging.kafka.message.key", row.article_id);
+    span.record("messaging.kafka.message.key", row.aggregate_id.as_str());
     span.record("event_type", row.event_type.as_str());
-    span.record("article.id", row.article_id);
+    span.record("aggregate.type", row.aggregate_type.as_str());
+    span.record("aggregate.id", row.aggregate_id.as_str());
     service_kit::telemetry::continue_trace(&span, &service_kit::telemetry::MapCarrier(&row.trace_context));
     span
 }
@@ -132,10 +154,10 @@ pub(crate) fn publish_span(topic: &str, row: &OutboxRow) -> tracing::Span {
 pub(crate) struct Acknowledgements {
     /// Outbox ids of the rows the broker acknowledged.
     pub(crate) acknowledged: Vec<i64>,
-    /// Per partition, the checkpoint after the last acknowledged record: where to move to.
-    /// Empty after any failure: a record that timed out may still have been written, so the
+    /// Per topic and partition, the checkpoint after the last acknowledged record: where to move
+    /// to. Empty after any failure: a record that timed out may still have been written, so the
     /// checkpoints stay and the next read-back reads the whole batch.
-    pub(crate) next: BTreeMap<i32, Checkpoint>,
+    pub(crate) next: Checkpoints,
     /// How many records failed, and the first error.
     pub(crate) failed: usize,
     pub(crate) first_failure: Option<KafkaError>,
@@ -143,14 +165,21 @@ pub(crate) struct Acknowledgements {
     pub(crate) refused: Vec<i64>,
 }
 
+/// Checkpoints by topic, then partition.
+pub(crate) type Checkpoints = BTreeMap<String, BTreeMap<i32, Checkpoint>>;
+
 impl Acknowledgements {
-    /// Records the answer for outbox row `id` (event `event_id`): its partition and offset, or
-    /// why it failed.
-    pub(crate) fn record(&mut self, id: i64, event_id: Uuid, answer: Result<(i32, i64), KafkaError>) {
+    /// Records the answer for outbox row `id` (event `event_id`, sent to `topic`): its partition
+    /// and offset, or why it failed.
+    pub(crate) fn record(&mut self, id: i64, event_id: Uuid, topic: &str, answer: Result<(i32, i64), KafkaError>) {
         match answer {
             Ok((partition, offset)) => {
                 self.acknowledged.push(id);
-                let next = self.next.entry(partition).or_default();
+                let partitions = match self.next.get_mut(topic) {
+                    Some(partitions) => partitions,
+                    None => self.next.entry(topic.to_owned()).or_default(),
+                };
+                let next = partitions.entry(partition).or_default();
                 if offset + 1 > next.next_offset {
                     *next = Checkpoint { next_offset: offset + 1, last: Some((offset, event_id)) };
                 }
@@ -166,7 +195,7 @@ impl Acknowledgements {
     }
 
     /// The checkpoints a settle may move to: none once anything failed.
-    pub(crate) fn checkpoints(&self) -> BTreeMap<i32, Checkpoint> {
+    pub(crate) fn checkpoints(&self) -> Checkpoints {
         if self.failed > 0 { BTreeMap::new() } else { self.next.clone() }
     }
 }
@@ -179,16 +208,25 @@ mod tests {
     fn checkpoints_move_past_the_highest_acknowledged_offset_of_each_partition() {
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let mut acks = Acknowledgements::default();
-        acks.record(1, a, Ok((0, 10)));
-        acks.record(2, b, Ok((1, 4)));
-        acks.record(3, c, Ok((0, 11)));
-        assert_eq!(acks.acknowledged, [1, 2, 3]);
+        let d = Uuid::new_v4();
+        acks.record(1, a, "articles", Ok((0, 10)));
+        acks.record(2, b, "articles", Ok((1, 4)));
+        acks.record(3, c, "articles", Ok((0, 11)));
+        acks.record(4, d, "orders", Ok((0, 2)));
+        assert_eq!(acks.acknowledged, [1, 2, 3, 4]);
         assert_eq!(
             acks.checkpoints(),
             BTreeMap::from([
-                (0, Checkpoint { next_offset: 12, last: Some((11, c)) }),
-                (1, Checkpoint { next_offset: 5, last: Some((4, b)) })
-            ])
+                (
+                    "articles".to_owned(),
+                    BTreeMap::from([
+                        (0, Checkpoint { next_offset: 12, last: Some((11, c)) }),
+                        (1, Checkpoint { next_offset: 5, last: Some((4, b)) })
+                    ])
+                ),
+                ("orders".to_owned(), BTreeMap::from([(0, Checkpoint { next_offset: 3, last: Some((2, d)) })])),
+            ]),
+            "each topic's partitions have checkpoints of their own"
         );
         assert_eq!(acks.failed, 0);
     }
@@ -196,10 +234,10 @@ mod tests {
     #[test]
     fn one_failure_keeps_every_checkpoint_but_settles_the_acknowledged_rows() {
         let mut acks = Acknowledgements::default();
-        acks.record(1, Uuid::new_v4(), Ok((0, 10)));
-        acks.record(2, Uuid::new_v4(), Err(KafkaError::Canceled));
-        acks.record(3, Uuid::new_v4(), Ok((0, 11)));
-        acks.record(4, Uuid::new_v4(), Err(KafkaError::NoMessageReceived));
+        acks.record(1, Uuid::new_v4(), "t", Ok((0, 10)));
+        acks.record(2, Uuid::new_v4(), "t", Err(KafkaError::Canceled));
+        acks.record(3, Uuid::new_v4(), "t", Ok((0, 11)));
+        acks.record(4, Uuid::new_v4(), "t", Err(KafkaError::NoMessageReceived));
         assert_eq!(acks.acknowledged, [1, 3]);
         assert!(acks.checkpoints().is_empty());
         assert_eq!(acks.failed, 2);
@@ -219,10 +257,48 @@ mod tests {
             assert!(!refuses_record(error), "{error}");
         }
         let mut acks = Acknowledgements::default();
-        acks.record(7, Uuid::new_v4(), Err(timed_out));
-        acks.record(9, Uuid::new_v4(), Err(too_large.clone()));
-        acks.record(8, Uuid::new_v4(), Err(too_large));
+        acks.record(7, Uuid::new_v4(), "t", Err(timed_out));
+        acks.record(9, Uuid::new_v4(), "t", Err(too_large.clone()));
+        acks.record(8, Uuid::new_v4(), "t", Err(too_large));
         assert_eq!(acks.refused, [9, 8], "only the refused ones are suspects");
+    }
+
+    fn row(headers: &[(&str, &str)]) -> OutboxRow {
+        OutboxRow {
+            id: 1,
+            event_id: Uuid::nil(),
+            aggregate_type: "order".into(),
+            aggregate_id: "o-1".into(),
+            event_type: "order.placed".into(),
+            topic: Some("orders".into()),
+            headers: headers.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect(),
+            payload: "{}".into(),
+            created_at: chrono::Utc::now(),
+            trace_context: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_row_adds_its_headers_but_cannot_take_the_relays_own() {
+        let trace = HashMap::from([("traceparent".to_owned(), "00-a-b-01".to_owned())]);
+        let extra = [("tenant", "t1"), ("EVENT_ID", "forged"), ("traceparent", "forged"), ("ce_id", "mine")];
+        let headers = record_headers(&row(&extra), 4, &trace, None);
+        let value = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert_eq!(value("event_id"), Some("00000000-0000-0000-0000-000000000000"));
+        assert_eq!(value("event_type"), Some("order.placed"));
+        assert_eq!(value("relay_epoch"), Some("4"));
+        assert_eq!(value("traceparent"), Some("00-a-b-01"));
+        assert_eq!(value("tenant"), Some("t1"));
+        assert_eq!(value("ce_id"), Some("mine"), "without CloudEvents, ce_* names are the row's to use");
+        assert_eq!(value("EVENT_ID"), None, "header names are compared without case");
+        assert_eq!(headers.len(), 6, "{headers:?}");
+
+        let cloudevents = CloudEvents { source: "/outbox/shop".into() };
+        let headers = record_headers(&row(&extra), 4, &trace, Some(&cloudevents));
+        let value = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert_eq!(value("ce_id"), Some("00000000-0000-0000-0000-000000000000"), "CloudEvents' own id wins");
+        assert_eq!(value("ce_source"), Some("/outbox/shop"));
+        assert_eq!(headers.iter().filter(|(name, _)| name == "ce_id").count(), 1);
     }
 
     #[test]

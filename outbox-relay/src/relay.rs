@@ -7,7 +7,8 @@
 //! leader's producer; then, before publishing anything and again after any error, it
 //! **reconciles**: it reads every partition back from its checkpoint to its end and settles the
 //! outbox rows whose `event_id` it finds there, without republishing them. Then it loops: read the
-//! oldest rows in id order, send them in one Kafka transaction (records keyed by article id),
+//! oldest rows in id order, send them in one Kafka transaction (each to its row's topic, keyed by
+//! the row's aggregate id),
 //! wait for every acknowledgement, commit, and **settle** — delete the acknowledged rows and move
 //! each partition's checkpoint past them, in one DB1 transaction fenced by the leader epoch. The
 //! rounds overlap (see `Relay::publish_batch`): the next batch is read while one commits, and a
@@ -72,8 +73,11 @@ enum Ended {
 #[derive(Debug, Clone)]
 pub(crate) struct RelaySettings {
     pub(crate) producer: ProducerSettings,
+    /// The topic of rows that name none.
     pub(crate) topic: String,
-    /// How the relay creates the topic if it is missing.
+    /// CloudEvents attributes to stamp on every record, when on.
+    pub(crate) cloudevents: Option<crate::cloudevents::CloudEvents>,
+    /// How the relay creates a topic that is missing.
     pub(crate) topic_spec: crate::topic::TopicSpec,
     /// How the read-back reads the topic (as its consumers do).
     pub(crate) isolation: kafka_kit::Isolation,
@@ -132,10 +136,12 @@ pub(crate) struct Relay {
     /// produce request, so some may be innocent): the next rounds publish the rows before the
     /// first suspect as a batch, then that suspect alone, which settles or dead-letters it.
     suspects: std::collections::BTreeSet<i64>,
-    /// Reads the topic's partition count (metadata only), to warn when it changes.
+    /// Reads the topics' partition counts (metadata only), to warn when one changes.
     metadata: kafka_kit::probe::BrokerProbe,
-    /// The partition count last seen.
-    partitions: Option<usize>,
+    /// Per topic published to, the partition count last seen.
+    partitions: std::collections::BTreeMap<String, usize>,
+    /// The topics this producer session has created or checked (see `prepare_topic`).
+    prepared: std::collections::HashSet<String>,
     /// The next batch, being read from DB1 while the current one commits.
     read_ahead: Option<tokio::task::JoinHandle<Result<Vec<OutboxRow>, RelayError>>>,
     /// The last committed batch, being settled while the next one is produced.
@@ -166,7 +172,8 @@ impl Relay {
             session: None,
             suspects: Default::default(),
             metadata,
-            partitions: None,
+            partitions: Default::default(),
+            prepared: Default::default(),
             read_ahead: None,
             settling: None,
         }
@@ -330,24 +337,25 @@ impl Relay {
             producers.push(registered?.map_err(RelayError::Session)?);
         }
         tracing::info!(transactional_id, lanes = LANES, elapsed = ?started.elapsed(), "producer session started; earlier producers of this outbox are fenced");
-        let ensured = crate::topic::ensure(
-            &self.settings.producer.bootstrap_servers,
-            &self.settings.topic,
-            self.settings.topic_spec,
-        )
-        .await;
-        if let Some(crate::topic::Ensured::Existed { partitions }) = ensured {
-            self.saw_partitions(partitions);
-        }
-        let producer_settings = &self.settings.producer;
-        crate::limits::check_topic(
-            &producer_settings.bootstrap_servers,
-            &self.settings.topic,
-            producer_settings.max_record_bytes,
-        )
-        .await;
+        self.prepared.clear();
+        self.prepare_topic(&self.settings.topic.clone()).await;
         self.session = Some(Session { producers, transactional_id: transactional_id.to_owned(), next: 0 });
         Ok(())
+    }
+
+    /// Before a session's first record to `topic`: creates it if it is missing (before anything
+    /// can auto-create it with the broker's defaults), and checks that its record size limit
+    /// agrees with the producer's. Once per topic and session; never fails the round.
+    async fn prepare_topic(&mut self, topic: &str) {
+        if !self.prepared.insert(topic.to_owned()) {
+            return;
+        }
+        let producer = &self.settings.producer;
+        let ensured = crate::topic::ensure(&producer.bootstrap_servers, topic, self.settings.topic_spec).await;
+        crate::limits::check_topic(&producer.bootstrap_servers, topic, producer.max_record_bytes).await;
+        if let Some(crate::topic::Ensured::Existed { partitions }) = ensured {
+            self.saw_partitions(topic, partitions);
+        }
     }
 
     /// Drops the producer session, purging what it still holds. Its open transaction, if any, is
@@ -363,30 +371,42 @@ impl Relay {
         }
     }
 
-    /// Reads the topic back from the checkpoints and settles the rows found there.
+    /// Reads back every topic the relay may have published to — the default one, those with a
+    /// checkpoint and those a waiting row names — and settles the rows found there.
     async fn reconcile(&self, epoch: i64) -> Result<u64, RelayError> {
+        let mut topics = std::collections::BTreeSet::from([self.settings.topic.clone()]);
+        {
+            let client = self.pool.get().await?;
+            topics.extend(outbox::checkpointed_topics(&client).await?);
+            topics.extend(outbox::pending_topics(&client, &self.settings.topic).await?);
+        }
+        let mut settled = 0;
+        for topic in topics {
+            settled += self.reconcile_topic(epoch, &topic).await?;
+        }
+        Ok(settled)
+    }
+
+    /// Reads `topic` back from its checkpoints and settles the rows found there.
+    async fn reconcile_topic(&self, epoch: i64, topic: &str) -> Result<u64, RelayError> {
         let started = Instant::now();
-        let checkpoints = settle::load(&self.pool.get().await?, &self.settings.topic).await?;
+        let checkpoints = settle::load(&self.pool.get().await?, topic).await?;
         let read_back = crate::readback::read_back(
             self.settings.producer.bootstrap_servers.clone(),
-            self.settings.topic.clone(),
+            topic.to_owned(),
             self.settings.isolation,
             checkpoints.clone(),
         )
         .await?;
         crate::failpoint::hit(crate::failpoint::IN_READ_BACK);
-        self.report_read_back(&read_back);
-        let settled = settle::settle(
-            &mut self.pool.get().await?,
-            epoch,
-            &self.settings.topic,
-            Published::Events(&read_back.found),
-            &read_back.ends,
-        )
-        .await?;
+        self.report_read_back(topic, &read_back);
+        let ends = std::collections::BTreeMap::from([(topic.to_owned(), read_back.ends.clone())]);
+        let settled =
+            settle::settle(&mut self.pool.get().await?, epoch, Published::Events(&read_back.found), &ends).await?;
         self.metrics.reconciled.inc_by(settled.deleted);
         tracing::info!(
             epoch,
+            topic,
             records_read = read_back.records,
             rows_settled = settled.deleted,
             from = ?checkpoints,
@@ -397,10 +417,9 @@ impl Relay {
         Ok(settled.deleted)
     }
 
-    /// Raises the alarms of a read-back: lost or replaced logs, records gone by retention,
-    /// records of a deposed leader.
-    fn report_read_back(&self, read_back: &ReadBack) {
-        let topic = &self.settings.topic;
+    /// Raises the alarms of a read-back of `topic`: lost or replaced logs, records gone by
+    /// retention, records of a deposed leader.
+    fn report_read_back(&self, topic: &str, read_back: &ReadBack) {
         for &(partition, finding) in &read_back.findings {
             match finding {
                 Finding::AheadOfLog { checkpoint, end } => {
@@ -468,7 +487,13 @@ impl Relay {
         if rows.len() as i64 >= self.settings.batch_size && !alone {
             self.read_ahead_past(&rows);
         }
-        let topic = self.settings.topic.clone();
+        let default_topic = self.settings.topic.clone();
+        let topic_of = |row: &OutboxRow| row.topic.clone().unwrap_or_else(|| default_topic.clone());
+        let topics: std::collections::BTreeSet<String> = rows.iter().map(topic_of).collect();
+        for topic in &topics {
+            self.prepare_topic(topic).await;
+        }
+        let cloudevents = self.settings.cloudevents.clone();
         let mut deliveries = Vec::with_capacity(rows.len());
         let mut sent = Vec::with_capacity(rows.len());
         let mut refused: Vec<(i64, KafkaError)> = Vec::new();
@@ -478,14 +503,16 @@ impl Relay {
                 return Err(RelayError::LeaseLapsed);
             }
             crate::failpoint::hit(crate::failpoint::BEFORE_SEND);
-            if held_back.contains(&row.article_id) {
-                // A row of this article was refused: its later rows wait behind the dead letter.
+            if held_back.contains(&(&row.aggregate_type, &row.aggregate_id)) {
+                // A row of this aggregate was refused: its later rows wait behind the dead letter.
                 continue;
             }
-            let span = crate::publish::publish_span(&topic, row);
+            let topic = row.topic.as_deref().unwrap_or(&default_topic);
+            let span = crate::publish::publish_span(topic, row);
             span.in_scope(|| {
                 tracing::info!(
-                    article_id = row.article_id,
+                    aggregate_type = %row.aggregate_type,
+                    aggregate_id = %row.aggregate_id,
                     event_id = %row.event_id,
                     "Publishing to Kafka: topic={topic}, event_type={}",
                     row.event_type
@@ -497,13 +524,14 @@ impl Relay {
             if trace_headers.is_empty() {
                 trace_headers.clone_from(&row.trace_context);
             }
-            match crate::publish::send(&producer, &topic, row, epoch, &trace_headers).await {
+            let headers = crate::publish::record_headers(row, epoch, &trace_headers, cloudevents.as_ref());
+            match crate::publish::send(&producer, topic, row, &headers).await {
                 Ok(delivery) => {
                     deliveries.push(delivery);
-                    sent.push((row, span));
+                    sent.push((row, topic, span));
                 }
                 Err(error) if refuses_record(&error) => {
-                    held_back.insert(row.article_id);
+                    held_back.insert((&row.aggregate_type, &row.aggregate_id));
                     refused.push((row.id, error));
                 }
                 Err(error) => return Err(RelayError::Enqueue(error)),
@@ -517,7 +545,7 @@ impl Relay {
         }
         let results = futures_util::future::join_all(deliveries).await;
         let mut acks = Acknowledgements::default();
-        for ((row, span), result) in sent.iter().zip(results) {
+        for ((row, topic, span), result) in sent.iter().zip(results) {
             let answer = match result {
                 Ok(Ok(delivery)) => {
                     span.record("messaging.destination.partition.id", delivery.partition);
@@ -530,7 +558,7 @@ impl Relay {
             if answer.is_err() {
                 span.record("otel.status_code", "error");
             }
-            acks.record(row.id, row.event_id, answer);
+            acks.record(row.id, row.event_id, topic, answer);
         }
         phase = phase.lap("produce");
         self.metrics.publish_errors.inc_by((acks.failed + refused.len()) as u64);
@@ -562,7 +590,7 @@ impl Relay {
             session.next = (session.next + 1) % LANES;
         }
         crate::failpoint::hit(crate::failpoint::AFTER_COMMIT);
-        for (row, _) in &sent {
+        for (row, _, _) in &sent {
             self.metrics.messages_sent.with_label_values(&[&row.event_type]).inc();
             let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
             self.metrics.commit_to_ack.observe(age.as_secs_f64());
@@ -604,22 +632,17 @@ impl Relay {
     /// checkpoints, in one DB1 transaction fenced by `epoch`, raising the alarm for any
     /// checkpoint that went down.
     fn spawn_settle(&self, epoch: i64, acks: Acknowledgements, phase: PhaseClock) -> Settling {
-        let (pool, topic, metrics) = (self.pool.clone(), self.settings.topic.clone(), self.metrics.clone());
+        let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
         let ids = acks.acknowledged.clone();
         let handle = tokio::spawn(async move {
-            let Settled { lowered, .. } = settle::settle(
-                &mut pool.get().await?,
-                epoch,
-                &topic,
-                Published::Rows(&acks.acknowledged),
-                &acks.checkpoints(),
-            )
-            .await?;
+            let Settled { lowered, .. } =
+                settle::settle(&mut pool.get().await?, epoch, Published::Rows(&acks.acknowledged), &acks.checkpoints())
+                    .await?;
             let _ = phase.lap("settle");
             for lowered in lowered {
                 metrics.checkpoint_ahead.inc();
                 tracing::error!(
-                    topic,
+                    topic = lowered.topic,
                     partition = lowered.partition,
                     checkpoint = lowered.from,
                     log_end = lowered.to,
@@ -661,7 +684,7 @@ impl Relay {
         (rows, false)
     }
 
-    /// Moves refused row `id` to the dead letters; the rows of other articles keep flowing.
+    /// Moves refused row `id` to the dead letters; the rows of other aggregates keep flowing.
     async fn dead_letter(
         &self,
         client: &mut deadpool_postgres::Object,
@@ -677,10 +700,11 @@ impl Relay {
             tracing::error!(
                 outbox_id = id,
                 event_id = ?row.map(|row| row.event_id),
-                article_id = ?row.map(|row| row.article_id),
+                aggregate_type = ?row.map(|row| &row.aggregate_type),
+                aggregate_id = ?row.map(|row| &row.aggregate_id),
                 payload_bytes = ?row.map(|row| row.payload.len()),
                 error = %reason,
-                "the broker refuses this record for what it is: moved to outbox_dead_letters; later rows of its article wait until it is requeued or discarded (blogctl outbox dead-letters)"
+                "the broker refuses this record for what it is: moved to outbox_dead_letters; later rows of its aggregate wait until it is requeued or discarded (blogctl outbox dead-letters)"
             );
         }
         Ok(())
@@ -719,30 +743,39 @@ impl Relay {
         }
     }
 
-    /// Records the topic's partition count, warning when it changed since last seen.
-    fn saw_partitions(&mut self, partitions: usize) {
+    /// Records `topic`'s partition count, warning when it changed since last seen. The gauge
+    /// shows the default topic's.
+    fn saw_partitions(&mut self, topic: &str, partitions: usize) {
         if partitions == 0 {
             return;
         }
-        self.metrics.topic_partitions.set(i64::try_from(partitions).unwrap_or(i64::MAX));
-        match self.partitions.replace(partitions) {
+        if topic == self.settings.topic {
+            self.metrics.topic_partitions.set(i64::try_from(partitions).unwrap_or(i64::MAX));
+        }
+        match self.partitions.insert(topic.to_owned(), partitions) {
             Some(before) if before != partitions => tracing::warn!(
-                topic = %self.settings.topic,
+                topic,
                 before,
                 partitions,
-                "the topic's partition count changed while the relay runs: article ids now map to other partitions, so an article's newer events may be read before its older ones still waiting in the old partition; add partitions only to a drained pipeline (docs/operations.md)"
+                "the topic's partition count changed while the relay runs: aggregate ids now map to other partitions, so an aggregate's newer events may be read before its older ones still waiting in the old partition; add partitions only to a drained pipeline (docs/operations.md)"
             ),
             _ => {}
         }
     }
 
-    /// Reads the topic's partition count now (metadata only).
+    /// Reads the partition count of every topic published to now (metadata only).
     async fn watch_partitions(&mut self) {
-        let (metadata, topic) = (self.metadata.clone(), self.settings.topic.clone());
-        match tokio::task::spawn_blocking(move || metadata.partition_count(&topic)).await {
-            Ok(Ok(partitions)) => self.saw_partitions(partitions),
-            Ok(Err(error)) => tracing::debug!(%error, "cannot read the topic's partition count"),
-            Err(error) => tracing::debug!(%error, "the partition count check did not finish"),
+        let mut topics: Vec<String> = self.partitions.keys().cloned().collect();
+        if !self.partitions.contains_key(&self.settings.topic) {
+            topics.push(self.settings.topic.clone());
+        }
+        for topic in topics {
+            let (metadata, name) = (self.metadata.clone(), topic.clone());
+            match tokio::task::spawn_blocking(move || metadata.partition_count(&name)).await {
+                Ok(Ok(partitions)) => self.saw_partitions(&topic, partitions),
+                Ok(Err(error)) => tracing::debug!(topic, %error, "cannot read the topic's partition count"),
+                Err(error) => tracing::debug!(topic, %error, "the partition count check did not finish"),
+            }
         }
     }
 

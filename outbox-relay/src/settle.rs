@@ -9,6 +9,7 @@ use std::time::Duration;
 use deadpool_postgres::{GenericClient, Transaction};
 use uuid::Uuid;
 
+use crate::publish::Checkpoints;
 use crate::readback::Checkpoint;
 
 /// Why settling failed.
@@ -111,8 +112,9 @@ pub(crate) async fn load(
 }
 
 /// A checkpoint a settle moved down: the log it described is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Lowered {
+    pub(crate) topic: String,
     pub(crate) partition: i32,
     pub(crate) from: i64,
     pub(crate) to: i64,
@@ -126,13 +128,13 @@ pub(crate) struct Settled {
     pub(crate) lowered: Vec<Lowered>,
 }
 
-/// In one transaction, fenced by `epoch`: removes the `published` rows and sets the checkpoints.
+/// In one transaction, fenced by `epoch`: removes the `published` rows and sets the checkpoints
+/// of every topic in `checkpoints`.
 pub(crate) async fn settle(
     client: &mut deadpool_postgres::Object,
     epoch: i64,
-    topic: &str,
     published: Published<'_>,
-    checkpoints: &BTreeMap<i32, Checkpoint>,
+    checkpoints: &Checkpoints,
 ) -> Result<Settled, SettleError> {
     let transaction = fenced(client, epoch).await?;
     let deleted = match published {
@@ -140,17 +142,33 @@ pub(crate) async fn settle(
         Published::Events(event_ids) => outbox::delete_by_event_ids(&transaction, event_ids).await?,
     };
     let mut lowered = Vec::new();
-    if !checkpoints.is_empty() {
-        let current = transaction
-            .prepare_cached("SELECT partition, next_offset FROM relay_checkpoints WHERE topic = $1 FOR UPDATE")
-            .await?;
-        let stored: BTreeMap<i32, i64> = transaction
-            .query(&current, &[&topic])
-            .await?
-            .iter()
-            .map(|row| Ok((row.try_get("partition")?, row.try_get("next_offset")?)))
-            .collect::<Result<_, tokio_postgres::Error>>()?;
-        lowered = lowered_checkpoints(&stored, checkpoints);
+    for (topic, partitions) in checkpoints {
+        lowered.extend(move_checkpoints(&transaction, topic, partitions).await?);
+    }
+    transaction.commit().await?;
+    Ok(Settled { deleted, lowered })
+}
+
+/// Sets `topic`'s checkpoints on `transaction`; returns those that went down.
+async fn move_checkpoints(
+    transaction: &Transaction<'_>,
+    topic: &str,
+    checkpoints: &BTreeMap<i32, Checkpoint>,
+) -> Result<Vec<Lowered>, tokio_postgres::Error> {
+    if checkpoints.is_empty() {
+        return Ok(Vec::new());
+    }
+    let current = transaction
+        .prepare_cached("SELECT partition, next_offset FROM relay_checkpoints WHERE topic = $1 FOR UPDATE")
+        .await?;
+    let stored: BTreeMap<i32, i64> = transaction
+        .query(&current, &[&topic])
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("partition")?, row.try_get("next_offset")?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let lowered = lowered_checkpoints(topic, &stored, checkpoints);
+    {
         let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (&partition, checkpoint) in checkpoints {
             columns.0.push(partition);
@@ -168,8 +186,7 @@ pub(crate) async fn settle(
             .await?;
         transaction.execute(&upsert, &[&topic, &columns.0, &columns.1, &columns.2, &columns.3]).await?;
     }
-    transaction.commit().await?;
-    Ok(Settled { deleted, lowered })
+    Ok(lowered)
 }
 
 /// Moves outbox row `id`, which the broker refuses for what it is, to the dead letters, fenced
@@ -200,12 +217,17 @@ fn still_leading(mine: i64, current: i64) -> Result<(), SettleError> {
     if mine == current { Ok(()) } else { Err(SettleError::Fenced { mine, current }) }
 }
 
-/// The partitions whose new checkpoint is below the stored one.
-fn lowered_checkpoints(stored: &BTreeMap<i32, i64>, new: &BTreeMap<i32, Checkpoint>) -> Vec<Lowered> {
+/// The partitions of `topic` whose new checkpoint is below the stored one.
+fn lowered_checkpoints(topic: &str, stored: &BTreeMap<i32, i64>, new: &BTreeMap<i32, Checkpoint>) -> Vec<Lowered> {
     new.iter()
         .filter_map(|(&partition, checkpoint)| {
             let &from = stored.get(&partition)?;
-            (checkpoint.next_offset < from).then_some(Lowered { partition, from, to: checkpoint.next_offset })
+            (checkpoint.next_offset < from).then(|| Lowered {
+                topic: topic.to_owned(),
+                partition,
+                from,
+                to: checkpoint.next_offset,
+            })
         })
         .collect()
 }
@@ -227,6 +249,9 @@ mod tests {
         let stored = BTreeMap::from([(0, 10), (1, 20), (2, 5)]);
         let at = |next_offset| Checkpoint { next_offset, last: None };
         let new = BTreeMap::from([(0, at(12)), (1, at(3)), (2, at(5)), (3, at(1))]);
-        assert_eq!(lowered_checkpoints(&stored, &new), [Lowered { partition: 1, from: 20, to: 3 }]);
+        assert_eq!(
+            lowered_checkpoints("t", &stored, &new),
+            [Lowered { topic: "t".into(), partition: 1, from: 20, to: 3 }]
+        );
     }
 }

@@ -43,6 +43,11 @@ impl Application {
                 max_record_bytes: config.message_max_bytes,
             },
             topic: config.kafka_topic.clone(),
+            cloudevents: (config.cloudevents == crate::cloudevents::Mode::Binary).then(|| {
+                crate::cloudevents::CloudEvents {
+                    source: config.cloudevents_source.clone().unwrap_or_else(|| default_source(&config.database_url)),
+                }
+            }),
             topic_spec: crate::topic::TopicSpec {
                 partitions: config.topic_partitions,
                 replication_factor: config.topic_replication_factor,
@@ -78,7 +83,8 @@ impl Application {
             port = ops.port(),
             database = %config.database_url, database_security = %config.database_url.security(),
             bootstrap_servers = %config.kafka_bootstrap_servers,
-            topic = %config.kafka_topic,
+            default_topic = %config.kafka_topic,
+            cloudevents = ?config.cloudevents,
             "outbox relay starting"
         );
         let work = async {
@@ -92,6 +98,13 @@ impl Application {
         };
         ops.serve_while(shutdown.clone(), work).await
     }
+}
+
+/// `ce_source` when none is set: the outbox's database (`/outbox` if its name needs escaping).
+fn default_source(url: &DatabaseUrl) -> String {
+    let database = url.config().get_dbname().unwrap_or_default();
+    crate::cloudevents::parse_source(&crate::cloudevents::default_source(database))
+        .unwrap_or_else(|_| "/outbox".to_owned())
 }
 
 /// `<host name>-<process id>`.

@@ -11,7 +11,7 @@ use events::EventType;
 use tokio_postgres::types::ToSql;
 use tracing::Instrument as _;
 
-use crate::decode::DecodedEvent;
+use events::decode::DecodedEvent;
 
 /// What applying one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

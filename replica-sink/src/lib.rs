@@ -7,7 +7,6 @@ use service_kit::db::MigrationSet;
 mod apply;
 pub mod config;
 mod dead_letter;
-mod decode;
 mod group;
 mod lag;
 mod metrics;

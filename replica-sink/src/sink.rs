@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyOutcome, apply_all};
 use crate::dead_letter::{DeadLetters, Handled};
-use crate::decode::{DecodedEvent, Poison, decode};
 use crate::group::SinkConsumer;
 use crate::metrics::SinkMetrics;
+use events::decode::{DecodedEvent, Poison, decode};
 
 /// Most records handled together; each partition's share is one DB2 transaction, so with 6
 /// partitions a full batch is ~330 events per transaction.

@@ -317,10 +317,14 @@ pub async fn enqueue_payload(
 ) -> anyhow::Result<()> {
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
+    let aggregate_id = article_id.to_string();
     let event = NewEvent {
         event_id,
-        article_id,
+        aggregate_type: "article",
+        aggregate_id: &aggregate_id,
         event_type: "article.updated",
+        topic: None,
+        headers: &[],
         payload,
         trace_context: &std::collections::HashMap::new(),
     };

@@ -51,10 +51,14 @@ async fn commit_with_event(
     let event = ArticleEvent { event_id: Some(event_id.to_string()), event_type, timestamp: Utc::now(), data: article };
     let payload = serde_json::to_string(&event).map_err(ApiError::Serialize)?;
     let trace_context: HashMap<String, String> = service_kit::telemetry::context_of(&tracing::Span::current());
+    let article_id = event.data.id.to_string();
     let new_event = NewEvent {
         event_id,
-        article_id: event.data.id,
+        aggregate_type: ArticleEvent::AGGREGATE_TYPE,
+        aggregate_id: &article_id,
         event_type: event_type.as_str(),
+        topic: None,
+        headers: &[],
         payload: &payload,
         trace_context: &trace_context,
     };

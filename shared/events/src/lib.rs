@@ -5,6 +5,8 @@
 //! events). Events typed by hand in the seed's exact format — naive timestamps, no `event_id`, no
 //! `version` — must still decode, so both are optional on the way in.
 
+pub mod decode;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -153,6 +155,33 @@ pub struct ArticleEvent {
     #[serde(with = "timestamp")]
     pub timestamp: DateTime<Utc>,
     pub data: Article,
+}
+
+impl ArticleEvent {
+    /// The outbox's `aggregate_type` of article events.
+    pub const AGGREGATE_TYPE: &'static str = "article";
+}
+
+/// The record value on the `notifications` topic: the notifier asks for the email that tells
+/// readers an article was published. Flat, as the seed's chain events are (`{"order_id": 42}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationRequested {
+    pub event_id: String,
+    /// Always [`NotificationRequested::EVENT_TYPE`].
+    pub event_type: String,
+    #[serde(with = "timestamp")]
+    pub timestamp: DateTime<Utc>,
+    pub article_id: i64,
+    pub author: String,
+    pub title: String,
+    /// The `article.published` event this notification answers.
+    pub source_event_id: String,
+}
+
+impl NotificationRequested {
+    pub const EVENT_TYPE: &'static str = "notification.requested";
+    /// The outbox's `aggregate_type` of notifications (their aggregate id is the article's).
+    pub const AGGREGATE_TYPE: &'static str = "notification";
 }
 
 /// The hand-written event of the seed guide's idempotence test: no `event_id`, no `version`, naive

@@ -5,9 +5,11 @@
 //! event commit together or not at all; the same transaction NOTIFYs the relay. The relay reads
 //! rows in id order with [`fetch_pending`] and removes them with [`delete_published`] once the
 //! broker has acknowledged them, so the table holds only the unpublished backlog. This crate knows
-//! nothing of articles: a row's payload is the exact record value its writer built.
+//! no service: a row names its aggregate (type and id, the id being the record key), may name its
+//! topic and extra headers, and its payload is the exact record value its writer built. The
+//! contract, for a team putting the relay beside its own service, is in docs/architecture.md.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
@@ -35,8 +37,15 @@ pub const NOTIFY_CHANNEL: &str = "outbox_new";
 pub struct OutboxRow {
     pub id: i64,
     pub event_id: Uuid,
-    pub article_id: i64,
+    /// What kind of thing changed (`article`, `notification`, `order`…).
+    pub aggregate_type: String,
+    /// Which one: the record key, so that one aggregate's events keep their order.
+    pub aggregate_id: String,
     pub event_type: String,
+    /// The topic to publish to; `None`: the relay's default topic (`KAFKA_TOPIC`).
+    pub topic: Option<String>,
+    /// Extra record headers, in name order.
+    pub headers: BTreeMap<String, String>,
     /// The exact record value to publish.
     pub payload: String,
     pub created_at: DateTime<Utc>,
@@ -49,9 +58,18 @@ pub struct OutboxRow {
 pub struct NewEvent<'a> {
     /// Unique per event; the relay puts it in the `event_id` header and finds it again there.
     pub event_id: Uuid,
-    /// The record key (column `article_id`): events of one id keep their order on the topic.
-    pub article_id: i64,
+    /// What kind of thing changed (`article`, `order`…); a dead letter holds back the later
+    /// events of the same aggregate (type and id).
+    pub aggregate_type: &'a str,
+    /// The record key: events of one aggregate keep their order on the topic, provided the writer
+    /// commits them in the order it enqueues them (for example under a row lock on the aggregate).
+    pub aggregate_id: &'a str,
     pub event_type: &'a str,
+    /// The topic to publish to; `None`: the relay's default topic (`KAFKA_TOPIC`).
+    pub topic: Option<&'a str>,
+    /// Extra record headers. The relay's own (`event_id`, `event_type`, `relay_epoch`, the trace
+    /// context and, when on, CloudEvents' `ce_*` and `content-type`) are set by the relay and win.
+    pub headers: &'a [(&'a str, &'a str)],
     /// The exact record value.
     pub payload: &'a str,
     /// W3C trace context of the writer's span (`traceparent`, …); empty when it is not traced.
@@ -64,13 +82,32 @@ pub async fn enqueue(transaction: &Transaction<'_>, event: &NewEvent<'_>) -> Res
     // A map of strings always serialises; `None` keeps untraced rows free of an empty object.
     let trace_context =
         if event.trace_context.is_empty() { None } else { serde_json::to_string(event.trace_context).ok() };
+    let headers = if event.headers.is_empty() {
+        None
+    } else {
+        let headers: BTreeMap<&str, &str> = event.headers.iter().copied().collect();
+        serde_json::to_string(&headers).ok()
+    };
     let insert = transaction
         .prepare_cached(
-            "INSERT INTO outbox (event_id, article_id, event_type, payload, trace_context) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, topic, headers, payload, trace_context) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .await?;
     transaction
-        .execute(&insert, &[&event.event_id, &event.article_id, &event.event_type, &event.payload, &trace_context])
+        .execute(
+            &insert,
+            &[
+                &event.event_id,
+                &event.aggregate_type,
+                &event.aggregate_id,
+                &event.event_type,
+                &event.topic,
+                &headers,
+                &event.payload,
+                &trace_context,
+            ],
+        )
         .await?;
     notify_relay(transaction).await
 }
@@ -89,7 +126,7 @@ async fn notify_relay(transaction: &Transaction<'_>) -> Result<(), tokio_postgre
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 /// The oldest `limit` unpublished rows, in the order they must be published, leaving out the
-/// rows of any article that has a dead letter: they wait for an operator (see [`dead_letter`]),
+/// rows of any aggregate that has a dead letter: they wait for an operator (see [`dead_letter`]),
 /// and the rows `in_flight` (a pipelined relay's batches sent but not settled yet). Rows are left
 /// out by id, never by "ids above the last one sent": ids are taken in insertion order but
 /// committed in any order, so a row with a lower id can become visible after a higher one.
@@ -100,8 +137,9 @@ pub async fn fetch_pending(
 ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
-            "SELECT id, event_id, article_id, event_type, payload, created_at, trace_context FROM outbox o \
-             WHERE NOT EXISTS (SELECT 1 FROM outbox_dead_letters d WHERE d.article_id = o.article_id) \
+            "SELECT id, event_id, aggregate_type, aggregate_id, event_type, topic, headers, payload, created_at, \
+             trace_context FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox_dead_letters d \
+             WHERE d.aggregate_id = o.aggregate_id AND d.aggregate_type = o.aggregate_type) \
              AND o.id <> ALL($2) ORDER BY id LIMIT $1",
         )
         .await?;
@@ -114,8 +152,11 @@ impl OutboxRow {
         Ok(Self {
             id: row.try_get("id")?,
             event_id: row.try_get("event_id")?,
-            article_id: row.try_get("article_id")?,
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
             event_type: row.try_get("event_type")?,
+            topic: row.try_get("topic")?,
+            headers: parse_headers(row.try_get("headers")?),
             payload: row.try_get("payload")?,
             created_at: row.try_get("created_at")?,
             trace_context: parse_trace_context(row.try_get("trace_context")?),
@@ -130,7 +171,7 @@ pub struct DeadLetter {
     /// Why the broker refused it.
     pub error: String,
     pub failed_at: DateTime<Utc>,
-    /// Rows of the same article waiting behind it in the outbox.
+    /// Rows of the same aggregate waiting behind it in the outbox.
     pub waiting: i64,
 }
 
@@ -140,8 +181,10 @@ pub async fn dead_letter(transaction: &Transaction<'_>, id: i64, error: &str) ->
     let statement = transaction
         .prepare_cached(
             "WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *) \
-             INSERT INTO outbox_dead_letters (id, event_id, article_id, event_type, payload, created_at, trace_context, error) \
-             SELECT id, event_id, article_id, event_type, payload, created_at, trace_context, $2 FROM moved",
+             INSERT INTO outbox_dead_letters (id, event_id, aggregate_type, aggregate_id, event_type, topic, headers, \
+             payload, created_at, trace_context, error) \
+             SELECT id, event_id, aggregate_type, aggregate_id, event_type, topic, headers, payload, created_at, \
+             trace_context, $2 FROM moved",
         )
         .await?;
     Ok(transaction.execute(&statement, &[&id, &error]).await? == 1)
@@ -151,7 +194,8 @@ pub async fn dead_letter(transaction: &Transaction<'_>, id: i64, error: &str) ->
 pub async fn dead_letters(client: &impl GenericClient) -> Result<Vec<DeadLetter>, tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
-            "SELECT d.*, (SELECT count(*) FROM outbox o WHERE o.article_id = d.article_id) AS waiting \
+            "SELECT d.*, (SELECT count(*) FROM outbox o WHERE o.aggregate_id = d.aggregate_id \
+             AND o.aggregate_type = d.aggregate_type) AS waiting \
              FROM outbox_dead_letters d ORDER BY d.id",
         )
         .await?;
@@ -169,13 +213,15 @@ pub async fn dead_letters(client: &impl GenericClient) -> Result<Vec<DeadLetter>
 }
 
 /// Puts dead letter `id` back into the outbox under its original id, so it is published before
-/// the later rows of its article, and notifies the relay. Returns whether it was there.
+/// the later rows of its aggregate, and notifies the relay. Returns whether it was there.
 pub async fn requeue_dead_letter(transaction: &Transaction<'_>, id: i64) -> Result<bool, tokio_postgres::Error> {
     let statement = transaction
         .prepare_cached(
             "WITH moved AS (DELETE FROM outbox_dead_letters WHERE id = $1 RETURNING *) \
-             INSERT INTO outbox (id, event_id, article_id, event_type, payload, created_at, trace_context) \
-             SELECT id, event_id, article_id, event_type, payload, created_at, trace_context FROM moved",
+             INSERT INTO outbox (id, event_id, aggregate_type, aggregate_id, event_type, topic, headers, payload, \
+             created_at, trace_context) \
+             SELECT id, event_id, aggregate_type, aggregate_id, event_type, topic, headers, payload, created_at, \
+             trace_context FROM moved",
         )
         .await?;
     let moved = transaction.execute(&statement, &[&id]).await? == 1;
@@ -185,7 +231,7 @@ pub async fn requeue_dead_letter(transaction: &Transaction<'_>, id: i64) -> Resu
     Ok(moved)
 }
 
-/// Deletes dead letter `id` for good (its event is never published); the article's later rows
+/// Deletes dead letter `id` for good (its event is never published); the aggregate's later rows
 /// then flow again. Returns whether it was there.
 pub async fn discard_dead_letter(transaction: &Transaction<'_>, id: i64) -> Result<bool, tokio_postgres::Error> {
     let statement = transaction.prepare_cached("DELETE FROM outbox_dead_letters WHERE id = $1").await?;
@@ -199,6 +245,31 @@ pub async fn discard_dead_letter(transaction: &Transaction<'_>, id: i64) -> Resu
 /// The stored trace context as a map. A malformed one only loses the trace link, never the event.
 fn parse_trace_context(stored: Option<String>) -> HashMap<String, String> {
     stored.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default()
+}
+
+/// Stored extra headers as a map. Malformed ones (not an object of strings) are dropped: a
+/// header is never worth losing the event over.
+fn parse_headers(stored: Option<String>) -> BTreeMap<String, String> {
+    stored.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default()
+}
+
+/// Every topic the outbox has a row for (a row without one goes to `default_topic`), the dead
+/// letters left out: the relay reads these back before publishing.
+pub async fn pending_topics(
+    client: &impl GenericClient,
+    default_topic: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let statement =
+        client.prepare_cached("SELECT DISTINCT COALESCE(topic, $1) AS topic FROM outbox ORDER BY 1").await?;
+    let rows = client.query(&statement, &[&default_topic]).await?;
+    rows.iter().map(|row| row.try_get("topic")).collect()
+}
+
+/// Every topic the relay has a checkpoint for.
+pub async fn checkpointed_topics(client: &impl GenericClient) -> Result<Vec<String>, tokio_postgres::Error> {
+    let statement = client.prepare_cached("SELECT DISTINCT topic FROM relay_checkpoints ORDER BY 1").await?;
+    let rows = client.query(&statement, &[]).await?;
+    rows.iter().map(|row| row.try_get("topic")).collect()
 }
 
 /// Removes rows the broker has acknowledged.
@@ -217,7 +288,7 @@ pub struct Backlog {
     pub rows: i64,
     /// Age in seconds of the oldest of them (0 when there is none).
     pub oldest_age_seconds: f64,
-    /// Rows the broker refused, in `outbox_dead_letters`: each holds back its article's later rows.
+    /// Rows the broker refused, in `outbox_dead_letters`: each holds back its aggregate's later rows.
     pub dead_letters: i64,
 }
 
@@ -316,12 +387,21 @@ mod tests {
     }
 
     #[test]
+    fn malformed_headers_read_as_none_rather_than_failing_the_row() {
+        assert!(parse_headers(None).is_empty());
+        assert!(parse_headers(Some("not json".to_owned())).is_empty());
+        assert!(parse_headers(Some(r#"{"a": 1}"#.to_owned())).is_empty(), "values must be strings");
+        let headers = parse_headers(Some(r#"{"tenant":"t1","b":"2"}"#.to_owned()));
+        assert_eq!(headers.into_iter().collect::<Vec<_>>(), [("b".into(), "2".into()), ("tenant".into(), "t1".into())]);
+    }
+
+    #[test]
     fn the_migration_set_holds_the_outbox_and_the_relay_tables_and_nothing_else() {
         let runner = migrations();
         let versions: Vec<_> = runner.get_migrations().iter().map(|migration| migration.version()).collect();
-        assert_eq!(versions, [1, 2, 3, 4]);
+        assert_eq!(versions, [1, 2, 3, 4, 5]);
         let sql: String = runner.get_migrations().iter().filter_map(|migration| migration.sql()).collect();
-        for table in ["outbox", "relay_leader", "relay_checkpoints", "outbox_dead_letters"] {
+        for table in ["outbox", "relay_leader", "relay_checkpoints", "outbox_dead_letters", "aggregate_type", "topic"] {
             assert!(sql.contains(table), "{table}");
         }
         assert!(

@@ -217,7 +217,8 @@ impl Extractor for HeaderCarrier<'_> {
 /// `kafka_span!("outbox.publish", producer = "send", otel_name, topic)` — the span's name in logs,
 /// its kind (`producer` or `consumer`) and operation, its name in traces, the topic. Every
 /// messaging attribute is declared, so callers record what they know (`messaging.message.id`,
-/// `messaging.kafka.message.key`, partition, offset, `event_type`, `article.id`).
+/// `messaging.kafka.message.key`, partition, offset, `event_type`, `article.id`, `aggregate.type`,
+/// `aggregate.id`).
 #[macro_export]
 macro_rules! kafka_span {
     ($name:literal, $kind:ident = $operation:literal, $otel_name:expr, $topic:expr $(,)?) => {
@@ -235,6 +236,8 @@ macro_rules! kafka_span {
             messaging.kafka.offset = tracing::field::Empty,
             event_type = tracing::field::Empty,
             article.id = tracing::field::Empty,
+            aggregate.type = tracing::field::Empty,
+            aggregate.id = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         )
     };

@@ -1,6 +1,6 @@
 //! `stack`: the whole pipeline on this machine without Docker — DB1 and DB2 (PostgreSQL), the
-//! broker (Apache Kafka, or nisshi with `--broker nisshi`), Jaeger, `api`, `outbox-relay` and
-//! `replica-sink` — on the seed's ports, with data kept under `--dir` between runs (Jaeger keeps
+//! broker (Apache Kafka, or nisshi with `--broker nisshi`), Jaeger, `api`, `outbox-relay`,
+//! `replica-sink`, and the chain's `notifier` with its own `outbox-relay` — on the seed's ports, with data kept under `--dir` between runs (Jaeger keeps
 //! its traces in memory). Ctrl-C stops everything cleanly.
 
 use std::path::PathBuf;
@@ -9,10 +9,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use e2e::broker::{BROKER_ENV, BrokerKind};
 use e2e::jaeger::{Jaeger, JaegerPorts};
-use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, GROUP, Service, TOPIC};
+use e2e::stack::{
+    DB_USER, DB1_NAME, DB2_NAME, GROUP, NOTIFICATIONS_TOPIC, NOTIFIER_DB_NAME, NOTIFIER_GROUP, Service, TOPIC,
+};
 use e2e::{Ports, Stack, StackOptions};
 
-/// Starts DB1, DB2, the broker and the three services locally (no Docker).
+/// Starts DB1, DB2, the broker, the three services and the notifier with its relay locally (no Docker).
 #[derive(Debug, Parser)]
 #[command(name = "stack", version)]
 struct Cli {
@@ -69,11 +71,16 @@ async fn main() -> anyhow::Result<()> {
         shared_broker: None,
         topic: TOPIC.to_owned(),
         group: GROUP.to_owned(),
+        chain: true,
+        notifications_topic: NOTIFICATIONS_TOPIC.to_owned(),
+        notifier_group: NOTIFIER_GROUP.to_owned(),
         rust_log: cli.rust_log,
         relay_delivery_timeout: None,
         service_env,
         // The relay creates the topic with 6 partitions (a topic already there is left as it is).
-        service_env_by_name: std::iter::once((Service::Relay, "KAFKA_TOPIC_PARTITIONS".into(), "6".into()))
+        service_env_by_name: [Service::Relay, Service::NotifierRelay]
+            .into_iter()
+            .map(|relay| (relay, "KAFKA_TOPIC_PARTITIONS".into(), "6".into()))
             .chain(cli.api_token.map(|token| (Service::Api, "API_TOKEN".into(), token)))
             .collect(),
         print_logs_on_drop: false,
@@ -90,22 +97,29 @@ The stack is up:
   API            http://localhost:{api}/api/v1/articles   (metrics: /api/v1/metrics, OpenAPI: /api/v1/openapi.json)
   outbox-relay   http://localhost:{relay}/metrics   /ready
   replica-sink   http://localhost:{sink}/metrics   /ready
+  notifier       http://localhost:{notifier}/metrics   /ready   (group {NOTIFIER_GROUP})
+  notifier-relay http://localhost:{notifier_relay}/metrics   /ready   (topic {NOTIFICATIONS_TOPIC})
   Kafka broker   localhost:{broker} ({broker_name}), topic {TOPIC}, group {GROUP}
   traces         {traces}
   DB1            psql postgres://{DB_USER}@localhost:{db1}/{DB1_NAME}
   DB2            psql postgres://{DB_USER}@localhost:{db2}/{DB2_NAME}
-  logs           tail -f {logs}/api.log {logs}/outbox-relay.log {logs}/replica-sink.log
+  notifier DB    psql postgres://{DB_USER}@localhost:{db2}/{NOTIFIER_DB_NAME}
+  logs           tail -f {logs}/api.log {logs}/outbox-relay.log {logs}/replica-sink.log {logs}/notifier.log {logs}/notifier-relay.log
 
 Try:
   curl -s -X POST http://localhost:{api}/api/v1/articles -H 'Content-Type: application/json' \\
        -d '{{\"title\":\"Test Kafka Event\",\"content\":\"Testing event production\",\"author\":\"Kafka Tester\"}}'
   target/debug/blogctl consume --from-beginning --until-caught-up
   target/debug/blogctl lag
+  curl -s -X POST http://localhost:{api}/api/v1/articles/1/publish
+  target/debug/blogctl consume --topic {NOTIFICATIONS_TOPIC} --from-beginning --until-caught-up
 
 Parts that die are restarted (pid files in {root}/pids). Press Ctrl-C to stop everything (data is kept in {root}).",
         api = stack.port(Service::Api),
         relay = stack.port(Service::Relay),
         sink = stack.port(Service::Sink),
+        notifier = stack.port(Service::Notifier),
+        notifier_relay = stack.port(Service::NotifierRelay),
         broker = ports.broker,
         broker_name = stack.broker_description(),
         traces = jaeger.as_ref().map_or_else(

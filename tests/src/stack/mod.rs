@@ -34,6 +34,8 @@ pub struct Stack {
     api: ManagedProcess,
     relay: ManagedProcess,
     sink: ManagedProcess,
+    /// The notifier and its relay, with `StackOptions::chain`.
+    chain: Option<[ManagedProcess; 2]>,
     pub options: StackOptions,
     _temp: Option<tempfile::TempDir>,
 }
@@ -58,6 +60,9 @@ impl Stack {
             shared_broker,
             topic: format!("{TOPIC}{suffix}"),
             group: format!("{GROUP}{suffix}"),
+            chain: false,
+            notifications_topic: format!("{NOTIFICATIONS_TOPIC}{suffix}"),
+            notifier_group: format!("{NOTIFIER_GROUP}{suffix}"),
             rust_log: "info".to_owned(),
             relay_delivery_timeout: None,
             service_env: Vec::new(),
@@ -119,13 +124,17 @@ impl Stack {
             .map_or_else(|| bootstrap_servers.clone(), |(_, address)| address.clone());
         db1.create_database(DB1_NAME, DB_USER, DB_PASSWORD).await?;
         db2.create_database(DB2_NAME, DB_USER, DB_PASSWORD).await?;
-        let start = |service| -> anyhow::Result<ManagedProcess> {
+        if options.chain {
+            db2.create_database(NOTIFIER_DB_NAME, DB_USER, DB_PASSWORD).await?;
+        }
+        let start = |service: Service| -> anyhow::Result<ManagedProcess> {
             let port = options.ports.of(service);
-            let spec =
-                service_spec(service, port, service.binary_name(), &options, &db1, &db2, &service_bootstrap_servers)?;
+            let spec = service_spec(service, port, service.name(), &options, &db1, &db2, &service_bootstrap_servers)?;
             ManagedProcess::start(spec)
         };
         let (api, relay, sink) = (start(Service::Api)?, start(Service::Relay)?, start(Service::Sink)?);
+        let chain =
+            if options.chain { Some([start(Service::Notifier)?, start(Service::NotifierRelay)?]) } else { None };
         let stack = Self {
             db1,
             db2,
@@ -136,13 +145,39 @@ impl Stack {
             api,
             relay,
             sink,
+            chain,
             options,
             _temp: temp,
         };
-        for service in [Service::Api, Service::Relay, Service::Sink] {
+        for service in stack.services() {
             stack.wait_ready(service).await?;
         }
         Ok(stack)
+    }
+
+    /// The services this stack runs: the pipeline's, and the chain's if it has one.
+    pub fn services(&self) -> Vec<Service> {
+        let chain = if self.chain.is_some() { &Service::CHAIN[..] } else { &[] };
+        Service::PIPELINE.iter().chain(chain).copied().collect()
+    }
+
+    /// The notifier's database (on DB2's cluster).
+    pub fn notifier_url(&self) -> DatabaseUrl {
+        self.db2.url(DB_USER, NOTIFIER_DB_NAME)
+    }
+
+    pub async fn notifier_client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        Ok(service_kit::db::connect(&self.notifier_url()).await?)
+    }
+
+    /// The topic the notifier's relay publishes to.
+    pub fn notifications_topic(&self) -> &str {
+        &self.options.notifications_topic
+    }
+
+    /// Every record on the notifications topic.
+    pub async fn notification_records(&self) -> anyhow::Result<Vec<blogctl::Record>> {
+        crate::replica::topic_records(&self.bootstrap_servers(), self.notifications_topic()).await
     }
 
     pub fn root(&self) -> &Path {
@@ -252,17 +287,35 @@ impl Stack {
         ApiClient::new(&self.url(Service::Api))
     }
 
+    /// The process of `service`. Panics for a chain service of a stack without the chain: a
+    /// test asking for it was written for a chain stack.
     pub fn process(&mut self, service: Service) -> &mut ManagedProcess {
         match service {
             Service::Api => &mut self.api,
             Service::Relay => &mut self.relay,
             Service::Sink => &mut self.sink,
+            Service::Notifier | Service::NotifierRelay => {
+                let chain = self.chain.as_mut().expect("this stack runs no chain (StackOptions::chain)");
+                &mut chain[usize::from(service == Service::NotifierRelay)]
+            }
+        }
+    }
+
+    fn process_ref(&self, service: Service) -> &ManagedProcess {
+        match service {
+            Service::Api => &self.api,
+            Service::Relay => &self.relay,
+            Service::Sink => &self.sink,
+            Service::Notifier | Service::NotifierRelay => {
+                let chain = self.chain.as_ref().expect("this stack runs no chain (StackOptions::chain)");
+                &chain[usize::from(service == Service::NotifierRelay)]
+            }
         }
     }
 
     /// Waits until `GET /ready` of `service` answers 200.
     pub async fn wait_ready(&self, service: Service) -> anyhow::Result<()> {
-        wait_ready_at(service.binary_name(), self.port(service)).await
+        wait_ready_at(service.name(), self.port(service)).await
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit code.
@@ -272,13 +325,7 @@ impl Stack {
 
     /// Sends `signal` (`TERM`, `STOP`, `CONT`, …) to `service` and returns at once.
     pub async fn signal(&self, service: Service, signal: &str) -> anyhow::Result<()> {
-        match service {
-            Service::Api => &self.api,
-            Service::Relay => &self.relay,
-            Service::Sink => &self.sink,
-        }
-        .signal(signal)
-        .await
+        self.process_ref(service).signal(signal).await
     }
 
     /// SIGKILL.
@@ -361,7 +408,7 @@ impl Stack {
     /// Restarts any part that died (the local stack's supervisor, like a restart policy), and
     /// keeps `pids/<name>.pid` up to date so that tools such as the chaos script can kill parts.
     pub async fn supervise(&mut self) -> anyhow::Result<()> {
-        for service in [Service::Api, Service::Relay, Service::Sink] {
+        for service in self.services() {
             let process = self.process(service);
             if !process.is_running() {
                 eprintln!("[stack] {} exited; restarting it", process.name());
@@ -396,7 +443,7 @@ impl Stack {
 
     /// Stops everything cleanly: the services (SIGTERM), then the broker and both databases.
     pub async fn shutdown(mut self) {
-        for service in [Service::Api, Service::Relay, Service::Sink] {
+        for service in self.services() {
             self.stop(service).await;
         }
         if let Some(broker) = self.broker.as_mut() {
@@ -412,6 +459,7 @@ impl Stack {
             .into_iter()
             .chain(self.broker.as_ref().map(|broker| &broker.process))
             .chain([&self.api, &self.relay, &self.sink])
+            .chain(self.chain.iter().flatten())
     }
 
     /// The log tails of every process, for a failing test's report.
@@ -521,6 +569,23 @@ fn service_spec(
             envs.push(("DATABASE_URL".to_owned(), db1_url));
             envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
             envs.push(("KAFKA_TOPIC".to_owned(), options.topic.clone()));
+            envs.push(("KAFKA_ISOLATION_LEVEL".to_owned(), options.broker.isolation().to_string()));
+            if let Some(timeout) = options.relay_delivery_timeout {
+                envs.push(("KAFKA_DELIVERY_TIMEOUT_MS".to_owned(), timeout.as_millis().to_string()));
+            }
+        }
+        Service::Notifier => {
+            envs.push(("DATABASE_URL".to_owned(), db2.url(DB_USER, NOTIFIER_DB_NAME).expose().to_owned()));
+            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
+            envs.push(("KAFKA_TOPIC".to_owned(), options.topic.clone()));
+            envs.push(("KAFKA_GROUP_ID".to_owned(), options.notifier_group.clone()));
+            envs.push(("NOTIFICATIONS_TOPIC".to_owned(), options.notifications_topic.clone()));
+            envs.push(("KAFKA_ISOLATION_LEVEL".to_owned(), options.broker.isolation().to_string()));
+        }
+        Service::NotifierRelay => {
+            envs.push(("DATABASE_URL".to_owned(), db2.url(DB_USER, NOTIFIER_DB_NAME).expose().to_owned()));
+            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
+            envs.push(("KAFKA_TOPIC".to_owned(), options.notifications_topic.clone()));
             envs.push(("KAFKA_ISOLATION_LEVEL".to_owned(), options.broker.isolation().to_string()));
             if let Some(timeout) = options.relay_delivery_timeout {
                 envs.push(("KAFKA_DELIVERY_TIMEOUT_MS".to_owned(), timeout.as_millis().to_string()));

@@ -11,6 +11,10 @@ pub const DB_USER: &str = "bloguser";
 pub const DB_PASSWORD: &str = "blogpass";
 pub const TOPIC: &str = "articles";
 pub const GROUP: &str = "blog-sync-group";
+/// The chain's second hop: the notifier's database (on DB2's cluster), group and topic.
+pub const NOTIFIER_DB_NAME: &str = "notifier";
+pub const NOTIFIER_GROUP: &str = "notifier";
+pub const NOTIFICATIONS_TOPIC: &str = "notifications";
 
 /// The environment variable through which `scripts/test.sh` hands every test the address of the
 /// broker it started for the whole run (see [`StackOptions::shared_broker`]).
@@ -34,6 +38,8 @@ pub struct Ports {
     pub api: u16,
     pub relay: u16,
     pub sink: u16,
+    pub notifier: u16,
+    pub notifier_relay: u16,
 }
 
 impl Ports {
@@ -43,18 +49,38 @@ impl Ports {
             Service::Api => self.api,
             Service::Relay => self.relay,
             Service::Sink => self.sink,
+            Service::Notifier => self.notifier,
+            Service::NotifierRelay => self.notifier_relay,
         }
     }
 
     /// Free ports, for tests running side by side.
     pub fn free() -> Self {
         let free = crate::free_port;
-        Self { db1: free(), db2: free(), broker: free(), api: free(), relay: free(), sink: free() }
+        Self {
+            db1: free(),
+            db2: free(),
+            broker: free(),
+            api: free(),
+            relay: free(),
+            sink: free(),
+            notifier: free(),
+            notifier_relay: free(),
+        }
     }
 
-    /// The seed's ports: API 5000, Kafka 9092; DB1 5432 and DB2 5433.
+    /// The seed's ports: API 5000, Kafka 9092; DB1 5432 and DB2 5433; the ops ports after them.
     pub fn seed() -> Self {
-        Self { db1: 5432, db2: 5433, broker: 9092, api: 5000, relay: 9101, sink: 9102 }
+        Self {
+            db1: 5432,
+            db2: 5433,
+            broker: 9092,
+            api: 5000,
+            relay: 9101,
+            sink: 9102,
+            notifier: 9103,
+            notifier_relay: 9104,
+        }
     }
 }
 
@@ -75,6 +101,11 @@ pub struct StackOptions {
     pub topic: String,
     /// The sink's consumer group.
     pub group: String,
+    /// Also run the chain's second hop: the notifier (its database on DB2's cluster) and the
+    /// relay beside it, publishing to `notifications_topic`.
+    pub chain: bool,
+    pub notifications_topic: String,
+    pub notifier_group: String,
     pub rust_log: String,
     /// The relay's `KAFKA_DELIVERY_TIMEOUT_MS` (`None`: its default), e.g. [`FAST_TAKEOVER`].
     pub relay_delivery_timeout: Option<Duration>,
@@ -92,20 +123,37 @@ pub struct StackOptions {
     pub kafka_sasl: bool,
 }
 
-/// One of the three services.
+/// One of the services: the pipeline's three, and the chain's two (with `StackOptions::chain`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     Api,
     Relay,
     Sink,
+    Notifier,
+    /// The second `outbox-relay`, beside the notifier.
+    NotifierRelay,
 }
 
 impl Service {
+    /// The pipeline's services, which every stack runs.
+    pub const PIPELINE: [Service; 3] = [Self::Api, Self::Relay, Self::Sink];
+    /// The chain's, which a stack with `StackOptions::chain` runs too.
+    pub const CHAIN: [Service; 2] = [Self::Notifier, Self::NotifierRelay];
+
     pub fn binary_name(self) -> &'static str {
         match self {
             Self::Api => "api",
-            Self::Relay => "outbox-relay",
+            Self::Relay | Self::NotifierRelay => "outbox-relay",
             Self::Sink => "replica-sink",
+            Self::Notifier => "notifier",
+        }
+    }
+
+    /// Its process's name (in logs, `logs/<name>.log`, `pids/<name>.pid`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NotifierRelay => "notifier-relay",
+            other => other.binary_name(),
         }
     }
 }

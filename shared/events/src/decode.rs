@@ -1,9 +1,10 @@
-//! Turns a Kafka record into an event to apply, or says why it is poison.
+//! Turns a record of the `articles` topic into an event, or says why it is poison: every consumer
+//! of the topic (the replica sink, the notifier) reads it the same way.
 //!
 //! The event id is the `event_id` field of the value, else the `event_id` header, else the md5 hex
 //! of the raw value — so the same hand-written event produced twice is recognised as one.
 
-use events::ArticleEvent;
+use crate::ArticleEvent;
 use md5::{Digest, Md5};
 
 /// An event ready to apply.
@@ -57,7 +58,7 @@ pub fn decode(value: Option<&[u8]>, header_event_id: Option<&str>) -> Result<Dec
 mod tests {
     use super::*;
 
-    const SEED_EVENT: &[u8] = events::SEED_HAND_WRITTEN_EVENT.as_bytes();
+    const SEED_EVENT: &[u8] = crate::SEED_HAND_WRITTEN_EVENT.as_bytes();
 
     #[test]
     fn hand_written_event_gets_the_md5_of_its_value() {

@@ -64,6 +64,66 @@ pub fn check_topic(records: &[blogctl::Record], expected: &BTreeSet<(i64, i64)>)
     report
 }
 
+/// The verdict on the chain's second hop: one `notification.requested` per `article.published`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    /// `article.published` events on the articles topic (by event id).
+    pub published: usize,
+    /// `notification.requested` records on the notifications topic.
+    pub notifications: usize,
+    /// Notifications beyond the first for one published event (by `source_event_id`), or with an
+    /// event id already seen.
+    pub duplicates: usize,
+    /// Published events without a notification.
+    pub missing: Vec<String>,
+    /// Notifications that answer no published event on the topic, or name another article.
+    pub unexpected: usize,
+}
+
+impl ChainReport {
+    pub fn is_clean(&self) -> bool {
+        self.duplicates == 0 && self.missing.is_empty() && self.unexpected == 0
+    }
+}
+
+/// Compares the notifications topic with the `article.published` events of the articles topic.
+pub fn check_chain(articles: &[blogctl::Record], notifications: &[blogctl::Record]) -> ChainReport {
+    let mut published: BTreeMap<String, i64> = BTreeMap::new();
+    for record in articles {
+        let Some(event_id) = record.header(kafka_kit::EVENT_ID_HEADER) else {
+            continue;
+        };
+        if let Ok(event) = serde_json::from_slice::<ArticleEvent>(record.value.as_deref().unwrap_or_default())
+            && event.event_type == events::EventType::Published
+        {
+            published.insert(event_id.to_owned(), event.data.id);
+        }
+    }
+    let mut report = ChainReport { published: published.len(), ..ChainReport::default() };
+    let (mut answered, mut ids): (HashMap<String, usize>, HashMap<String, usize>) = Default::default();
+    for record in notifications {
+        let Ok(event) =
+            serde_json::from_slice::<events::NotificationRequested>(record.value.as_deref().unwrap_or_default())
+        else {
+            report.unexpected += 1;
+            continue;
+        };
+        report.notifications += 1;
+        let answers = answered.entry(event.source_event_id.clone()).or_default();
+        *answers += 1;
+        let seen = ids.entry(event.event_id.clone()).or_default();
+        *seen += 1;
+        if *answers > 1 || *seen > 1 {
+            report.duplicates += 1;
+        }
+        if published.get(&event.source_event_id) != Some(&event.article_id) {
+            report.unexpected += 1;
+        }
+    }
+    report.missing = published.keys().filter(|event_id| !answered.contains_key(*event_id)).cloned().collect();
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +164,39 @@ mod tests {
         assert!(!report.is_clean());
         let unacknowledged = check_topic(&[record(0, 0, "a", 1, 1)], &BTreeSet::new());
         assert_eq!(unacknowledged.unacknowledged, 1, "written but never acknowledged to the client");
+    }
+
+    /// An `article.published` of `article`, and a notification answering `source` for `article`.
+    fn published(event_id: &str, article: i64) -> blogctl::Record {
+        let mut record = record(0, 0, event_id, article, 2);
+        let text = String::from_utf8(record.value.take().unwrap_or_default()).unwrap_or_default();
+        record.value = Some(text.replace("article.created", "article.published").into_bytes());
+        record
+    }
+
+    fn notification(event_id: &str, source: &str, article: i64) -> blogctl::Record {
+        let event = events::NotificationRequested {
+            event_id: event_id.to_owned(),
+            event_type: events::NotificationRequested::EVENT_TYPE.to_owned(),
+            timestamp: chrono::Utc::now(),
+            article_id: article,
+            author: "a".into(),
+            title: "t".into(),
+            source_event_id: source.to_owned(),
+        };
+        let value = serde_json::to_vec(&event).unwrap_or_default();
+        blogctl::Record { value: Some(value), ..record(0, 0, event_id, article, 1) }
+    }
+
+    #[test]
+    fn the_chain_wants_one_notification_per_published_event() {
+        let articles = [published("p1", 1), published("p2", 2), record(0, 2, "c3", 3, 1)];
+        let clean = check_chain(&articles, &[notification("n1", "p1", 1), notification("n2", "p2", 2)]);
+        assert!(clean.is_clean(), "{clean:?}");
+        assert_eq!((clean.published, clean.notifications), (2, 2), "a creation asks for nothing");
+        let twice = check_chain(&articles, &[notification("n1", "p1", 1), notification("n9", "p1", 1)]);
+        assert_eq!((twice.duplicates, twice.missing.clone()), (1, vec!["p2".to_owned()]), "{twice:?}");
+        let wrong = check_chain(&articles, &[notification("n1", "p1", 2), notification("n2", "nope", 2)]);
+        assert_eq!(wrong.unexpected, 2, "{wrong:?}");
     }
 }

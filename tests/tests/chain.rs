@@ -159,3 +159,23 @@ async fn one_trace_crosses_the_hop_into_the_second_relay() -> anyhow::Result<()>
     assert_eq!(second.kind, "producer");
     Ok(())
 }
+
+/// The chaos script with `--chain` (CI's short mode): the notifier and its relay are killed and
+/// paused among the pipeline's faults, and the verdict checks one notification per published
+/// article.
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_script_short_mode_passes_with_the_chain() -> anyhow::Result<()> {
+    let output = tokio::process::Command::new(e2e::process::binary("chaos")?)
+        .args(["--short", "--chain", "--partitions", "6"])
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(output.status.success(), "chaos failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("RESULT: PASS"), "{stdout}");
+    assert!(stdout.contains("(one per published article)"), "{stdout}");
+    assert!(stdout.contains("(duplicates 0, missing 0, unexpected 0)"), "{stdout}");
+    // The second hop's kill comes first in the rotation.
+    assert!(stdout.contains("SIGKILL notifier ("), "the notifier was among the victims: {stdout}");
+    Ok(())
+}

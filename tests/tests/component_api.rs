@@ -26,7 +26,13 @@ async fn api() -> anyhow::Result<(Fixtures, component::Running, ApiClient, tokio
 
 /// The outbox rows, oldest first, decoded.
 async fn outbox_events(db1: &tokio_postgres::Client) -> anyhow::Result<Vec<(i64, String, ArticleEvent)>> {
-    let rows = db1.query("SELECT article_id, event_type, payload FROM outbox ORDER BY id", &[]).await?;
+    let rows = db1
+        .query(
+            "SELECT aggregate_id::bigint AS article_id, event_type, payload FROM outbox \
+             WHERE aggregate_type = 'article' AND topic IS NULL ORDER BY id",
+            &[],
+        )
+        .await?;
     rows.iter()
         .map(|row| {
             let payload: String = row.get("payload");

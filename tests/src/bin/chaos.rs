@@ -5,6 +5,11 @@
 //! violations, DB1 vs DB2 differences, API errors (also while the broker was down). Exits 1 on any
 //! loss, duplicate, reorder, difference or API error.
 //!
+//! With `--chain`, the chain's second hop is among the victims too (the notifier and its relay,
+//! killed and paused), and the verdict checks it: one `notification.requested` on the
+//! notifications topic per `article.published` on the articles topic, and one `notifications` row
+//! each.
+//!
 //! Targets: `self` (default) starts its own stack (what CI runs, with `--short`); `local` works on
 //! the stack started by `scripts/stack.sh` (killing through its pid files; the stack restarts what
 //! dies); `compose` works on `compose/docker-compose.yml` through `docker compose`.
@@ -16,8 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use e2e::process::Server as _;
-use e2e::stack::{DB_USER, DB1_NAME, DB2_NAME, ExtraSink, FAST_TAKEOVER, Service, TOPIC};
-use e2e::verify::check_topic;
+use e2e::stack::{
+    DB_USER, DB1_NAME, DB2_NAME, ExtraSink, FAST_TAKEOVER, NOTIFICATIONS_TOPIC, NOTIFIER_DB_NAME, Service, TOPIC,
+};
+use e2e::verify::{check_chain, check_topic};
 use e2e::{ApiClient, Ports, Stack, workload};
 use service_kit::config::DatabaseUrl;
 
@@ -58,6 +65,10 @@ struct Cli {
     /// Sinks in the group (target `self`); each sink fault hits one of them at random.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     sinks: u32,
+    /// Also hurt and check the chain's second hop: the notifier and its relay (targets `self` and
+    /// `local`).
+    #[arg(long)]
+    chain: bool,
     /// The local stack's directory (pid files).
     #[arg(long, default_value = ".stack")]
     stack_dir: PathBuf,
@@ -71,6 +82,8 @@ enum Part {
     Broker,
     Relay,
     Sink,
+    Notifier,
+    NotifierRelay,
 }
 
 /// What happens to a part.
@@ -86,6 +99,18 @@ impl Fault {
     const ROTATION: [Fault; 5] = [
         Fault::Kill(Part::Broker),
         Fault::Kill(Part::Relay),
+        Fault::Kill(Part::Sink),
+        Fault::Pause(Part::Relay),
+        Fault::Pause(Part::Broker),
+    ];
+    /// With `--chain`: the second hop's faults between the pipeline's, so that a short run
+    /// reaches both.
+    const CHAIN_ROTATION: [Fault; 8] = [
+        Fault::Kill(Part::Notifier),
+        Fault::Kill(Part::Broker),
+        Fault::Kill(Part::NotifierRelay),
+        Fault::Kill(Part::Relay),
+        Fault::Pause(Part::NotifierRelay),
         Fault::Kill(Part::Sink),
         Fault::Pause(Part::Relay),
         Fault::Pause(Part::Broker),
@@ -119,14 +144,26 @@ impl Part {
             Self::Broker => "broker",
             Self::Relay => "outbox-relay",
             Self::Sink => "replica-sink",
+            Self::Notifier => "notifier",
+            Self::NotifierRelay => "notifier-relay",
         }
     }
 
     fn compose_service(self) -> &'static str {
         match self {
             Self::Broker => "kafka",
-            Self::Relay => "outbox-relay",
-            Self::Sink => "replica-sink",
+            other => other.name(),
+        }
+    }
+
+    /// The stack's service, for the parts that are services.
+    fn service(self) -> Option<Service> {
+        match self {
+            Self::Broker => None,
+            Self::Relay => Some(Service::Relay),
+            Self::Sink => Some(Service::Sink),
+            Self::Notifier => Some(Service::Notifier),
+            Self::NotifierRelay => Some(Service::NotifierRelay),
         }
     }
 }
@@ -149,6 +186,9 @@ struct Endpoints {
     topic: String,
     db1: DatabaseUrl,
     db2: DatabaseUrl,
+    /// The chain's second hop: the notifier's database and topic.
+    notifier: DatabaseUrl,
+    notifications_topic: String,
 }
 
 impl Victims {
@@ -163,13 +203,13 @@ impl Victims {
     async fn pause(&mut self, part: Part, down_for: Duration) -> anyhow::Result<()> {
         match self {
             Self::Own(stack, extra_sinks) => {
-                let process = match part {
-                    Part::Broker => stack.broker_mut()?.process_mut(),
-                    Part::Relay => stack.process(Service::Relay),
-                    Part::Sink => match pick_sink(extra_sinks) {
+                let process = match (part, part.service()) {
+                    (Part::Sink, _) => match pick_sink(extra_sinks) {
                         Some(sink) => &mut sink.process,
                         None => stack.process(Service::Sink),
                     },
+                    (_, Some(service)) => stack.process(service),
+                    (_, None) => stack.broker_mut()?.process_mut(),
                 };
                 process.signal("STOP").await?;
                 tokio::time::sleep(down_for).await;
@@ -199,18 +239,16 @@ impl Victims {
         match self {
             Self::Own(stack, extra_sinks) => {
                 let mut extra = if part == Part::Sink { pick_sink(extra_sinks) } else { None };
-                match (part, extra.as_deref_mut()) {
-                    (Part::Sink, Some(sink)) => sink.process.kill(),
-                    (Part::Broker, _) => stack.broker_mut()?.process_mut().kill(),
-                    (Part::Relay, _) => stack.kill(Service::Relay),
-                    (Part::Sink, None) => stack.kill(Service::Sink),
+                match (extra.as_deref_mut(), part.service()) {
+                    (Some(sink), _) => sink.process.kill(),
+                    (None, Some(service)) => stack.kill(service),
+                    (None, None) => stack.broker_mut()?.process_mut().kill(),
                 }
                 tokio::time::sleep(down_for).await;
-                match (part, extra) {
-                    (Part::Sink, Some(sink)) => sink.restart().await,
-                    (Part::Broker, _) => stack.broker_mut()?.restart().await,
-                    (Part::Relay, _) => stack.restart(Service::Relay).await,
-                    (Part::Sink, None) => stack.restart(Service::Sink).await,
+                match (extra, part.service()) {
+                    (Some(sink), _) => sink.restart().await,
+                    (None, Some(service)) => stack.restart(service).await,
+                    (None, None) => stack.broker_mut()?.restart().await,
                 }
             }
             Self::Local { pids } => {
@@ -260,7 +298,43 @@ fn seed_endpoints() -> Endpoints {
         topic: TOPIC.to_owned(),
         db1: url(ports.db1, DB1_NAME),
         db2: url(ports.db2, DB2_NAME),
+        notifier: url(ports.db2, NOTIFIER_DB_NAME),
+        notifications_topic: NOTIFICATIONS_TOPIC.to_owned(),
     }
+}
+
+/// Waits until the notifier's outbox is empty and the notifications topic holds as many records
+/// as the articles topic holds `article.published` events; returns the chain's verdict line and
+/// whether it passes.
+async fn check_second_hop(endpoints: &Endpoints, articles: &[blogctl::Record]) -> anyhow::Result<(String, bool)> {
+    let wanted = check_chain(articles, &[]).published;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let notifier = loop {
+        let client = service_kit::db::connect(&endpoints.notifier).await;
+        let waiting: i64 = match &client {
+            Ok(client) => client.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0),
+            Err(_) => i64::MAX,
+        };
+        let records = e2e::replica::topic_records(&endpoints.bootstrap, &endpoints.notifications_topic).await?;
+        if (waiting == 0 && records.len() >= wanted) || Instant::now() >= deadline {
+            break client?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let records = e2e::replica::topic_records(&endpoints.bootstrap, &endpoints.notifications_topic).await?;
+    let chain = check_chain(articles, &records);
+    let rows: i64 = notifier.query_one("SELECT count(*) FROM notifications", &[]).await?.get(0);
+    let rows_once = usize::try_from(rows).is_ok_and(|rows| rows == chain.published);
+    let line = format!(
+        "  chain: article.published  {}\n  notification.requested     {} (duplicates {}, missing {}, unexpected {})\n  notifications rows         {rows} ({})",
+        chain.published,
+        chain.notifications,
+        chain.duplicates,
+        chain.missing.len(),
+        chain.unexpected,
+        if rows_once { "one per published article" } else { "NOT one per published article" }
+    );
+    Ok((line, chain.is_clean() && rows_once && chain.notifications == chain.published))
 }
 
 /// Waits until DB1's outbox is empty and DB2 equals DB1.
@@ -293,6 +367,9 @@ async fn main() -> anyhow::Result<()> {
     if cli.target != Target::SelfContained && (cli.partitions.is_some() || cli.sinks != 1) {
         bail!("--partitions and --sinks apply to --target self only (the local and compose stacks choose their own)");
     }
+    if cli.chain && cli.target == Target::Compose {
+        bail!("--chain applies to --target self or local (compose does not publish the notifier's database)");
+    }
     let (mut victims, endpoints) = match cli.target {
         Target::SelfContained => {
             println!("starting a stack of its own ...");
@@ -300,6 +377,7 @@ async fn main() -> anyhow::Result<()> {
                 // The broker is one of the victims: a broker of its own, never a shared one.
                 options.shared_broker = None;
                 options.relay_delivery_timeout = Some(FAST_TAKEOVER);
+                options.chain = cli.chain;
                 if let Some(partitions) = cli.partitions {
                     options.service_env_by_name.push((
                         Service::Relay,
@@ -327,6 +405,8 @@ async fn main() -> anyhow::Result<()> {
                 topic: stack.topic().to_owned(),
                 db1: stack.db1_url(),
                 db2: stack.db2_url(),
+                notifier: stack.notifier_url(),
+                notifications_topic: stack.notifications_topic().to_owned(),
             };
             (Victims::Own(Box::new(stack), extra_sinks), endpoints)
         }
@@ -349,7 +429,8 @@ async fn main() -> anyhow::Result<()> {
         let api = api.clone();
         tokio::spawn(async move { workload::run(&api, workers, changes_per_worker, pause).await })
     };
-    let mut faults = [0_u32; Fault::ROTATION.len()];
+    let rotation: &[Fault] = if cli.chain { &Fault::CHAIN_ROTATION } else { &Fault::ROTATION };
+    let mut faults = vec![0_u32; rotation.len()];
     let mut broker_down: Vec<(Instant, Instant)> = Vec::new();
     let mut rng = fastrand::Rng::new();
     let mut turn = 0;
@@ -358,8 +439,8 @@ async fn main() -> anyhow::Result<()> {
         if writes.is_finished() {
             break;
         }
-        let index = turn % Fault::ROTATION.len();
-        let fault = Fault::ROTATION[index];
+        let index = turn % rotation.len();
+        let fault = rotation[index];
         turn += 1;
         let down_for = fault.duration(&mut rng);
         println!("{:>6.1} s  {} (down ~{down_for:?})", started.elapsed().as_secs_f64(), fault.describe());
@@ -384,12 +465,32 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .get(0);
     let processed_once = usize::try_from(processed).is_ok_and(|rows| rows == topic.events);
-    let pass = topic.is_clean() && drift.is_identical() && report.errors == 0 && processed_once;
+    let (chain_line, chain_pass) = if cli.chain {
+        let (line, pass) = check_second_hop(&endpoints, &records).await?;
+        (format!("\n{line}"), pass)
+    } else {
+        (String::new(), true)
+    };
+    let pass = topic.is_clean() && drift.is_identical() && report.errors == 0 && processed_once && chain_pass;
+    let count = |wanted: fn(Part) -> Fault, part: Part| -> u32 {
+        rotation.iter().zip(&faults).filter(|(fault, _)| **fault == wanted(part)).map(|(_, count)| count).sum()
+    };
+    let tally = |wanted: fn(Part) -> Fault, parts: &[Part]| -> String {
+        parts.iter().map(|&part| format!("{} {}", part.name(), count(wanted, part))).collect::<Vec<_>>().join(", ")
+    };
+    let (kill_parts, pause_parts): (&[Part], &[Part]) = if cli.chain {
+        (
+            &[Part::Broker, Part::Relay, Part::Sink, Part::Notifier, Part::NotifierRelay],
+            &[Part::Relay, Part::Broker, Part::NotifierRelay],
+        )
+    } else {
+        (&[Part::Broker, Part::Relay, Part::Sink], &[Part::Relay, Part::Broker])
+    };
     println!(
         "
 chaos verdict ({:?} target, {} s at {} writes/s)
-  kills                      broker {}, relay {}, sink {}
-  pauses                     relay {}, broker {}
+  kills                      {}
+  pauses                     {}
   writes acknowledged by API {}
   API errors                 {} (while the broker was down: {errors_while_broker_down})
   events on the topic        {} (of {} records)
@@ -397,16 +498,13 @@ chaos verdict ({:?} target, {} s at {} writes/s)
   missing                    {}{}
   order violations           {}
   DB1 vs DB2                 {} (DB1 {} articles, DB2 {}; missing {}, extra {}, differing {})
-  processed_events rows      {processed} ({})
+  processed_events rows      {processed} ({}){chain_line}
 RESULT: {}",
         cli.target,
         cli.duration,
         cli.rate,
-        faults[0],
-        faults[1],
-        faults[2],
-        faults[3],
-        faults[4],
+        tally(Fault::Kill, kill_parts),
+        tally(Fault::Pause, pause_parts),
         report.acknowledged,
         report.errors,
         topic.events,

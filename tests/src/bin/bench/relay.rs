@@ -29,17 +29,17 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
         .await?;
         db1.execute(
             &format!(
-                "INSERT INTO outbox (event_id, article_id, event_type, payload) \
-                 SELECT e.event_id, a.id, 'article.created', {EVENT_SQL} \
+                "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload) \
+                 SELECT e.event_id, 'article', a.id::text, 'article.created', {EVENT_SQL} \
                  FROM articles a CROSS JOIN LATERAL (SELECT gen_random_uuid() AS event_id, a.id AS per_row) e \
-                 WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.article_id = a.id) ORDER BY a.id"
+                 WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = a.id::text) ORDER BY a.id"
             ),
             &[],
         )
         .await?;
     }
     let backlog: Vec<BacklogRecord> = db1
-        .query("SELECT article_id::text, payload, event_id::text, event_type FROM outbox ORDER BY id", &[])
+        .query("SELECT aggregate_id, payload, event_id::text, event_type FROM outbox ORDER BY id", &[])
         .await?
         .iter()
         .map(|row| BacklogRecord { key: row.get(0), payload: row.get(1), event_id: row.get(2), event_type: row.get(3) })

@@ -29,6 +29,9 @@ use uuid::Uuid;
 
 use crate::metrics::NotifierMetrics;
 
+/// The W3C trace context headers a record may carry.
+const TRACE_HEADERS: [&str; 3] = ["traceparent", "tracestate", "baggage"];
+
 /// Why writing a notification failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NotifyError {
@@ -109,10 +112,8 @@ impl Notifier {
         span.record("messaging.destination.partition.id", message.partition());
         span.record("messaging.kafka.offset", message.offset());
         span.record("event_type", event_type);
-        service_kit::telemetry::continue_trace(
-            &span,
-            &service_kit::telemetry::MapCarrier(&kafka_kit::headers_map(message)),
-        );
+        let headers = kafka_kit::headers_map(message);
+        service_kit::telemetry::continue_trace(&span, &service_kit::telemetry::MapCarrier(&headers));
         let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(poison) => {
@@ -130,7 +131,11 @@ impl Notifier {
             return true;
         }
         // The outbox row carries this span's context: the next relay's publish continues the trace.
-        let trace_context = service_kit::telemetry::context_of(&span);
+        // When the notifier does not trace, the record's own context passes through unchanged.
+        let mut trace_context = service_kit::telemetry::context_of(&span);
+        if trace_context.is_empty() {
+            trace_context = headers.into_iter().filter(|(name, _)| TRACE_HEADERS.contains(&name.as_str())).collect();
+        }
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let result = request_notification(&self.pool, &self.notifications_topic, &decoded, &trace_context).await;

@@ -207,6 +207,30 @@ pub async fn sink(
     Ok(Running::spawn(application.port(), |shutdown| application.run_until_stopped(shutdown)))
 }
 
+/// The notifier on its own `database`, consuming `topic` as `group`, writing its outbox rows for
+/// `notifications_topic`.
+pub async fn notifier(
+    database: &DatabaseUrl,
+    bootstrap_servers: &str,
+    topic: &str,
+    group: &str,
+    notifications_topic: &str,
+) -> anyhow::Result<Running> {
+    let isolation = BrokerKind::from_env()?.isolation().to_string();
+    let args = [
+        ("database-url", database.expose()),
+        ("listen-addr", "127.0.0.1:0"),
+        ("kafka-bootstrap-servers", bootstrap_servers),
+        ("kafka-topic", topic),
+        ("kafka-group-id", group),
+        ("notifications-topic", notifications_topic),
+        ("kafka-isolation-level", &isolation),
+    ];
+    let cli: notifier::config::Cli = parse("notifier", &args)?;
+    let application = notifier::startup::Application::build(cli.config).await?;
+    Ok(Running::spawn(application.port(), |shutdown| application.run_until_stopped(shutdown)))
+}
+
 /// Waits until the service's `/ready` answers 200 (its schema is in and its dependencies answer).
 pub async fn wait_ready(running: &Running) -> anyhow::Result<()> {
     let client = crate::ApiClient::new(&running.url());

@@ -82,7 +82,7 @@ async fn a_published_article_asks_once_and_nothing_else_asks() -> anyhow::Result
         .query(
             "SELECT n.article_id, n.title, n.source_event_id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, \
              o.headers, o.payload, o.trace_context FROM notifications n \
-             JOIN outbox o ON o.payload::jsonb ->> 'source_event_id' = n.source_event_id ORDER BY n.id",
+             JOIN outbox o ON o.payload::jsonb ->> 'source_event_id' = n.source_event_id ORDER BY n.article_id",
             &[],
         )
         .await?;

@@ -175,7 +175,8 @@ async fn chaos_script_short_mode_passes_with_the_chain() -> anyhow::Result<()> {
     assert!(stdout.contains("RESULT: PASS"), "{stdout}");
     assert!(stdout.contains("(one per published article)"), "{stdout}");
     assert!(stdout.contains("(duplicates 0, missing 0, unexpected 0)"), "{stdout}");
-    // The second hop's kill comes first in the rotation.
+    // The second hop's kills come first in the rotation.
     assert!(stdout.contains("SIGKILL notifier ("), "the notifier was among the victims: {stdout}");
+    assert!(stdout.contains("SIGKILL notifier-relay ("), "its relay too: {stdout}");
     Ok(())
 }

@@ -107,8 +107,8 @@ impl Fault {
     /// reaches both.
     const CHAIN_ROTATION: [Fault; 8] = [
         Fault::Kill(Part::Notifier),
-        Fault::Kill(Part::Broker),
         Fault::Kill(Part::NotifierRelay),
+        Fault::Kill(Part::Broker),
         Fault::Kill(Part::Relay),
         Fault::Pause(Part::NotifierRelay),
         Fault::Kill(Part::Sink),

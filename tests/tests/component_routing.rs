@@ -178,3 +178,39 @@ async fn cloudevents_attributes_are_on_every_record_when_asked_and_on_none_other
     }
     Ok(())
 }
+
+/// A writer's row naming a topic Kafka would refuse, or headers that are not a JSON object, is
+/// refused in the writer's own transaction (SQLSTATE 23514 or 22P02), naming the rule: it can
+/// never reach the relay and hold up the outbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_with_a_bad_topic_or_bad_headers_is_refused_at_enqueue() -> anyhow::Result<()> {
+    let outbox = Outbox::start().await?;
+    let client = outbox.pool.get().await?;
+    let insert = |topic: Option<&'static str>, headers: Option<&'static str>| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, topic, headers, payload) \
+                     VALUES (gen_random_uuid(), 'order', '1', 'order.placed', $1, $2, '{}')",
+                    &[&topic, &headers],
+                )
+                .await
+        }
+    };
+    for (topic, headers, wanted) in [
+        (Some("has space"), None, "outbox_topic_is_a_kafka_topic_name"),
+        (Some(""), None, "outbox_topic_is_a_kafka_topic_name"),
+        (Some(".."), None, "outbox_topic_is_a_kafka_topic_name"),
+        (None, Some("[1, 2]"), "outbox_headers_are_a_json_object"),
+        (None, Some("not json"), "json"),
+    ] {
+        let error = insert(topic, headers).await.expect_err("refused");
+        let text = service_kit::db::error_chain(&error);
+        assert!(text.contains(wanted), "{topic:?} {headers:?}: {text}");
+    }
+    insert(Some("orders.v1_eu-west"), Some(r#"{"tenant": "t1"}"#)).await?;
+    insert(None, None).await?;
+    assert_eq!(outbox_rows(&outbox.pool).await?, 2, "only the good rows are in");
+    Ok(())
+}

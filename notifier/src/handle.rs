@@ -107,13 +107,15 @@ impl Notifier {
         let header_event_id = kafka_kit::header_str(message, kafka_kit::EVENT_ID_HEADER);
         let decoded = decode(message.payload(), header_event_id);
         let event_type = decoded.as_ref().map_or("poison", |decoded| decoded.event.event_type.as_str());
-        let otel_name = format!("notifier.handle {event_type}");
-        let span = service_kit::kafka_span!("notifier.handle", consumer = "process", otel_name, message.topic());
-        span.record("messaging.destination.partition.id", message.partition());
-        span.record("messaging.kafka.offset", message.offset());
-        span.record("event_type", event_type);
         let headers = kafka_kit::headers_map(message);
-        service_kit::telemetry::continue_trace(&span, &service_kit::telemetry::MapCarrier(&headers));
+        let span = service_kit::consumer_span!(
+            "notifier.handle",
+            event_type,
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            &headers
+        );
         let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(poison) => {

@@ -242,3 +242,21 @@ macro_rules! kafka_span {
         )
     };
 }
+
+/// The span of a consumer processing one Kafka record: `"<name> <event type>"` in traces, with
+/// the record's topic, partition and offset, continuing the producer's trace from the record's
+/// headers (a `HashMap<String, String>`, e.g. `kafka_kit::headers_map`).
+/// `consumer_span!("sink.apply", event_type, message.topic(), message.partition(), message.offset(), &headers)`.
+#[macro_export]
+macro_rules! consumer_span {
+    ($name:literal, $event_type:expr, $topic:expr, $partition:expr, $offset:expr, $headers:expr $(,)?) => {{
+        let event_type: &str = $event_type;
+        let otel_name = format!("{} {event_type}", $name);
+        let span = $crate::kafka_span!($name, consumer = "process", otel_name, $topic);
+        span.record("messaging.destination.partition.id", $partition);
+        span.record("messaging.kafka.offset", $offset);
+        span.record("event_type", event_type);
+        $crate::telemetry::continue_trace(&span, &$crate::telemetry::MapCarrier($headers));
+        span
+    }};
+}

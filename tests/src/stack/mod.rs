@@ -562,42 +562,30 @@ fn service_spec(
             .filter(|(target, _, _)| *target == service)
             .map(|(_, key, value)| (key.clone(), value.clone())),
     );
-    let db1_url = db1.url(DB_USER, DB1_NAME).expose().to_owned();
-    match service {
-        Service::Api => envs.push(("DATABASE_URL".to_owned(), db1_url)),
-        Service::Relay => {
-            envs.push(("DATABASE_URL".to_owned(), db1_url));
-            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
-            envs.push(("KAFKA_TOPIC".to_owned(), options.topic.clone()));
-            envs.push(("KAFKA_ISOLATION_LEVEL".to_owned(), options.broker.isolation().to_string()));
-            if let Some(timeout) = options.relay_delivery_timeout {
-                envs.push(("KAFKA_DELIVERY_TIMEOUT_MS".to_owned(), timeout.as_millis().to_string()));
-            }
-        }
-        Service::Notifier => {
-            envs.push(("DATABASE_URL".to_owned(), db2.url(DB_USER, NOTIFIER_DB_NAME).expose().to_owned()));
-            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
-            envs.push(("KAFKA_TOPIC".to_owned(), options.topic.clone()));
-            envs.push(("KAFKA_GROUP_ID".to_owned(), options.notifier_group.clone()));
-            envs.push(("NOTIFICATIONS_TOPIC".to_owned(), options.notifications_topic.clone()));
-            envs.push(("KAFKA_ISOLATION_LEVEL".to_owned(), options.broker.isolation().to_string()));
-        }
-        Service::NotifierRelay => {
-            envs.push(("DATABASE_URL".to_owned(), db2.url(DB_USER, NOTIFIER_DB_NAME).expose().to_owned()));
-            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
-            envs.push(("KAFKA_TOPIC".to_owned(), options.notifications_topic.clone()));
-            envs.push(("KAFKA_ISOLATION_LEVEL".to_owned(), options.broker.isolation().to_string()));
-            if let Some(timeout) = options.relay_delivery_timeout {
-                envs.push(("KAFKA_DELIVERY_TIMEOUT_MS".to_owned(), timeout.as_millis().to_string()));
-            }
-        }
-        Service::Sink => {
-            envs.push(("REPLICA_DATABASE_URL".to_owned(), db2.url(DB_USER, DB2_NAME).expose().to_owned()));
-            envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
-            envs.push(("KAFKA_TOPIC".to_owned(), options.topic.clone()));
-            envs.push(("KAFKA_GROUP_ID".to_owned(), options.group.clone()));
-            envs.push(("KAFKA_ISOLATION_LEVEL".to_owned(), options.broker.isolation().to_string()));
-        }
+    let url = |cluster: &PgCluster, database: &str| cluster.url(DB_USER, database).expose().to_owned();
+    let notifier_db = url(db2, NOTIFIER_DB_NAME);
+    // (database variable, its URL, the topic read or written by default, the consumer group)
+    let (database, topic, group) = match service {
+        Service::Api => (("DATABASE_URL", url(db1, DB1_NAME)), None, None),
+        Service::Relay => (("DATABASE_URL", url(db1, DB1_NAME)), Some(&options.topic), None),
+        Service::Sink => (("REPLICA_DATABASE_URL", url(db2, DB2_NAME)), Some(&options.topic), Some(&options.group)),
+        Service::Notifier => (("DATABASE_URL", notifier_db), Some(&options.topic), Some(&options.notifier_group)),
+        Service::NotifierRelay => (("DATABASE_URL", notifier_db), Some(&options.notifications_topic), None),
+    };
+    envs.push((database.0.to_owned(), database.1));
+    if let Some(topic) = topic {
+        envs.push(("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap_servers.to_owned()));
+        envs.push(("KAFKA_TOPIC".to_owned(), topic.clone()));
+        envs.push(("KAFKA_ISOLATION_LEVEL".to_owned(), options.broker.isolation().to_string()));
+    }
+    if let Some(group) = group {
+        envs.push(("KAFKA_GROUP_ID".to_owned(), group.clone()));
+    }
+    if service == Service::Notifier {
+        envs.push(("NOTIFICATIONS_TOPIC".to_owned(), options.notifications_topic.clone()));
+    }
+    if let (Service::Relay | Service::NotifierRelay, Some(timeout)) = (service, options.relay_delivery_timeout) {
+        envs.push(("KAFKA_DELIVERY_TIMEOUT_MS".to_owned(), timeout.as_millis().to_string()));
     }
     Ok(ProcessSpec {
         name: name.to_owned(),

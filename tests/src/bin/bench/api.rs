@@ -31,7 +31,7 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, scripts: &Path, result
         format!(
             "BEGIN;\nINSERT INTO articles (title, content, author, category, tags) VALUES ('bench', repeat('x', 300), 'bench', NULL, '{{}}') \
              RETURNING id, title, content, author, tags, status, views_count, created_at, updated_at, version \\gset\n\
-             INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, trace_context) VALUES (gen_random_uuid(), 'article', ':id', 'article.created', replace('{}', '~', ':'), NULL);\n\
+             INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, trace_context) VALUES (gen_random_uuid(), 'article', CAST(:id AS text), 'article.created', replace('{}', '~', ':'), NULL);\n\
              SELECT pg_notify('outbox_new', '');\nCOMMIT;\n",
             // pgbench reads `:name` as a variable, even inside a literal: colons travel as `~`.
             sample_payload.replace('\'', "''").replace(':', "~")

@@ -488,9 +488,14 @@ impl Relay {
             self.read_ahead_past(&rows);
         }
         let default_topic = self.settings.topic.clone();
-        let topic_of = |row: &OutboxRow| row.topic.clone().unwrap_or_else(|| default_topic.clone());
-        let topics: std::collections::BTreeSet<String> = rows.iter().map(topic_of).collect();
-        for topic in &topics {
+        // The default topic was prepared with the session; only topics rows name may be new.
+        let unprepared: std::collections::BTreeSet<String> = rows
+            .iter()
+            .filter_map(|row| row.topic.as_deref())
+            .filter(|topic| !self.prepared.contains(*topic))
+            .map(str::to_owned)
+            .collect();
+        for topic in &unprepared {
             self.prepare_topic(topic).await;
         }
         let cloudevents = self.settings.cloudevents.clone();

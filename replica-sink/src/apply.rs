@@ -1,7 +1,12 @@
 //! DB2's tables — `articles`, `processed_events`, `article_tombstones` — and all of their SQL.
 //!
-//! One transaction per batch of events and one statement per event, in order: it records the
-//! event id (a conflict means it was applied before, so nothing else happens) and applies it.
+//! One transaction per batch of events. For each event, in order: record its id (a conflict
+//! means it was applied before, so nothing else happens) and apply it. A batch of upserts that
+//! names each article and each event id once — a backlog of creations, a partition's share of
+//! steady traffic — is applied by one set-based statement ([`UPSERT_BATCH`]) instead of one
+//! statement per event: per event, that statement does the same as [`UPSERT`], and as no two of
+//! its rows touch the same article or id, their order within it cannot matter. Any other batch
+//! (a deletion, an article twice) goes event by event.
 //! Versions make the replica converge whatever the order events arrive in: an upsert only
 //! replaces an older version, a deletion leaves a tombstone that refuses older upserts, so a stale
 //! or replayed event can neither roll back nor resurrect.
@@ -12,6 +17,24 @@ use tokio_postgres::types::ToSql;
 use tracing::Instrument as _;
 
 use events::decode::DecodedEvent;
+
+/// How a batch was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatementForm {
+    /// One [`UPSERT_BATCH`] for the whole batch.
+    Batch,
+    /// One statement per event.
+    PerEvent,
+}
+
+impl StatementForm {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Batch => "batch",
+            Self::PerEvent => "per_event",
+        }
+    }
+}
 
 /// What applying one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +47,9 @@ pub enum ApplyOutcome {
     Stale,
 }
 
-/// Applies `events` in one DB2 transaction, each inside its own span, with one statement per
-/// event. The statements are pipelined: all are sent before the first answer is awaited, so a
+/// Applies `events` in one DB2 transaction: with [`UPSERT_BATCH`] when it can (see
+/// [`applies_as_a_set`]), else each inside its own span, with one statement per event. Those
+/// statements are pipelined: all are sent before the first answer is awaited, so a
 /// batch costs about one round trip instead of one per event. tokio-postgres sends them in the
 /// order `try_join_all` first polls them, which is the events' order; PostgreSQL runs them one
 /// after the other, each seeing the effects of those before it. (DB2's final state would not
@@ -33,17 +57,126 @@ pub enum ApplyOutcome {
 pub(crate) async fn apply_all<'a>(
     client: &mut deadpool_postgres::Object,
     events: impl IntoIterator<Item = (&'a DecodedEvent, &'a tracing::Span)>,
-) -> Result<Vec<ApplyOutcome>, tokio_postgres::Error> {
+) -> Result<(StatementForm, Vec<ApplyOutcome>), tokio_postgres::Error> {
+    let events: Vec<(&DecodedEvent, &tracing::Span)> = events.into_iter().collect();
     let transaction = client.transaction().await?;
-    let statements = Statements {
-        upsert: transaction.prepare_cached(UPSERT).await?,
-        delete: transaction.prepare_cached(DELETE).await?,
+    let form = if applies_as_a_set(events.iter().map(|(event, _)| *event)) {
+        StatementForm::Batch
+    } else {
+        StatementForm::PerEvent
     };
-    let applies =
-        events.into_iter().map(|(event, span)| apply_in(&transaction, &statements, event).instrument(span.clone()));
-    let outcomes = futures_util::future::try_join_all(applies).await?;
+    let outcomes = if form == StatementForm::Batch {
+        upsert_batch(&transaction, events.iter().map(|(event, _)| *event)).await?
+    } else {
+        let statements = Statements {
+            upsert: transaction.prepare_cached(UPSERT).await?,
+            delete: transaction.prepare_cached(DELETE).await?,
+        };
+        let applies =
+            events.iter().map(|(event, span)| apply_in(&transaction, &statements, event).instrument((*span).clone()));
+        futures_util::future::try_join_all(applies).await?
+    };
     transaction.commit().await?;
-    Ok(outcomes)
+    Ok((form, outcomes))
+}
+
+/// Whether `events` can go through [`UPSERT_BATCH`]: more than one, all upserts, no article and no
+/// event id twice.
+fn applies_as_a_set<'a>(events: impl ExactSizeIterator<Item = &'a DecodedEvent>) -> bool {
+    if events.len() < 2 {
+        return false;
+    }
+    let (mut articles, mut ids) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+    for event in events {
+        if event.event.event_type == EventType::Deleted
+            || !articles.insert(event.event.data.id)
+            || !ids.insert(event.event_id.as_str())
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// [`UPSERT`] for a whole batch in one statement: its parameters are [`UPSERT_PARAMETERS`], each an
+/// array holding every event's value (tags as a JSON array, since PostgreSQL's arrays of arrays
+/// must be rectangular). Each event, by its position in the arrays, answers (recorded, written)
+/// as [`UPSERT`] does. The batch must name each article and each event id once.
+pub const UPSERT_BATCH: &str = "\
+    WITH input AS ( \
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                             $8::bigint[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::bigint[], \
+                             $13::text[], $14::text[]) \
+        WITH ORDINALITY AS input (id, title, content, author, category, tags, status, views_count, created_at, \
+                                  updated_at, published_at, version, event_id, event_type, position) \
+    ), recorded AS ( \
+        INSERT INTO processed_events (event_id, event_type, article_id) \
+        SELECT event_id, event_type, id FROM input ORDER BY position \
+        ON CONFLICT (event_id) DO NOTHING RETURNING event_id \
+    ), written AS ( \
+        INSERT INTO articles (id, title, content, author, category, tags, status, views_count, \
+                              created_at, updated_at, published_at, version) \
+        SELECT i.id, i.title, i.content, i.author, i.category, \
+               ARRAY(SELECT jsonb_array_elements_text(i.tags::jsonb)), i.status, i.views_count, \
+               i.created_at, i.updated_at, i.published_at, i.version \
+        FROM input i JOIN recorded r ON r.event_id = i.event_id \
+        WHERE NOT EXISTS (SELECT 1 FROM article_tombstones t WHERE t.id = i.id AND t.version >= i.version) \
+        ORDER BY i.position \
+        ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, content = EXCLUDED.content, \
+            author = EXCLUDED.author, category = EXCLUDED.category, tags = EXCLUDED.tags, \
+            status = EXCLUDED.status, views_count = EXCLUDED.views_count, \
+            created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+            published_at = EXCLUDED.published_at, version = EXCLUDED.version \
+        WHERE articles.version <= EXCLUDED.version \
+        RETURNING id \
+    ) \
+    SELECT r.event_id IS NOT NULL AS recorded, w.id IS NOT NULL AS changed \
+    FROM input i LEFT JOIN recorded r ON r.event_id = i.event_id LEFT JOIN written w ON w.id = i.id \
+    ORDER BY i.position";
+
+/// Applies `events` (see [`applies_as_a_set`]) with [`UPSERT_BATCH`], on the caller's transaction.
+async fn upsert_batch<'a>(
+    transaction: &Transaction<'_>,
+    batch: impl Iterator<Item = &'a DecodedEvent> + Clone,
+) -> Result<Vec<ApplyOutcome>, tokio_postgres::Error> {
+    let articles: Vec<&events::Article> = batch.clone().map(|event| &event.event.data).collect();
+    let ids: Vec<i64> = articles.iter().map(|article| article.id).collect();
+    let titles: Vec<&str> = articles.iter().map(|article| article.title.as_str()).collect();
+    let contents: Vec<&str> = articles.iter().map(|article| article.content.as_str()).collect();
+    let authors: Vec<&str> = articles.iter().map(|article| article.author.as_str()).collect();
+    let categories: Vec<Option<&str>> = articles.iter().map(|article| article.category.as_deref()).collect();
+    let tags: Vec<String> =
+        articles.iter().map(|article| serde_json::Value::from(article.tags.clone()).to_string()).collect();
+    let statuses: Vec<&str> = articles.iter().map(|article| article.status.as_str()).collect();
+    let views: Vec<i64> = articles.iter().map(|article| article.views_count).collect();
+    let created: Vec<chrono::DateTime<chrono::Utc>> = articles.iter().map(|article| article.created_at).collect();
+    let updated: Vec<chrono::DateTime<chrono::Utc>> = articles.iter().map(|article| article.updated_at).collect();
+    let published: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        articles.iter().map(|article| article.published_at).collect();
+    let versions: Vec<i64> = articles.iter().map(|article| article.version).collect();
+    let event_ids: Vec<&str> = batch.clone().map(|event| event.event_id.as_str()).collect();
+    let event_types: Vec<&str> = batch.map(|event| event.event.event_type.as_str()).collect();
+    let parameters = UPSERT_PARAMETERS.map(|name| -> &(dyn ToSql + Sync) {
+        match name {
+            "id" => &ids,
+            "title" => &titles,
+            "content" => &contents,
+            "author" => &authors,
+            "category" => &categories,
+            "tags" => &tags,
+            "status" => &statuses,
+            "views_count" => &views,
+            "created_at" => &created,
+            "updated_at" => &updated,
+            "published_at" => &published,
+            "version" => &versions,
+            "event_id" => &event_ids,
+            _ => &event_types,
+        }
+    });
+    let statement = transaction.prepare_cached(UPSERT_BATCH).await?;
+    let rows = transaction.query(&statement, &parameters).await?;
+    rows.iter().map(|row| Ok(outcome(row.try_get("recorded")?, row.try_get("changed")?))).collect()
 }
 
 #[derive(Debug)]
@@ -147,12 +280,16 @@ async fn apply_in(
             transaction.query_one(&statements.upsert, &parameters).await?
         }
     };
-    let (recorded, changed): (bool, bool) = (row.try_get("recorded")?, row.try_get("changed")?);
-    Ok(match (recorded, changed) {
+    Ok(outcome(row.try_get("recorded")?, row.try_get("changed")?))
+}
+
+/// What an event's statement answered, as an outcome.
+fn outcome(recorded: bool, changed: bool) -> ApplyOutcome {
+    match (recorded, changed) {
         (false, _) => ApplyOutcome::AlreadyProcessed,
         (true, true) => ApplyOutcome::Applied,
         (true, false) => ApplyOutcome::Stale,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -167,5 +304,30 @@ mod tests {
         assert!(!UPSERT.contains(&format!("${}", UPSERT_PARAMETERS.len() + 1)));
         let names: std::collections::BTreeSet<_> = UPSERT_PARAMETERS.iter().collect();
         assert_eq!(names.len(), UPSERT_PARAMETERS.len(), "a name is listed twice");
+        for index in 1..=UPSERT_PARAMETERS.len() {
+            assert!(UPSERT_BATCH.contains(&format!("${index}::")), "the batch statement does not use ${index}");
+        }
+        assert!(!UPSERT_BATCH.contains(&format!("${}", UPSERT_PARAMETERS.len() + 1)));
+    }
+
+    fn decoded(event_id: &str, event_type: &str, article: i64) -> DecodedEvent {
+        let value = serde_json::json!({
+            "event_id": event_id, "event_type": event_type, "timestamp": "2026-11-22T10:00:00Z",
+            "data": {"id": article, "title": "t", "content": "c", "author": "a",
+                     "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z", "version": 1}
+        })
+        .to_string();
+        events::decode::decode(Some(value.as_bytes()), None).expect("a valid event")
+    }
+
+    #[test]
+    fn only_batches_of_upserts_naming_each_article_and_event_once_go_as_a_set() {
+        let set = |batch: &[DecodedEvent]| applies_as_a_set(batch.iter());
+        let (a, b) = (decoded("e1", "article.created", 1), decoded("e2", "article.updated", 2));
+        assert!(set(&[a.clone(), b.clone()]));
+        assert!(!set(std::slice::from_ref(&a)), "one event goes by itself");
+        assert!(!set(&[a.clone(), decoded("e3", "article.updated", 1)]), "article 1 twice");
+        assert!(!set(&[a.clone(), decoded("e1", "article.updated", 3)]), "event id e1 twice");
+        assert!(!set(&[a, b, decoded("e4", "article.deleted", 4)]), "a deletion");
     }
 }

@@ -16,7 +16,7 @@ pub mod startup;
 pub mod verify;
 
 /// The sink's statement, for the benchmark's ceiling (pgbench runs the very same SQL).
-pub use apply::{UPSERT, UPSERT_PARAMETERS};
+pub use apply::{UPSERT, UPSERT_BATCH, UPSERT_PARAMETERS};
 
 mod embedded_migrations {
     refinery::embed_migrations!("../sql/replica");

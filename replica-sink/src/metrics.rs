@@ -25,6 +25,9 @@ pub struct SinkMetrics {
     pub stale_leader_records: IntCounter,
     /// `processed_events` rows deleted past `SINK_PROCESSED_RETENTION`.
     pub processed_pruned: IntCounter,
+    /// DB2 transactions applying events, by statement form (`batch`: one statement for the whole
+    /// batch; `per_event`: one per event).
+    pub apply_transactions: IntCounterVec,
 }
 
 impl SinkMetrics {
@@ -77,6 +80,13 @@ impl SinkMetrics {
                 IntCounter::new(
                     "sink_processed_events_pruned_total",
                     "processed_events rows deleted past SINK_PROCESSED_RETENTION",
+                ),
+            )?,
+            apply_transactions: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("sink_apply_transactions_total", "DB2 transactions applying events, by statement form"),
+                    &["statement"],
                 ),
             )?,
             registry,

@@ -299,7 +299,8 @@ impl Sink {
     async fn apply(&self, events: &[Pending<'_>]) -> Result<Vec<ApplyOutcome>, Db2Error> {
         let started = Instant::now();
         let mut client = self.pool.get().await?;
-        let outcomes = apply_all(&mut client, events.iter().map(|event| (&event.decoded, &event.span))).await?;
+        let (form, outcomes) = apply_all(&mut client, events.iter().map(|event| (&event.decoded, &event.span))).await?;
+        self.metrics.apply_transactions.with_label_values(&[form.as_str()]).inc();
         let per_event = started.elapsed().as_secs_f64() / events.len() as f64;
         for event in events {
             self.metrics

@@ -163,6 +163,89 @@ async fn snapshots_fill_an_empty_replica_but_never_undo_a_newer_change_or_deleti
     Ok(())
 }
 
+/// A burst of upserts naming each article and each event id once is applied by one set-based
+/// statement (`sink_apply_transactions_total{statement="batch"}`), and per event it does what the
+/// per-event statement does: a new article lands with every column, a newer version replaces an
+/// older one, an older version and a creation after a deletion are stale, and a replayed event id
+/// is a duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_of_distinct_articles_is_one_statement_with_the_same_outcome_per_event() -> anyhow::Result<()> {
+    let sink = SinkUnderTest::start().await?;
+    let earlier = [
+        ("9000", event("a2", "article.updated", 9000, 2, "kept")),
+        ("9001", event("b1", "article.created", 9001, 1, "b v1")),
+        ("9002", event("c1", "article.created", 9002, 1, "c")),
+        ("9002", event("c2", "article.deleted", 9002, 2, "c")),
+        ("9004", event("d1", "article.created", 9004, 1, "d")),
+    ];
+    produce_and_wait(&sink, &earlier, 5).await?;
+    let full = json!({
+        "event_id": "n1", "event_type": "article.published", "timestamp": "2026-11-22T10:00:00Z",
+        "data": {"id": 9003, "title": "full", "content": "every column", "author": "a", "category": "tech",
+                 "tags": ["rust", "it's \"quoted\""], "status": "published", "views_count": 7,
+                 "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T11:00:00Z",
+                 "published_at": "2026-11-22T11:00:00Z", "version": 3}
+    })
+    .to_string();
+    let burst = [
+        event("a1", "article.created", 9000, 1, "older (stale)"),
+        event("b2", "article.updated", 9001, 2, "b v2"),
+        event("c0", "article.created", 9002, 1, "resurrected?"),
+        full,
+        event("d1", "article.created", 9004, 1, "d"),
+    ];
+    // All handed to the producer before any is awaited, under one key (one partition): the sink
+    // reads them in one fetch, as one batch.
+    let producer = blogctl::producer(sink.bootstrap_servers())?;
+    let mut deliveries = Vec::new();
+    for value in &burst {
+        let record = rdkafka::producer::FutureRecord::to(&sink.topic).key("burst").payload(value.as_str());
+        deliveries.push(producer.send_result(record).map_err(|(error, _)| error)?);
+    }
+    for delivery in deliveries {
+        delivery.await?.map_err(|(error, _)| error)?;
+    }
+    e2e::wait::until("the sink to apply the burst", TIMEOUT, || async {
+        Ok(sink.metrics().await?.contains("sink_events_duplicate_total 1"))
+    })
+    .await?;
+    let metrics = sink.metrics().await?;
+    assert!(
+        metrics.contains(r#"sink_apply_transactions_total{statement="batch"}"#),
+        "no batch statement ran: {metrics}"
+    );
+    assert!(metrics.contains("sink_events_stale_total 2"), "a1 and c0 are stale: {metrics}");
+    assert_eq!(db2_count(&sink, "SELECT count(*) FROM processed_events").await?, 9, "d1 is recorded once");
+    let articles = articles_in(&sink).await?;
+    assert_eq!(
+        articles,
+        [
+            (9000, "kept".to_owned(), 2),
+            (9001, "b v2".to_owned(), 2),
+            (9003, "full".to_owned(), 3),
+            (9004, "d".to_owned(), 1)
+        ],
+        "9002 stays deleted"
+    );
+    let row = sink
+        .db2_client()
+        .await?
+        .query_one(
+            "SELECT content, category, tags, status, views_count, (updated_at AT TIME ZONE 'UTC')::text, \
+             (published_at AT TIME ZONE 'UTC')::text FROM articles WHERE id = 9003",
+            &[],
+        )
+        .await?;
+    assert_eq!(row.get::<_, String>(0), "every column");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("tech"));
+    assert_eq!(row.get::<_, Vec<String>>(2), ["rust", "it's \"quoted\""]);
+    assert_eq!(row.get::<_, String>(3), "published");
+    assert_eq!(row.get::<_, i64>(4), 7);
+    assert!(row.get::<_, String>(5).starts_with("2026-11-22 11:00:00"), "updated_at: {}", row.get::<_, String>(5));
+    assert!(row.get::<_, Option<String>>(6).is_some_and(|at| at.starts_with("2026-11-22 11:00:00")));
+    Ok(())
+}
+
 /// `processed_events` is pruned past its retention, and a replay of the pruned events changes
 /// nothing in DB2: versions and tombstones make each a no-op (docs/guarantees.md).
 #[tokio::test(flavor = "multi_thread")]

@@ -256,8 +256,13 @@ impl Stack {
     /// serving its ops endpoints on a free port, logging to `logs/<name>.log`; waits until it is
     /// ready.
     pub async fn start_extra_sink(&self, name: &str) -> anyhow::Result<ExtraSink> {
+        self.start_extra_sink_with(name, &[]).await
+    }
+
+    /// [`Self::start_extra_sink`] with `env` on top of the stack's sink environment.
+    pub async fn start_extra_sink_with(&self, name: &str, env: &[(&str, &str)]) -> anyhow::Result<ExtraSink> {
         let port = crate::free_port();
-        let process = self.start_instance(Service::Sink, name, port, Service::Sink.binary_name(), &[]).await?;
+        let process = self.start_instance(Service::Sink, name, port, Service::Sink.binary_name(), env).await?;
         Ok(ExtraSink { process, port })
     }
 

@@ -44,7 +44,7 @@ async fn rolling_restart(stack: &mut Stack, sizes: &Sizes) -> anyhow::Result<ser
         anyhow::Ok(successor)
     };
     let (measured, successor) = tokio::join!(end_to_end(stack, ROLLING_RATE, duration), replace);
-    let (latencies, sent) = measured?;
+    let (latencies, crate::latency::Written { sent, refused }) = measured?;
     let mut successor = successor?;
     // Reaps the first relay (it exited on SIGTERM) and starts it again as a standby.
     stack.stop(Service::Relay).await;
@@ -52,11 +52,11 @@ async fn rolling_restart(stack: &mut Stack, sizes: &Sizes) -> anyhow::Result<ser
     successor.stop(Duration::from_secs(30)).await;
     let (p50, p99, max) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
     println!(
-        "end-to-end at {ROLLING_RATE:>4} writes/s through a rolling restart of the relay: p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  max {max:>7.1} ms  ({} of {sent} seen)",
+        "end-to-end at {ROLLING_RATE:>4} writes/s through a rolling restart of the relay: p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  max {max:>7.1} ms  ({} of {sent} seen, {refused} refused by the API)",
         latencies.len()
     );
     Ok(
-        json!({"rate": ROLLING_RATE, "sent": sent, "seen": latencies.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max}),
+        json!({"rate": ROLLING_RATE, "sent": sent, "seen": latencies.len(), "refused": refused, "p50_ms": p50, "p99_ms": p99, "max_ms": max}),
     )
 }
 

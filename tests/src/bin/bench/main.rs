@@ -6,8 +6,11 @@
 //! 3. Sink apply rate on a topic backlog, with 1, 2 and 3 sinks, vs pgbench running the sink's
 //!    apply SQL on DB2 and a bare consumer.
 //! 4. End-to-end latency (API response → row visible in DB2's `processed_events`) at two rates,
-//!    with 3 sinks on the topic's 6 partitions.
+//!    with 3 sinks on the topic's 6 partitions, and the broker's own floor at the same rates
+//!    (records produced the relay's way and read as the sink reads, no database on either side).
 //! 5. Peak RSS of each service.
+//! 6. Bounded state over a long run: DB2's size and the sink's apply rate while updates flow for
+//!    `--long-run-secs`, with a sink pruning `processed_events` past a short retention.
 //!
 //! Everything runs on one broker of its own, the one `BROKER` names (Apache Kafka by default, or
 //! nisshi), so each ceiling is measured on the broker the pipeline used; `scripts/bench.sh` runs
@@ -15,8 +18,10 @@
 //! `--short` proves the benchmark works (CI); it asserts nothing about speed.
 
 mod api;
+mod floor;
 mod handover;
 mod latency;
+mod longrun;
 mod measure;
 mod pgbench;
 mod relay;
@@ -62,6 +67,9 @@ struct Cli {
     /// committed transactions costs in latency.
     #[arg(long)]
     sink_isolation_level: Option<kafka_kit::Isolation>,
+    /// How long the bounded-state phase writes (0: skip it); default 300 s, 10 s with `--short`.
+    #[arg(long)]
+    long_run_secs: Option<u64>,
 }
 
 /// How long each phase runs and how much it moves.
@@ -72,15 +80,33 @@ struct Sizes {
     backlog: i64,
     /// Write rates of the latency phase, per second.
     rates: [u64; 2],
+    /// The bounded-state phase: how long, at what rate, sampled how often.
+    long_run: Duration,
+    long_run_rate: u64,
+    long_run_sample: Duration,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let sizes = if cli.short {
-        Sizes { phase: Duration::from_secs(2), backlog: 3_000, rates: [50, 100] }
+        Sizes {
+            phase: Duration::from_secs(2),
+            backlog: 3_000,
+            rates: [50, 100],
+            long_run: Duration::from_secs(cli.long_run_secs.unwrap_or(10)),
+            long_run_rate: 50,
+            long_run_sample: Duration::from_secs(2),
+        }
     } else {
-        Sizes { phase: Duration::from_secs(10), backlog: 100_000, rates: [1000, 2000] }
+        Sizes {
+            phase: Duration::from_secs(10),
+            backlog: 100_000,
+            rates: [1000, 2000],
+            long_run: Duration::from_secs(cli.long_run_secs.unwrap_or(300)),
+            long_run_rate: 500,
+            long_run_sample: Duration::from_secs(10),
+        }
     };
     std::fs::create_dir_all(&cli.out)?;
     let mut results = serde_json::Map::new();
@@ -124,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
     // The sinks the drains added to the group stay: the latency phase runs with 3.
     let (extra_sinks, drain_curves) = sink::run(&mut stack, &sizes, backlog_size, scripts.path(), &mut results).await?;
     let series = latency::run(&stack, &sizes, &mut results).await?;
+    floor::run(&stack, &sizes, &mut results).await?;
     handover::run(&mut stack, &sizes, &mut results).await?;
 
     // 6. Peak RSS (the broker's for comparison: a JVM against nisshi).
@@ -140,13 +167,19 @@ async fn main() -> anyhow::Result<()> {
         rss.insert(name.into(), json!(peak));
     }
     results.insert("peak_rss_mib".into(), json!(rss));
+    // Last, since it replaces every sink by one that prunes.
+    for mut sink in extra_sinks {
+        sink.process.stop(Duration::from_secs(30)).await;
+    }
+    if !sizes.long_run.is_zero() {
+        longrun::run(&mut stack, &sizes, &mut results).await?;
+    }
     results.insert("short".into(), json!(cli.short));
     results.insert("date".into(), json!(Utc::now().to_rfc3339()));
 
     std::fs::write(cli.out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
     std::fs::write(cli.out.join("latency.svg"), latency::svg_plot(&series, &drain_curves))?;
     println!("results: {}, plot: {}", cli.out.join("results.json").display(), cli.out.join("latency.svg").display());
-    drop(extra_sinks);
     stack.shutdown().await;
     Ok(())
 }

@@ -18,6 +18,9 @@ use crate::{Results, Sizes};
 
 /// Events per transaction in the sink's ceiling (the sink applies a partition's share of up to 2,000 waiting records at once).
 const APPLY_BATCH: usize = 100;
+/// Events per set-based statement in its ceiling: a partition's share of the sink's full batch
+/// (2,000 records over 6 partitions).
+const SET_BATCH: usize = 333;
 /// DB2 connections of one sink (its `DB_POOL_SIZE` default): how many partitions it applies at once.
 const SINK_CONNECTIONS: u32 = 4;
 /// The sink counts of the drains.
@@ -99,6 +102,14 @@ pub(crate) async fn run(
     let sink_ceiling = APPLY_BATCH as f64 * pgbench(stack.db2.port, DB2_NAME, 1, sizes.phase.as_secs(), &apply_script)?;
     let parallel_ceiling =
         APPLY_BATCH as f64 * pgbench(stack.db2.port, DB2_NAME, SINK_CONNECTIONS, sizes.phase.as_secs(), &apply_script)?;
+    // A backlog of creations goes through the set-based statement (`replica_sink::UPSERT_BATCH`),
+    // a partition's share of a full batch at a time: its ceiling runs that statement with arrays of
+    // SET_BATCH events built by PostgreSQL.
+    let batch_script = scripts.join("apply-batch.sql");
+    std::fs::write(&batch_script, batch_apply_script())?;
+    let batch_ceiling = SET_BATCH as f64 * pgbench(stack.db2.port, DB2_NAME, 1, sizes.phase.as_secs(), &batch_script)?;
+    let parallel_batch_ceiling =
+        SET_BATCH as f64 * pgbench(stack.db2.port, DB2_NAME, SINK_CONNECTIONS, sizes.phase.as_secs(), &batch_script)?;
     // pgbench's rows are not replicas of anything: remove them so DB2 matches DB1 again.
     db2.batch_execute(
         "DELETE FROM articles WHERE id >= 100000000; DELETE FROM processed_events WHERE article_id >= 100000000",
@@ -119,13 +130,14 @@ pub(crate) async fn run(
     .await??;
     let bare_consumer_rate = consumed as f64 / started.elapsed().as_secs_f64();
     // One instance applies its partitions side by side: its ceiling is the lower of the bare
-    // consumer and pgbench with as many clients as it has connections.
-    let ceiling = bare_consumer_rate.min(parallel_ceiling);
+    // consumer and pgbench running its drain's statement with as many clients as it has connections.
+    let ceiling = bare_consumer_rate.min(parallel_batch_ceiling);
     let (consumer_ratio, ratio) = (sink_rate / bare_consumer_rate, sink_rate / ceiling);
     let line = format!(
         "sink apply of {on_topic} events, 1 sink: {sink_rate:>8.0}/s ({sink_time:.1?})   bare consumer: \
          {bare_consumer_rate:>8.0}/s   pgbench same statement, pipelined ({APPLY_BATCH}/tx): 1 client \
-         {sink_ceiling:>8.0}/s, {SINK_CONNECTIONS} clients {parallel_ceiling:>8.0}/s   ratio to the lower ceiling {ratio:.2}"
+         {sink_ceiling:>8.0}/s, {SINK_CONNECTIONS} clients {parallel_ceiling:>8.0}/s   batch statement ({SET_BATCH}/statement): \
+         1 client {batch_ceiling:>8.0}/s, {SINK_CONNECTIONS} clients {parallel_batch_ceiling:>8.0}/s   ratio to the lower ceiling {ratio:.2}"
     );
     let drain_figures: Vec<serde_json::Value> = drains
         .iter()
@@ -134,7 +146,9 @@ pub(crate) async fn run(
     let figures = json!({"events": on_topic, "backlog": backlog_size, "sink_per_s": sink_rate,
         "bare_consumer_per_s": bare_consumer_rate, "consumer_ratio": consumer_ratio,
         "pgbench_events_per_s": sink_ceiling, "pgbench_parallel_events_per_s": parallel_ceiling,
-        "pgbench_parallel_clients": SINK_CONNECTIONS, "ceiling_per_s": ceiling,
+        "pgbench_parallel_clients": SINK_CONNECTIONS, "pgbench_batch_events_per_s": batch_ceiling,
+        "pgbench_parallel_batch_events_per_s": parallel_batch_ceiling, "events_per_batch_statement": SET_BATCH,
+        "ceiling_per_s": ceiling,
         "events_per_transaction": APPLY_BATCH, "ratio": ratio, "drains": drain_figures});
     crate::report(results, "sink_apply", &line, figures);
     Ok((extra_sinks, curves))
@@ -158,4 +172,30 @@ async fn rewind_group(stack: &Stack) -> anyhow::Result<()> {
         Ok(())
     })
     .await?
+}
+
+/// A pgbench script running `replica_sink::UPSERT_BATCH` once per transaction, each parameter an
+/// array of [`SET_BATCH`] values built by PostgreSQL.
+fn batch_apply_script() -> String {
+    let mut statement = replica_sink::UPSERT_BATCH.to_owned();
+    // Highest first, so that `$1` does not match the start of `$13`.
+    for (index, name) in replica_sink::UPSERT_PARAMETERS.iter().enumerate().rev() {
+        let value = match *name {
+            "id" => ":id + g",
+            "title" | "author" => "'bench'::text",
+            "content" => "repeat('x', 300)",
+            "category" => "NULL::text",
+            "published_at" => "NULL::timestamptz",
+            "tags" => "'[]'::text",
+            "status" => "'draft'::text",
+            "views_count" => "0::bigint",
+            "created_at" | "updated_at" => "now()",
+            "version" => "1::bigint",
+            "event_id" => "md5(random()::text)",
+            _ => "'article.created'::text",
+        };
+        let array = format!("(SELECT array_agg({value}) FROM generate_series(0, {}) g)", SET_BATCH - 1);
+        statement = statement.replace(&format!("${}", index + 1), &array);
+    }
+    format!("\\set id random(100000000, 900000000)\n{};\n", statement.split_whitespace().collect::<Vec<_>>().join(" "))
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use e2e::Stack;
 use e2e::stack::Service;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use serde_json::json;
 
 use crate::measure::drain_rate;
@@ -57,15 +57,28 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
     // too, to show what the headers cost the broker.
     let with_headers = bare_produce(&stack.bootstrap_servers(), &backlog, true).await?;
     let without_headers = bare_produce(&stack.bootstrap_servers(), &backlog, false).await?;
+    // What transactions cost the producer alone: the same records, one transaction per
+    // RELAY_BATCH_ROWS records (the relay's default batch), one after the other, as the relay's
+    // rounds are; and one transaction per four batches.
+    let transactional = bare_produce_transactional(&stack.bootstrap_servers(), &backlog, RELAY_BATCH_ROWS).await?;
+    let transactional_large =
+        bare_produce_transactional(&stack.bootstrap_servers(), &backlog, 4 * RELAY_BATCH_ROWS).await?;
     let (ratio, ratio_without_headers) = (relay_rate / with_headers, relay_rate / without_headers);
+    let ratio_transactional = relay_rate / transactional;
     let line = format!(
         "relay drain of {backlog_size} events: {relay_rate:>8.0}/s ({relay_time:.1?})   bare producer, same records: \
          {with_headers:>8.0}/s   ratio {ratio:.2}   (without headers: {without_headers:>8.0}/s, ratio {ratio_without_headers:.2})\n\
-         relay round phases, mean per round: {phases}"
+         bare transactional producer, same records: {RELAY_BATCH_ROWS} per transaction {transactional:>8.0}/s (relay's ratio to it \
+         {ratio_transactional:.2}), {} per transaction {transactional_large:>8.0}/s\n\
+         relay round phases, mean per round: {phases}",
+        4 * RELAY_BATCH_ROWS
     );
     let figures = json!({"events": backlog_size, "relay_per_s": relay_rate, "bare_producer_per_s": with_headers,
         "ratio": ratio, "bare_producer_without_headers_per_s": without_headers,
-        "ratio_without_headers": ratio_without_headers, "round_phases": phase_figures});
+        "ratio_without_headers": ratio_without_headers, "round_phases": phase_figures,
+        "bare_transactional_per_s": transactional, "rows_per_transaction": RELAY_BATCH_ROWS,
+        "ratio_transactional": ratio_transactional, "bare_transactional_large_per_s": transactional_large,
+        "rows_per_large_transaction": 4 * RELAY_BATCH_ROWS});
     crate::report(results, "relay_drain", &line, figures);
     Ok(backlog_size)
 }
@@ -123,6 +136,58 @@ async fn bare_produce(bootstrap_servers: &str, backlog: &[BacklogRecord], header
     }
     for delivery in futures_util_join(deliveries).await {
         delivery.map_err(|_| anyhow::anyhow!("delivery canceled"))?.map_err(|(error, _)| error)?;
+    }
+    Ok(backlog.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The relay's default batch (`RELAY_BATCH_SIZE`).
+const RELAY_BATCH_ROWS: usize = 5000;
+
+/// Sends `backlog` to the topic `bench-bare-transactional` with a transactional producer set up
+/// like the relay's, `rows_per_transaction` records per transaction, each transaction's records
+/// all acknowledged and committed before the next begins; returns records committed per second.
+async fn bare_produce_transactional(
+    bootstrap_servers: &str,
+    backlog: &[BacklogRecord],
+    rows_per_transaction: usize,
+) -> anyhow::Result<f64> {
+    let producer: FutureProducer = kafka_kit::client_config(bootstrap_servers)
+        .set("transactional.id", format!("bench-bare-{rows_per_transaction}"))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "200000")
+        .create()?;
+    let registering = producer.clone();
+    tokio::task::spawn_blocking(move || registering.init_transactions(Duration::from_secs(30))).await??;
+    let started = Instant::now();
+    for chunk in backlog.chunks(rows_per_transaction) {
+        producer.begin_transaction()?;
+        let mut deliveries = Vec::with_capacity(chunk.len());
+        for record in chunk {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: kafka_kit::EVENT_ID_HEADER, value: Some(&record.event_id) })
+                .insert(Header { key: kafka_kit::EVENT_TYPE_HEADER, value: Some(&record.event_type) });
+            let mut message =
+                FutureRecord::to("bench-bare-transactional").key(&record.key).payload(&record.payload).headers(headers);
+            loop {
+                match producer.send_result(message) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((_, returned)) => {
+                        message = returned;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }
+        for delivery in futures_util_join(deliveries).await {
+            delivery.map_err(|_| anyhow::anyhow!("delivery canceled"))?.map_err(|(error, _)| error)?;
+        }
+        let committing = producer.clone();
+        tokio::task::spawn_blocking(move || committing.commit_transaction(Duration::from_secs(30))).await??;
     }
     Ok(backlog.len() as f64 / started.elapsed().as_secs_f64())
 }

@@ -4,7 +4,7 @@
 //!
 //! - **transactional**: records produced the relay's way — one Kafka transaction at a time, each
 //!   holding what arrived since the last one began, every acknowledgement awaited, then the
-//!   commit — and read by a `read_committed` consumer with the sink's fetch settings;
+//!   commit, alternating between two producers as the relay's lanes do — and read by a `read_committed` consumer with the sink's fetch settings;
 //! - **plain**: each record handed to an idempotent producer the moment it arrives, read
 //!   `read_uncommitted` (the broker's latency without transactions).
 //!
@@ -69,10 +69,15 @@ async fn floor(bootstrap: &str, mode: Mode, rate: u64, duration: Duration) -> an
     let total = (rate as f64 * duration.as_secs_f64()) as usize;
     let origin = Instant::now();
     let consumer = consumer(bootstrap, &topic, mode)?;
-    let received = tokio::spawn(receive(consumer, total, origin));
-    let producer = producer(bootstrap, &topic, mode).await?;
+    let (warmed_up, warm) = tokio::sync::oneshot::channel();
+    let received = tokio::spawn(receive(consumer, total, origin, warmed_up));
+    let producers = [producer(bootstrap, &topic, mode, 0).await?, producer(bootstrap, &topic, mode, 1).await?];
     let (sender, arrivals) = mpsc::unbounded_channel();
-    let produced = tokio::spawn(produce(producer, topic, mode, arrivals));
+    let produced = tokio::spawn(produce(producers, topic, mode, arrivals));
+    // One record through first: the timed ones find the consumer fetching and the producers
+    // connected, as the pipeline's are.
+    sender.send((WARM_UP, micros_since(origin)))?;
+    tokio::time::timeout(Duration::from_secs(60), warm).await.context("the warm-up record did not arrive")??;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     for i in 0..total {
         ticker.tick().await;
@@ -104,11 +109,17 @@ fn consumer(bootstrap: &str, topic: &str, mode: Mode) -> anyhow::Result<StreamCo
     Ok(consumer)
 }
 
-async fn producer(bootstrap: &str, topic: &str, mode: Mode) -> anyhow::Result<FutureProducer> {
+/// The index of the warm-up record, which is not timed.
+const WARM_UP: usize = usize::MAX;
+
+/// Producer `lane` of the floor: as the relay does, transactions alternate between two producers
+/// (a producer that begins a transaction while the broker still completes its last commit waits
+/// ~20 ms for it; docs/performance.md).
+async fn producer(bootstrap: &str, topic: &str, mode: Mode, lane: usize) -> anyhow::Result<FutureProducer> {
     let mut config = kafka_kit::client_config(bootstrap);
     config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
     if mode == Mode::Transactional {
-        config.set("transactional.id", format!("{topic}-producer"));
+        config.set("transactional.id", format!("{topic}-producer-{lane}"));
     }
     let producer: FutureProducer = config.create()?;
     if mode == Mode::Transactional {
@@ -120,13 +131,16 @@ async fn producer(bootstrap: &str, topic: &str, mode: Mode) -> anyhow::Result<Fu
 
 /// Produces each arrival (index, send time) as its mode does, until the sender is dropped.
 async fn produce(
-    producer: FutureProducer,
+    producers: [FutureProducer; 2],
     topic: String,
     mode: Mode,
     mut arrivals: mpsc::UnboundedReceiver<(usize, u64)>,
 ) -> anyhow::Result<()> {
     let mut pending = Vec::new();
+    let mut lane = 0;
     while let Some(first) = arrivals.recv().await {
+        let producer = &producers[lane];
+        lane = (lane + 1) % producers.len();
         let mut batch = vec![first];
         if mode == Mode::Transactional {
             while let Ok(next) = arrivals.try_recv() {
@@ -135,7 +149,7 @@ async fn produce(
             producer.begin_transaction()?;
         }
         for (index, sent) in batch {
-            pending.push(send(&producer, &topic, index, sent).await);
+            pending.push(send(producer, &topic, index, sent).await);
         }
         if mode == Mode::Transactional {
             for delivery in pending.drain(..) {
@@ -153,7 +167,10 @@ async fn produce(
 
 /// Hands one record to the producer, waiting while its queue is full.
 async fn send(producer: &FutureProducer, topic: &str, index: usize, sent: u64) -> DeliveryFuture {
-    let (key, payload) = (index.to_string(), sent.to_be_bytes());
+    let key = index.to_string();
+    let mut payload = [0_u8; 16];
+    payload[..8].copy_from_slice(&sent.to_be_bytes());
+    payload[8..].copy_from_slice(&(index as u64).to_be_bytes());
     loop {
         match producer.send_result(FutureRecord::to(topic).key(&key).payload(&payload[..])) {
             Ok(delivery) => return delivery,
@@ -162,14 +179,29 @@ async fn send(producer: &FutureProducer, topic: &str, index: usize, sent: u64) -
     }
 }
 
-/// Reads `total` records; returns each one's latency in ms.
-async fn receive(consumer: StreamConsumer, total: usize, origin: Instant) -> anyhow::Result<Vec<f64>> {
+/// Reads the warm-up record (then says so on `warmed_up`) and `total` timed records; returns
+/// each timed one's latency in ms.
+async fn receive(
+    consumer: StreamConsumer,
+    total: usize,
+    origin: Instant,
+    warmed_up: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<Vec<f64>> {
     let mut latencies = Vec::with_capacity(total);
+    let mut warmed_up = Some(warmed_up);
     while latencies.len() < total {
-        let message =
-            tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await.context("no record for 60 s")??;
-        let sent: [u8; 8] = message.payload().and_then(|payload| payload.try_into().ok()).context("a bad payload")?;
-        let age = micros_since(origin).saturating_sub(u64::from_be_bytes(sent));
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .context("no record for 60 s")??;
+        let payload: [u8; 16] = message.payload().and_then(|payload| payload.try_into().ok()).context("a bad payload")?;
+        let (sent, index) = payload.split_at(8);
+        if u64::from_be_bytes(index.try_into()?) == WARM_UP as u64 {
+            if let Some(warmed_up) = warmed_up.take() {
+                let _ = warmed_up.send(());
+            }
+            continue;
+        }
+        let age = micros_since(origin).saturating_sub(u64::from_be_bytes(sent.try_into()?));
         latencies.push(age as f64 / 1000.0);
     }
     Ok(latencies)

@@ -70,8 +70,8 @@ pub(crate) async fn run(
     }
     let (_, sink_rate, sink_time) = drains[0];
     let apply_script = scripts.join("apply.sql");
-    // The sink applies the records waiting for it in one transaction, one statement per event,
-    // pipelined: the ceiling runs the very same statement (`replica_sink::apply::UPSERT`) for
+    // Where a partition's share cannot go as a set (a deletion, an article twice), the sink applies
+    // it in one transaction, one statement per event, pipelined: this ceiling runs that statement (`replica_sink::apply::UPSERT`) for
     // APPLY_BATCH events per transaction in a pgbench pipeline.
     let mut upsert = replica_sink::UPSERT.to_owned();
     // Each parameter by its name; highest first, so that `$1` does not match the start of `$13`.

@@ -190,10 +190,10 @@ async fn receive(
     let mut latencies = Vec::with_capacity(total);
     let mut warmed_up = Some(warmed_up);
     while latencies.len() < total {
-        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-            .await
-            .context("no record for 60 s")??;
-        let payload: [u8; 16] = message.payload().and_then(|payload| payload.try_into().ok()).context("a bad payload")?;
+        let message =
+            tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await.context("no record for 60 s")??;
+        let payload: [u8; 16] =
+            message.payload().and_then(|payload| payload.try_into().ok()).context("a bad payload")?;
         let (sent, index) = payload.split_at(8);
         if u64::from_be_bytes(index.try_into()?) == WARM_UP as u64 {
             if let Some(warmed_up) = warmed_up.take() {

@@ -59,14 +59,10 @@ pub(crate) async fn apply_all<'a>(
     events: impl IntoIterator<Item = (&'a DecodedEvent, &'a tracing::Span)>,
 ) -> Result<(StatementForm, Vec<ApplyOutcome>), tokio_postgres::Error> {
     let events: Vec<(&DecodedEvent, &tracing::Span)> = events.into_iter().collect();
+    let decoded: Vec<&DecodedEvent> = events.iter().map(|(event, _)| *event).collect();
     let transaction = client.transaction().await?;
-    let form = if applies_as_a_set(events.iter().map(|(event, _)| *event)) {
-        StatementForm::Batch
-    } else {
-        StatementForm::PerEvent
-    };
-    let outcomes = if form == StatementForm::Batch {
-        upsert_batch(&transaction, events.iter().map(|(event, _)| *event)).await?
+    let (form, outcomes) = if applies_as_a_set(&decoded) {
+        (StatementForm::Batch, upsert_batch(&transaction, &decoded).await?)
     } else {
         let statements = Statements {
             upsert: transaction.prepare_cached(UPSERT).await?,
@@ -74,7 +70,7 @@ pub(crate) async fn apply_all<'a>(
         };
         let applies =
             events.iter().map(|(event, span)| apply_in(&transaction, &statements, event).instrument((*span).clone()));
-        futures_util::future::try_join_all(applies).await?
+        (StatementForm::PerEvent, futures_util::future::try_join_all(applies).await?)
     };
     transaction.commit().await?;
     Ok((form, outcomes))
@@ -82,7 +78,7 @@ pub(crate) async fn apply_all<'a>(
 
 /// Whether `events` can go through [`UPSERT_BATCH`]: more than one, all upserts, no article and no
 /// event id twice.
-fn applies_as_a_set<'a>(events: impl ExactSizeIterator<Item = &'a DecodedEvent>) -> bool {
+fn applies_as_a_set(events: &[&DecodedEvent]) -> bool {
     if events.len() < 2 {
         return false;
     }
@@ -98,11 +94,25 @@ fn applies_as_a_set<'a>(events: impl ExactSizeIterator<Item = &'a DecodedEvent>)
     true
 }
 
+/// The conflict clause both upserts share: replace every column of DB2's article, but only with
+/// a version at least as new (equal: the same content again).
+macro_rules! version_guarded_update {
+    () => {
+        "ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, content = EXCLUDED.content, \
+         author = EXCLUDED.author, category = EXCLUDED.category, tags = EXCLUDED.tags, \
+         status = EXCLUDED.status, views_count = EXCLUDED.views_count, \
+         created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+         published_at = EXCLUDED.published_at, version = EXCLUDED.version \
+         WHERE articles.version <= EXCLUDED.version "
+    };
+}
+
 /// [`UPSERT`] for a whole batch in one statement: its parameters are [`UPSERT_PARAMETERS`], each an
 /// array holding every event's value (tags as a JSON array, since PostgreSQL's arrays of arrays
 /// must be rectangular). Each event, by its position in the arrays, answers (recorded, written)
 /// as [`UPSERT`] does. The batch must name each article and each event id once.
-pub const UPSERT_BATCH: &str = "\
+pub const UPSERT_BATCH: &str = concat!(
+    "\
     WITH input AS ( \
         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
                              $8::bigint[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::bigint[], \
@@ -121,25 +131,21 @@ pub const UPSERT_BATCH: &str = "\
                i.created_at, i.updated_at, i.published_at, i.version \
         FROM input i JOIN recorded r ON r.event_id = i.event_id \
         WHERE NOT EXISTS (SELECT 1 FROM article_tombstones t WHERE t.id = i.id AND t.version >= i.version) \
-        ORDER BY i.position \
-        ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, content = EXCLUDED.content, \
-            author = EXCLUDED.author, category = EXCLUDED.category, tags = EXCLUDED.tags, \
-            status = EXCLUDED.status, views_count = EXCLUDED.views_count, \
-            created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-            published_at = EXCLUDED.published_at, version = EXCLUDED.version \
-        WHERE articles.version <= EXCLUDED.version \
-        RETURNING id \
+        ORDER BY i.position ",
+    version_guarded_update!(),
+    "RETURNING id \
     ) \
     SELECT r.event_id IS NOT NULL AS recorded, w.id IS NOT NULL AS changed \
     FROM input i LEFT JOIN recorded r ON r.event_id = i.event_id LEFT JOIN written w ON w.id = i.id \
-    ORDER BY i.position";
+    ORDER BY i.position"
+);
 
 /// Applies `events` (see [`applies_as_a_set`]) with [`UPSERT_BATCH`], on the caller's transaction.
-async fn upsert_batch<'a>(
+async fn upsert_batch(
     transaction: &Transaction<'_>,
-    batch: impl Iterator<Item = &'a DecodedEvent> + Clone,
+    batch: &[&DecodedEvent],
 ) -> Result<Vec<ApplyOutcome>, tokio_postgres::Error> {
-    let articles: Vec<&events::Article> = batch.clone().map(|event| &event.event.data).collect();
+    let articles: Vec<&events::Article> = batch.iter().map(|event| &event.event.data).collect();
     let ids: Vec<i64> = articles.iter().map(|article| article.id).collect();
     let titles: Vec<&str> = articles.iter().map(|article| article.title.as_str()).collect();
     let contents: Vec<&str> = articles.iter().map(|article| article.content.as_str()).collect();
@@ -154,8 +160,8 @@ async fn upsert_batch<'a>(
     let published: Vec<Option<chrono::DateTime<chrono::Utc>>> =
         articles.iter().map(|article| article.published_at).collect();
     let versions: Vec<i64> = articles.iter().map(|article| article.version).collect();
-    let event_ids: Vec<&str> = batch.clone().map(|event| event.event_id.as_str()).collect();
-    let event_types: Vec<&str> = batch.map(|event| event.event.event_type.as_str()).collect();
+    let event_ids: Vec<&str> = batch.iter().map(|event| event.event_id.as_str()).collect();
+    let event_types: Vec<&str> = batch.iter().map(|event| event.event.event_type.as_str()).collect();
     let parameters = UPSERT_PARAMETERS.map(|name| -> &(dyn ToSql + Sync) {
         match name {
             "id" => &ids,
@@ -206,7 +212,8 @@ pub const UPSERT_PARAMETERS: [&str; 14] = [
 
 /// Records the event id in `processed_events` and, only if it was not there, writes the article
 /// unless DB2 holds a newer version or a deletion at least as new. Answers (recorded, written).
-pub const UPSERT: &str = "\
+pub const UPSERT: &str = concat!(
+    "\
     WITH recorded AS ( \
         INSERT INTO processed_events (event_id, event_type, article_id) VALUES ($13, $14, $1) \
         ON CONFLICT (event_id) DO NOTHING RETURNING 1 \
@@ -216,16 +223,12 @@ pub const UPSERT: &str = "\
         SELECT $1::bigint, $2::text, $3::text, $4::text, $5::text, $6::text[], $7::text, $8::bigint, \
                $9::timestamptz, $10::timestamptz, $11::timestamptz, $12::bigint \
         WHERE EXISTS (SELECT 1 FROM recorded) \
-          AND NOT EXISTS (SELECT 1 FROM article_tombstones WHERE id = $1 AND version >= $12) \
-        ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title, content = EXCLUDED.content, \
-            author = EXCLUDED.author, category = EXCLUDED.category, tags = EXCLUDED.tags, \
-            status = EXCLUDED.status, views_count = EXCLUDED.views_count, \
-            created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
-            published_at = EXCLUDED.published_at, version = EXCLUDED.version \
-        WHERE articles.version <= EXCLUDED.version \
-        RETURNING 1 \
+          AND NOT EXISTS (SELECT 1 FROM article_tombstones WHERE id = $1 AND version >= $12) ",
+    version_guarded_update!(),
+    "RETURNING 1 \
     ) \
-    SELECT EXISTS (SELECT 1 FROM recorded) AS recorded, EXISTS (SELECT 1 FROM written) AS changed";
+    SELECT EXISTS (SELECT 1 FROM recorded) AS recorded, EXISTS (SELECT 1 FROM written) AS changed"
+);
 
 /// Records the event id and, only if it was not there, deletes the article unless DB2 holds a
 /// newer version, and leaves a tombstone. Answers (recorded, deleted).
@@ -322,7 +325,7 @@ mod tests {
 
     #[test]
     fn only_batches_of_upserts_naming_each_article_and_event_once_go_as_a_set() {
-        let set = |batch: &[DecodedEvent]| applies_as_a_set(batch.iter());
+        let set = |batch: &[DecodedEvent]| applies_as_a_set(&batch.iter().collect::<Vec<_>>());
         let (a, b) = (decoded("e1", "article.created", 1), decoded("e2", "article.updated", 2));
         assert!(set(&[a.clone(), b.clone()]));
         assert!(!set(std::slice::from_ref(&a)), "one event goes by itself");

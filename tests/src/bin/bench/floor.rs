@@ -4,7 +4,8 @@
 //!
 //! - **transactional**: records produced the relay's way — one Kafka transaction at a time, each
 //!   holding what arrived since the last one began, every acknowledgement awaited, then the
-//!   commit, alternating between two producers as the relay's lanes do — and read by a `read_committed` consumer with the sink's fetch settings;
+//!   commit, alternating between two producers as the relay's lanes do — and read by a
+//!   `read_committed` consumer with the sink's fetch settings;
 //! - **plain**: each record handed to an idempotent producer the moment it arrives, read
 //!   `read_uncommitted` (the broker's latency without transactions).
 //!
@@ -152,31 +153,21 @@ async fn produce(
             pending.push(send(producer, &topic, index, sent).await);
         }
         if mode == Mode::Transactional {
-            for delivery in pending.drain(..) {
-                delivery.await.context("delivery canceled")?.map_err(|(error, _)| error)?;
-            }
+            crate::measure::acknowledged(std::mem::take(&mut pending)).await?;
             let committing = producer.clone();
             tokio::task::spawn_blocking(move || committing.commit_transaction(Duration::from_secs(30))).await??;
         }
     }
-    for delivery in pending {
-        delivery.await.context("delivery canceled")?.map_err(|(error, _)| error)?;
-    }
-    Ok(())
+    crate::measure::acknowledged(pending).await
 }
 
-/// Hands one record to the producer, waiting while its queue is full.
+/// Hands record `index`, sent at `sent`, to the producer.
 async fn send(producer: &FutureProducer, topic: &str, index: usize, sent: u64) -> DeliveryFuture {
     let key = index.to_string();
     let mut payload = [0_u8; 16];
     payload[..8].copy_from_slice(&sent.to_be_bytes());
     payload[8..].copy_from_slice(&(index as u64).to_be_bytes());
-    loop {
-        match producer.send_result(FutureRecord::to(topic).key(&key).payload(&payload[..])) {
-            Ok(delivery) => return delivery,
-            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-        }
-    }
+    crate::measure::send_waiting(producer, FutureRecord::to(topic).key(&key).payload(&payload[..])).await
 }
 
 /// Reads the warm-up record (then says so on `warmed_up`) and `total` timed records; returns

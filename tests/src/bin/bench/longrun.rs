@@ -105,11 +105,6 @@ async fn sample(db2: &tokio_postgres::Client, sink: &e2e::ApiClient, started: In
     let row = db2
         .query_one("SELECT pg_database_size(current_database()), (SELECT count(*) FROM processed_events)", &[])
         .await?;
-    let metrics = sink.text("/metrics").await?;
-    let applied = metrics
-        .lines()
-        .filter(|line| line.starts_with("sink_events_applied_total"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let applied = e2e::metric(&sink.text("/metrics").await?, "sink_events_applied_total");
     Ok(Sample { at: started.elapsed().as_secs_f64(), db2_bytes: row.get(0), processed_rows: row.get(1), applied })
 }

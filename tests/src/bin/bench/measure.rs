@@ -120,3 +120,32 @@ pub(crate) fn round_phases(before: &str, after: &str) -> (String, serde_json::Va
         .join(", ");
     (text, serde_json::Value::Object(figures))
 }
+
+/// Hands `message` to `producer`, waiting while its queue is full (back-pressure, as the relay
+/// does); returns its delivery.
+pub(crate) async fn send_waiting<K, P>(
+    producer: &rdkafka::producer::FutureProducer,
+    mut message: rdkafka::producer::FutureRecord<'_, K, P>,
+) -> rdkafka::producer::DeliveryFuture
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send_result(message) {
+            Ok(delivery) => return delivery,
+            Err((_, returned)) => {
+                message = returned;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+/// Awaits every delivery, in order; the first failure is the error.
+pub(crate) async fn acknowledged(deliveries: Vec<rdkafka::producer::DeliveryFuture>) -> anyhow::Result<()> {
+    for delivery in deliveries {
+        delivery.await.map_err(|_| anyhow::anyhow!("delivery canceled"))?.map_err(|(error, _)| error)?;
+    }
+    Ok(())
+}

@@ -59,26 +59,25 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
     let without_headers = bare_produce(&stack.bootstrap_servers(), &backlog, false).await?;
     // What transactions cost the producer alone: the same records, one transaction per
     // RELAY_BATCH_ROWS records (the relay's default batch), one after the other, as the relay's
-    // rounds are; and one transaction per four batches.
+    // rounds are; and one transaction per LARGE_TRANSACTION_ROWS.
     let transactional = bare_produce_transactional(&stack.bootstrap_servers(), &backlog, RELAY_BATCH_ROWS).await?;
     let transactional_large =
-        bare_produce_transactional(&stack.bootstrap_servers(), &backlog, 4 * RELAY_BATCH_ROWS).await?;
+        bare_produce_transactional(&stack.bootstrap_servers(), &backlog, LARGE_TRANSACTION_ROWS).await?;
     let (ratio, ratio_without_headers) = (relay_rate / with_headers, relay_rate / without_headers);
     let ratio_transactional = relay_rate / transactional;
     let line = format!(
         "relay drain of {backlog_size} events: {relay_rate:>8.0}/s ({relay_time:.1?})   bare producer, same records: \
          {with_headers:>8.0}/s   ratio {ratio:.2}   (without headers: {without_headers:>8.0}/s, ratio {ratio_without_headers:.2})\n\
          bare transactional producer, same records: {RELAY_BATCH_ROWS} per transaction {transactional:>8.0}/s (relay's ratio to it \
-         {ratio_transactional:.2}), {} per transaction {transactional_large:>8.0}/s\n\
-         relay round phases, mean per round: {phases}",
-        4 * RELAY_BATCH_ROWS
+         {ratio_transactional:.2}), {LARGE_TRANSACTION_ROWS} per transaction {transactional_large:>8.0}/s\n\
+         relay round phases, mean per round: {phases}"
     );
     let figures = json!({"events": backlog_size, "relay_per_s": relay_rate, "bare_producer_per_s": with_headers,
         "ratio": ratio, "bare_producer_without_headers_per_s": without_headers,
         "ratio_without_headers": ratio_without_headers, "round_phases": phase_figures,
         "bare_transactional_per_s": transactional, "rows_per_transaction": RELAY_BATCH_ROWS,
         "ratio_transactional": ratio_transactional, "bare_transactional_large_per_s": transactional_large,
-        "rows_per_large_transaction": 4 * RELAY_BATCH_ROWS});
+        "rows_per_large_transaction": LARGE_TRANSACTION_ROWS});
     crate::report(results, "relay_drain", &line, figures);
     Ok(backlog_size)
 }
@@ -101,102 +100,78 @@ struct BacklogRecord {
     event_type: String,
 }
 
-/// Sends `backlog` to the topic `bench-bare` with an idempotent producer set up like the relay's
-/// (acks=all, linger 5 ms), all in flight at once; returns records acknowledged per second.
-async fn bare_produce(bootstrap_servers: &str, backlog: &[BacklogRecord], headers: bool) -> anyhow::Result<f64> {
-    let producer: FutureProducer = kafka_kit::client_config(bootstrap_servers)
+/// A producer set up like the relay's (idempotent, acks=all, linger 5 ms), transactional under
+/// `transactional_id` when one is given (its id registered with the broker).
+async fn bare_producer(bootstrap_servers: &str, transactional_id: Option<&str>) -> anyhow::Result<FutureProducer> {
+    let mut config = kafka_kit::client_config(bootstrap_servers);
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "200000")
-        .create()?;
+        .set("queue.buffering.max.messages", "200000");
+    if let Some(id) = transactional_id {
+        config.set("transactional.id", id);
+    }
+    let producer: FutureProducer = config.create()?;
+    if transactional_id.is_some() {
+        let registering = producer.clone();
+        tokio::task::spawn_blocking(move || registering.init_transactions(Duration::from_secs(30))).await??;
+    }
+    Ok(producer)
+}
+
+/// `record` as the relay sends it to `topic`: keyed, with the `event_id` and `event_type`
+/// headers unless `headers` is false.
+fn bare_record<'a>(topic: &'a str, record: &'a BacklogRecord, headers: bool) -> FutureRecord<'a, String, String> {
+    let message = FutureRecord::to(topic).key(&record.key).payload(&record.payload);
+    if !headers {
+        return message;
+    }
+    message.headers(
+        OwnedHeaders::new()
+            .insert(Header { key: kafka_kit::EVENT_ID_HEADER, value: Some(&record.event_id) })
+            .insert(Header { key: kafka_kit::EVENT_TYPE_HEADER, value: Some(&record.event_type) }),
+    )
+}
+
+/// Sends `backlog` to the topic `bench-bare` with [`bare_producer`], all in flight at once;
+/// returns records acknowledged per second.
+async fn bare_produce(bootstrap_servers: &str, backlog: &[BacklogRecord], headers: bool) -> anyhow::Result<f64> {
+    let producer = bare_producer(bootstrap_servers, None).await?;
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(backlog.len());
     for record in backlog {
-        let mut message = FutureRecord::to("bench-bare").key(&record.key).payload(&record.payload);
-        if headers {
-            message = message.headers(
-                OwnedHeaders::new()
-                    .insert(Header { key: kafka_kit::EVENT_ID_HEADER, value: Some(&record.event_id) })
-                    .insert(Header { key: kafka_kit::EVENT_TYPE_HEADER, value: Some(&record.event_type) }),
-            );
-        }
-        loop {
-            match producer.send_result(message) {
-                Ok(delivery) => {
-                    deliveries.push(delivery);
-                    break;
-                }
-                Err((_, returned)) => {
-                    message = returned;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
+        deliveries.push(crate::measure::send_waiting(&producer, bare_record("bench-bare", record, headers)).await);
     }
-    for delivery in futures_util_join(deliveries).await {
-        delivery.map_err(|_| anyhow::anyhow!("delivery canceled"))?.map_err(|(error, _)| error)?;
-    }
+    crate::measure::acknowledged(deliveries).await?;
     Ok(backlog.len() as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The relay's default batch (`RELAY_BATCH_SIZE`).
 const RELAY_BATCH_ROWS: usize = 5000;
+/// The larger transactions of the bare transactional producer: four relay batches.
+const LARGE_TRANSACTION_ROWS: usize = 4 * RELAY_BATCH_ROWS;
 
-/// Sends `backlog` to the topic `bench-bare-transactional` with a transactional producer set up
-/// like the relay's, `rows_per_transaction` records per transaction, each transaction's records
+/// Sends `backlog` to the topic `bench-bare-transactional` with a transactional
+/// [`bare_producer`], `rows_per_transaction` records per transaction, each transaction's records
 /// all acknowledged and committed before the next begins; returns records committed per second.
 async fn bare_produce_transactional(
     bootstrap_servers: &str,
     backlog: &[BacklogRecord],
     rows_per_transaction: usize,
 ) -> anyhow::Result<f64> {
-    let producer: FutureProducer = kafka_kit::client_config(bootstrap_servers)
-        .set("transactional.id", format!("bench-bare-{rows_per_transaction}"))
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "200000")
-        .create()?;
-    let registering = producer.clone();
-    tokio::task::spawn_blocking(move || registering.init_transactions(Duration::from_secs(30))).await??;
+    let producer = bare_producer(bootstrap_servers, Some(&format!("bench-bare-{rows_per_transaction}"))).await?;
     let started = Instant::now();
     for chunk in backlog.chunks(rows_per_transaction) {
         producer.begin_transaction()?;
         let mut deliveries = Vec::with_capacity(chunk.len());
         for record in chunk {
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: kafka_kit::EVENT_ID_HEADER, value: Some(&record.event_id) })
-                .insert(Header { key: kafka_kit::EVENT_TYPE_HEADER, value: Some(&record.event_type) });
-            let mut message =
-                FutureRecord::to("bench-bare-transactional").key(&record.key).payload(&record.payload).headers(headers);
-            loop {
-                match producer.send_result(message) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((_, returned)) => {
-                        message = returned;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                }
-            }
+            let message = bare_record("bench-bare-transactional", record, true);
+            deliveries.push(crate::measure::send_waiting(&producer, message).await);
         }
-        for delivery in futures_util_join(deliveries).await {
-            delivery.map_err(|_| anyhow::anyhow!("delivery canceled"))?.map_err(|(error, _)| error)?;
-        }
+        crate::measure::acknowledged(deliveries).await?;
         let committing = producer.clone();
         tokio::task::spawn_blocking(move || committing.commit_transaction(Duration::from_secs(30))).await??;
     }
     Ok(backlog.len() as f64 / started.elapsed().as_secs_f64())
-}
-
-/// Awaits every delivery, in order.
-async fn futures_util_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut outputs = Vec::with_capacity(futures.len());
-    for future in futures {
-        outputs.push(future.await);
-    }
-    outputs
 }

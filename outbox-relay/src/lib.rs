@@ -19,6 +19,8 @@ mod settle;
 pub mod startup;
 mod topic;
 
+pub use relay::{LANES, SHARDS};
+
 /// What the relay applies to DB1: the outbox contract's set (the outbox and the relay's own
 /// tables), never a service's tables.
 pub const MIGRATIONS: &[service_kit::db::MigrationSet] = &[service_kit::db::MigrationSet {

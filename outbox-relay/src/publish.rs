@@ -29,6 +29,8 @@ pub(crate) struct ProducerSettings {
     pub(crate) linger: Duration,
     /// The largest record the producer sends (`message.max.bytes`).
     pub(crate) max_record_bytes: usize,
+    /// How records' keys map to partitions (the relay places each record itself).
+    pub(crate) partitioner: kafka_kit::Partitioner,
 }
 
 impl ProducerSettings {
@@ -113,10 +115,12 @@ pub(crate) fn record_headers(
     headers
 }
 
-/// Hands one record to the producer, waiting while its queue is full (back-pressure, not failure).
+/// Hands one record for `partition` to the producer, waiting while its queue is full
+/// (back-pressure, not failure).
 pub(crate) async fn send(
     producer: &FutureProducer,
     topic: &str,
+    partition: i32,
     row: &OutboxRow,
     headers: &[(String, String)],
 ) -> Result<DeliveryFuture, KafkaError> {
@@ -125,7 +129,8 @@ pub(crate) async fn send(
         for (name, value) in headers {
             owned = owned.insert(Header { key: name, value: Some(value.as_str()) });
         }
-        let record = FutureRecord::to(topic).key(&row.aggregate_id).payload(&row.payload).headers(owned);
+        let record =
+            FutureRecord::to(topic).partition(partition).key(&row.aggregate_id).payload(&row.payload).headers(owned);
         match producer.send_result(record) {
             Ok(delivery) => return Ok(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -308,6 +313,7 @@ mod tests {
             delivery_timeout: Duration::from_secs(7),
             linger: Duration::from_millis(3),
             max_record_bytes: 2_000_000,
+            partitioner: kafka_kit::Partitioner::Crc32,
         };
         let config = producer_config(&settings, "outbox-relay-x");
         assert_eq!(config.get("transactional.id"), Some("outbox-relay-x"));

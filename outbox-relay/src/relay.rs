@@ -7,9 +7,9 @@
 //! leader's producer; then, before publishing anything and again after any error, it
 //! **reconciles**: it reads every partition back from its checkpoint to its end and settles the
 //! outbox rows whose `event_id` it finds there, without republishing them. Then it loops: read the
-//! oldest rows in id order, send them in one Kafka transaction (each to its row's topic, keyed by
-//! the row's aggregate id),
-//! wait for every acknowledgement, commit, and **settle** — delete the acknowledged rows and move
+//! oldest rows in id order, send them (each to its row's topic, keyed by the row's aggregate id)
+//! in one Kafka transaction per shard of partitions the batch touches (see [`SHARDS`]), wait for
+//! every acknowledgement, commit those transactions, and **settle** — delete the acknowledged rows and move
 //! each partition's checkpoint past them, in one DB1 transaction fenced by the leader epoch. The
 //! rounds overlap (see `Relay::publish_batch`): the next batch is read while one commits, and a
 //! committed batch is settled while the next is produced; the transactions themselves never do.
@@ -21,6 +21,7 @@
 //! refuses for what they are go to the dead letters instead of blocking the outbox. The
 //! assumptions are spelled out in docs/guarantees.md.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,32 +97,63 @@ impl RelaySettings {
     }
 }
 
-/// How many transactional producers a session alternates between. The broker answers a producer
+/// How many transactions one round runs side by side. Partition `p` belongs to shard
+/// `p % SHARDS`, and each shard has producers of its own: a round opens one transaction per shard
+/// its batch touches, on that shard's partitions only, and commits them all before the next round
+/// sends anything. librdkafka sends one produce request per partition, and a broker answers the
+/// requests of one connection one at a time, each transaction's first request to a partition
+/// verified with the transaction coordinator first (Apache Kafka's defence against hanging
+/// transactions, for clients of transactions V1 such as librdkafka): a single transaction over
+/// six partitions queues six verified round trips, three transactions on their own connections
+/// queue two each, side by side (docs/performance.md). Each partition still has one writer at a
+/// time and its records are committed in the order of the rounds, so per-aggregate order and the
+/// checkpoints hold exactly as with one transaction per round.
+///
+/// Fixed, not configured: every relay of an outbox must register the same transactional ids, so
+/// that a new leader fences each of its predecessor's producers.
+pub const SHARDS: usize = 3;
+
+/// How many transactional producers each shard alternates between. The broker answers a producer
 /// that starts its next transaction while its last commit is still being completed (the markers
 /// written) with `CONCURRENT_TRANSACTIONS`, and librdkafka retries after a fixed 20 ms; rounds
 /// following one another back to back hit that every other time (docs/performance.md). With two
-/// lanes, a round's producer last committed a whole round earlier. Kafka transactions still run
-/// one after the other: a batch is committed before the next one's records are sent.
-const LANES: usize = 2;
+/// lanes, a round's producer last committed a whole round earlier.
+pub const LANES: usize = 2;
 
-/// The transactional id of `lane`: the outbox's own for lane 0, so that a relay of an older
-/// version (one lane) and this one fence each other.
-fn lane_transactional_id(transactional_id: &str, lane: usize) -> String {
-    if lane == 0 { transactional_id.to_owned() } else { format!("{transactional_id}.{lane}") }
+/// The transactional id of producer `index` (shard × [`LANES`] + lane): the outbox's own for
+/// producer 0, then `<id>.<index>`, so that a relay of an older version (one shard of one or two
+/// lanes) and this one fence each other.
+fn producer_transactional_id(transactional_id: &str, index: usize) -> String {
+    if index == 0 { transactional_id.to_owned() } else { format!("{transactional_id}.{index}") }
 }
 
-/// The producer session of one leadership: its producers (one per lane) and transactional id.
-struct Session {
+/// The shard of `partition`.
+fn shard_of(partition: i32) -> usize {
+    usize::try_from(partition).unwrap_or(0) % SHARDS
+}
+
+/// The producers of one shard, and the lane of its next transaction.
+struct Shard {
     producers: Vec<FutureProducer>,
-    transactional_id: String,
-    /// The lane of the next round.
     next: usize,
 }
 
-impl Session {
-    /// The producer of the next round.
+impl Shard {
+    /// The producer of the shard's next transaction.
     fn producer(&self) -> &FutureProducer {
         &self.producers[self.next]
+    }
+}
+
+/// The producer session of one leadership: its shards' producers and the outbox's transactional id.
+struct Session {
+    shards: Vec<Shard>,
+    transactional_id: String,
+}
+
+impl Session {
+    fn producers(&self) -> impl Iterator<Item = &FutureProducer> {
+        self.shards.iter().flat_map(|shard| &shard.producers)
     }
 }
 
@@ -326,20 +358,21 @@ impl Relay {
     /// A new producer session: the broker fences every earlier producer of this outbox.
     async fn start_session(&mut self, transactional_id: &str) -> Result<(), RelayError> {
         let started = Instant::now();
-        // Each lane registers its id with the broker, side by side: every earlier producer of each
-        // is fenced.
-        let registrations = (0..LANES).map(|lane| {
-            let (settings, id) = (self.settings.producer.clone(), lane_transactional_id(transactional_id, lane));
+        // Each producer registers its id with the broker, side by side: every earlier producer of
+        // each is fenced.
+        let registrations = (0..SHARDS * LANES).map(|index| {
+            let (settings, id) = (self.settings.producer.clone(), producer_transactional_id(transactional_id, index));
             tokio::task::spawn_blocking(move || crate::publish::start_session(&settings, &id))
         });
-        let mut producers = Vec::with_capacity(LANES);
+        let mut producers = Vec::with_capacity(SHARDS * LANES);
         for registered in futures_util::future::join_all(registrations).await {
             producers.push(registered?.map_err(RelayError::Session)?);
         }
-        tracing::info!(transactional_id, lanes = LANES, elapsed = ?started.elapsed(), "producer session started; earlier producers of this outbox are fenced");
+        let shards = producers.chunks(LANES).map(|lanes| Shard { producers: lanes.to_vec(), next: 0 }).collect();
+        tracing::info!(transactional_id, shards = SHARDS, lanes = LANES, elapsed = ?started.elapsed(), "producer session started; earlier producers of this outbox are fenced");
         self.prepared.clear();
         self.prepare_topic(&self.settings.topic.clone()).await;
-        self.session = Some(Session { producers, transactional_id: transactional_id.to_owned(), next: 0 });
+        self.session = Some(Session { shards, transactional_id: transactional_id.to_owned() });
         Ok(())
     }
 
@@ -364,7 +397,7 @@ impl Relay {
     /// epoch bump, which not every broker implements), and nothing of it becomes visible.
     fn end_session(&mut self) {
         if let Some(session) = self.session.take() {
-            for producer in &session.producers {
+            for producer in session.producers() {
                 producer.purge(PurgeConfig::default().queue().inflight());
             }
             tracing::debug!(transactional_id = %session.transactional_id, "producer session ended");
@@ -477,11 +510,13 @@ impl Relay {
             return Ok(Outcome::Empty);
         }
         let mut phase = phase.lap("fetch");
+        // The producer of each shard's next transaction; a shard's transaction begins with the
+        // batch's first record on its partitions.
         let Some(session) = &self.session else {
             return Err(RelayError::NoSession);
         };
-        let producer = session.producer().clone();
-        producer.begin_transaction().map_err(RelayError::Session)?;
+        let next_producers: Vec<FutureProducer> = session.shards.iter().map(|shard| shard.producer().clone()).collect();
+        let mut open: Vec<Option<FutureProducer>> = vec![None; SHARDS];
         // A full batch means a backlog: read the next one while this one is produced, too. (A
         // partial one reads ahead only once acknowledged, so as to take the rows written meanwhile.)
         if rows.len() as i64 >= self.settings.batch_size && !alone {
@@ -498,6 +533,8 @@ impl Relay {
         for topic in &unprepared {
             self.prepare_topic(topic).await;
         }
+        let partitions = self.partition_counts(&rows).await?;
+        let partitioner = self.settings.producer.partitioner;
         let cloudevents = self.settings.cloudevents.clone();
         let mut deliveries = Vec::with_capacity(rows.len());
         let mut sent = Vec::with_capacity(rows.len());
@@ -513,6 +550,16 @@ impl Relay {
                 continue;
             }
             let topic = row.topic.as_deref().unwrap_or(&default_topic);
+            let partition = partitioner.partition(row.aggregate_id.as_bytes(), partitions[topic]);
+            let shard = shard_of(partition);
+            let producer = match &mut open[shard] {
+                Some(producer) => producer,
+                opening @ None => {
+                    let producer = next_producers[shard].clone();
+                    producer.begin_transaction().map_err(RelayError::Session)?;
+                    opening.insert(producer)
+                }
+            };
             let span = crate::publish::publish_span(topic, row);
             span.in_scope(|| {
                 tracing::info!(
@@ -530,7 +577,7 @@ impl Relay {
                 trace_headers.clone_from(&row.trace_context);
             }
             let headers = crate::publish::record_headers(row, epoch, &trace_headers, cloudevents.as_ref());
-            match crate::publish::send(&producer, topic, row, &headers).await {
+            match crate::publish::send(producer, topic, partition, row, &headers).await {
                 Ok(delivery) => {
                     deliveries.push(delivery);
                     sent.push((row, topic, span));
@@ -587,12 +634,14 @@ impl Relay {
         if refused.is_empty() && !alone && self.read_ahead.is_none() {
             self.read_ahead_past(&rows);
         }
-        // Every record is acknowledged by now: the commit has nothing left to flush (rdkafka's
+        // Every record is acknowledged by now: the commits have nothing left to flush (rdkafka's
         // flush before a commit waits up to 100 ms for an event otherwise).
-        self.commit(&producer).await?;
+        self.commit(open.iter().flatten()).await?;
         phase = phase.lap("commit");
         if let Some(session) = &mut self.session {
-            session.next = (session.next + 1) % LANES;
+            for (shard, _) in open.iter().enumerate().filter(|(_, producer)| producer.is_some()) {
+                session.shards[shard].next = (session.shards[shard].next + 1) % LANES;
+            }
         }
         crate::failpoint::hit(crate::failpoint::AFTER_COMMIT);
         for (row, _, _) in &sent {
@@ -715,19 +764,54 @@ impl Relay {
         Ok(())
     }
 
-    /// Commits the batch's transaction. A commit that fails may still have happened at the broker:
-    /// the rows then stay, and the next read-back finds their records and settles them.
-    async fn commit(&self, producer: &FutureProducer) -> Result<(), RelayError> {
-        let committing = producer.clone();
+    /// Commits the batch's transactions, side by side. A commit that fails may still have happened
+    /// at the broker, and the others may have: the rows then stay, and the next read-back finds the
+    /// records committed and settles their rows.
+    async fn commit(&self, producers: impl Iterator<Item = &FutureProducer>) -> Result<(), RelayError> {
         let timeout = self.settings.producer.delivery_timeout;
-        tokio::task::spawn_blocking(move || committing.commit_transaction(timeout)).await?.map_err(RelayError::Commit)
+        let commits = producers.map(|producer| {
+            let committing = producer.clone();
+            tokio::task::spawn_blocking(move || committing.commit_transaction(timeout))
+        });
+        for committed in futures_util::future::join_all(commits).await {
+            committed?.map_err(RelayError::Commit)?;
+        }
+        Ok(())
+    }
+
+    /// The partition count of every topic `rows` go to, as last seen, or read from the broker for
+    /// a topic not seen yet (records are placed on partitions by the relay, see [`SHARDS`]).
+    async fn partition_counts(&mut self, rows: &[OutboxRow]) -> Result<HashMap<String, usize>, RelayError> {
+        let topics: std::collections::BTreeSet<&str> =
+            rows.iter().map(|row| row.topic.as_deref().unwrap_or(&self.settings.topic)).collect();
+        let mut counts = HashMap::with_capacity(topics.len());
+        for topic in topics {
+            let count = match self.partitions.get(topic) {
+                Some(&count) => count,
+                None => {
+                    let (metadata, name) = (self.metadata.clone(), topic.to_owned());
+                    let count = tokio::task::spawn_blocking(move || metadata.partition_count(&name))
+                        .await?
+                        .map_err(|source| RelayError::Partitions { topic: topic.to_owned(), source })?;
+                    if count == 0 {
+                        return Err(RelayError::NoPartitions { topic: topic.to_owned() });
+                    }
+                    count
+                }
+            };
+            counts.insert(topic.to_owned(), count);
+        }
+        for (topic, &count) in &counts {
+            self.saw_partitions(topic, count);
+        }
+        Ok(counts)
     }
 
     /// Whether `error` ends the producer session: any producer or transaction error does (a new
     /// session starts clean, and its registration aborts whatever this one left open).
     fn session_ended(&self, error: &RelayError) -> bool {
         if let Some(session) = &self.session
-            && let Some((code, reason)) = session.producers.iter().find_map(|producer| producer.client().fatal_error())
+            && let Some((code, reason)) = session.producers().find_map(|producer| producer.client().fatal_error())
         {
             tracing::error!(?code, %reason, "fatal producer error");
             return true;

@@ -35,12 +35,17 @@ impl Application {
     pub async fn build(config: RelayConfig) -> anyhow::Result<Self> {
         let sessions = relay_sessions(&config.database_url);
         let pool = service_kit::db::pool(&sessions, config.db_pool_size).context("cannot create the DB1 pool")?;
+        // The relay places each record on its partition itself, as the operator's partitioner would.
+        let producer_properties = kafka_kit::configured(&rdkafka::ClientConfig::new(), kafka_kit::Role::Producer)
+            .context("invalid Kafka settings")?;
+        let partitioner = kafka_kit::Partitioner::of(&producer_properties).context("invalid Kafka settings")?;
         let settings = RelaySettings {
             producer: ProducerSettings {
                 bootstrap_servers: config.kafka_bootstrap_servers.clone(),
                 delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
                 linger: Duration::from_millis(config.linger_ms.into()),
                 max_record_bytes: config.message_max_bytes,
+                partitioner,
             },
             topic: config.kafka_topic.clone(),
             cloudevents: (config.cloudevents == crate::cloudevents::Mode::Binary).then(|| {

@@ -9,9 +9,11 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers, Message};
 
+pub mod partitioner;
 pub mod probe;
 pub mod settings;
 
+pub use partitioner::Partitioner;
 pub use settings::{Role, configured};
 
 /// Header carrying the outbox row's event id.

@@ -47,6 +47,11 @@ impl ProducerSettings {
 pub(crate) fn start_session(settings: &ProducerSettings, transactional_id: &str) -> Result<FutureProducer, KafkaError> {
     let producer: FutureProducer =
         kafka_kit::configured(&producer_config(settings, transactional_id), kafka_kit::Role::Producer)?.create()?;
+    // Registration asks a connected broker for the transaction coordinator; called before the
+    // first connection is up, librdkafka retries only on a 500 ms timer, which a session of six
+    // producers started side by side hit about every other time (docs/performance.md). The
+    // cluster id arrives with the first metadata, once a broker is up.
+    let _ = producer.client().fetch_cluster_id(settings.delivery_timeout);
     producer.init_transactions(settings.delivery_timeout * 3)?;
     Ok(producer)
 }

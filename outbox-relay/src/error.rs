@@ -27,14 +27,6 @@ pub(crate) enum RelayError {
     },
     #[error("cannot commit the batch's transaction")]
     Commit(#[source] KafkaError),
-    #[error("cannot read the partition count of topic {topic}")]
-    Partitions {
-        topic: String,
-        #[source]
-        source: kafka_kit::probe::ProbeError,
-    },
-    #[error("the broker reports no partitions for topic {topic}")]
-    NoPartitions { topic: String },
     #[error("the leader's lease lapsed")]
     LeaseLapsed,
     #[error("cannot settle published rows")]

@@ -120,12 +120,12 @@ pub(crate) fn record_headers(
     headers
 }
 
-/// Hands one record for `partition` to the producer, waiting while its queue is full
-/// (back-pressure, not failure).
+/// Hands one record for `partition` (`None`: the partitioner's choice) to the producer, waiting
+/// while its queue is full (back-pressure, not failure).
 pub(crate) async fn send(
     producer: &FutureProducer,
     topic: &str,
-    partition: i32,
+    partition: Option<i32>,
     row: &OutboxRow,
     headers: &[(String, String)],
 ) -> Result<DeliveryFuture, KafkaError> {
@@ -134,8 +134,8 @@ pub(crate) async fn send(
         for (name, value) in headers {
             owned = owned.insert(Header { key: name, value: Some(value.as_str()) });
         }
-        let record =
-            FutureRecord::to(topic).partition(partition).key(&row.aggregate_id).payload(&row.payload).headers(owned);
+        let mut record = FutureRecord::to(topic).key(&row.aggregate_id).payload(&row.payload).headers(owned);
+        record.partition = partition;
         match producer.send_result(record) {
             Ok(delivery) => return Ok(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

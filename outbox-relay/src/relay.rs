@@ -523,17 +523,18 @@ impl Relay {
             self.read_ahead_past(&rows);
         }
         let default_topic = self.settings.topic.clone();
-        // The default topic was prepared with the session; only topics rows name may be new.
+        // Topics not prepared in this session yet, or whose partition count was unknown (the
+        // broker was down when the session prepared them, say).
         let unprepared: std::collections::BTreeSet<String> = rows
             .iter()
-            .filter_map(|row| row.topic.as_deref())
+            .map(|row| row.topic.as_deref().unwrap_or(&default_topic))
             .filter(|topic| !self.prepared.contains(*topic))
             .map(str::to_owned)
             .collect();
         for topic in &unprepared {
             self.prepare_topic(topic).await;
         }
-        let partitions = self.partition_counts(&rows).await?;
+        let partitions = self.partition_counts(&rows).await;
         let partitioner = self.settings.producer.partitioner;
         let cloudevents = self.settings.cloudevents.clone();
         let mut deliveries = Vec::with_capacity(rows.len());
@@ -550,8 +551,11 @@ impl Relay {
                 continue;
             }
             let topic = row.topic.as_deref().unwrap_or(&default_topic);
-            let partition = partitioner.partition(row.aggregate_id.as_bytes(), partitions[topic]);
-            let shard = shard_of(partition);
+            // Without every partition count (a broker just restarted, a topic not yet known),
+            // the round is one transaction, as before the shards, and librdkafka places records.
+            let partition =
+                partitions.as_ref().map(|counts| partitioner.partition(row.aggregate_id.as_bytes(), counts[topic]));
+            let shard = partition.map_or(0, shard_of);
             let producer = match &mut open[shard] {
                 Some(producer) => producer,
                 opening @ None => {
@@ -780,8 +784,9 @@ impl Relay {
     }
 
     /// The partition count of every topic `rows` go to, as last seen, or read from the broker for
-    /// a topic not seen yet (records are placed on partitions by the relay, see [`SHARDS`]).
-    async fn partition_counts(&mut self, rows: &[OutboxRow]) -> Result<HashMap<String, usize>, RelayError> {
+    /// a topic not seen yet (records are placed on partitions by the relay, see [`SHARDS`]); `None`
+    /// when one cannot be known now.
+    async fn partition_counts(&mut self, rows: &[OutboxRow]) -> Option<HashMap<String, usize>> {
         let topics: std::collections::BTreeSet<&str> =
             rows.iter().map(|row| row.topic.as_deref().unwrap_or(&self.settings.topic)).collect();
         let mut counts = HashMap::with_capacity(topics.len());
@@ -790,13 +795,15 @@ impl Relay {
                 Some(&count) => count,
                 None => {
                     let (metadata, name) = (self.metadata.clone(), topic.to_owned());
-                    let count = tokio::task::spawn_blocking(move || metadata.partition_count(&name))
-                        .await?
-                        .map_err(|source| RelayError::Partitions { topic: topic.to_owned(), source })?;
-                    if count == 0 {
-                        return Err(RelayError::NoPartitions { topic: topic.to_owned() });
+                    match tokio::task::spawn_blocking(move || metadata.partition_count(&name)).await {
+                        Ok(Ok(count)) if count > 0 => count,
+                        answer => {
+                            // Prepared again next round: created as asked if it is still missing.
+                            self.prepared.remove(topic);
+                            tracing::debug!(topic, ?answer, "partition count unknown; this round is one transaction");
+                            return None;
+                        }
                     }
-                    count
                 }
             };
             counts.insert(topic.to_owned(), count);
@@ -804,7 +811,7 @@ impl Relay {
         for (topic, &count) in &counts {
             self.saw_partitions(topic, count);
         }
-        Ok(counts)
+        Some(counts)
     }
 
     /// Whether `error` ends the producer session: any producer or transaction error does (a new

@@ -322,5 +322,17 @@ async fn guarantee_critical_kafka_properties_are_refused_at_start() -> anyhow::R
             "{said}"
         );
     }
+    // The relay places records on partitions itself: a partitioner that keeps no key on one
+    // partition is refused, naming it and the ones that work.
+    let output = tokio::process::Command::new(e2e::process::binary("outbox-relay")?)
+        .env("RDKAFKA_PRODUCER_PARTITIONER", "random")
+        .env("DATABASE_URL", "postgres://u@127.0.0.1:1/db")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{}", e2e::free_port()))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .await?;
+    let said = text(&output);
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains("partitioner \"random\" is not supported") && said.contains("murmur2_random"), "{said}");
     Ok(())
 }

@@ -308,15 +308,7 @@ async fn guarantee_critical_kafka_properties_are_refused_at_start() -> anyhow::R
         ("replica-sink", "RDKAFKA_ENABLE_AUTO_OFFSET_STORE", "enable.auto.offset.store", "REPLICA_DATABASE_URL"),
     ];
     for (binary, variable, property, database) in cases {
-        let output = tokio::process::Command::new(e2e::process::binary(binary)?)
-            .env(variable, "false")
-            .env(database, "postgres://u@127.0.0.1:1/db")
-            .env("LISTEN_ADDR", format!("127.0.0.1:{}", e2e::free_port()))
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .await?;
-        let said = text(&output);
-        assert!(!output.status.success(), "{binary} with {variable}: {said}");
+        let said = refused_at_start(binary, (variable, "false"), database).await?;
         assert!(
             said.contains(&format!("{variable} sets {property}, which the pipeline's guarantees depend on")),
             "{said}"
@@ -324,15 +316,22 @@ async fn guarantee_critical_kafka_properties_are_refused_at_start() -> anyhow::R
     }
     // The relay places records on partitions itself: a partitioner that keeps no key on one
     // partition is refused, naming it and the ones that work.
-    let output = tokio::process::Command::new(e2e::process::binary("outbox-relay")?)
-        .env("RDKAFKA_PRODUCER_PARTITIONER", "random")
-        .env("DATABASE_URL", "postgres://u@127.0.0.1:1/db")
+    let said = refused_at_start("outbox-relay", ("RDKAFKA_PRODUCER_PARTITIONER", "random"), "DATABASE_URL").await?;
+    assert!(said.contains("partitioner \"random\" is not supported") && said.contains("murmur2_random"), "{said}");
+    Ok(())
+}
+
+/// Starts `binary` with `setting` (its database variable `database` pointing nowhere), checks
+/// that it exits with an error and returns what it said.
+async fn refused_at_start(binary: &str, setting: (&str, &str), database: &str) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(e2e::process::binary(binary)?)
+        .env(setting.0, setting.1)
+        .env(database, "postgres://u@127.0.0.1:1/db")
         .env("LISTEN_ADDR", format!("127.0.0.1:{}", e2e::free_port()))
         .env("RUST_BACKTRACE", "0")
         .output()
         .await?;
     let said = text(&output);
-    assert!(!output.status.success(), "{said}");
-    assert!(said.contains("partitioner \"random\" is not supported") && said.contains("murmur2_random"), "{said}");
-    Ok(())
+    anyhow::ensure!(!output.status.success(), "{binary} with {}={} started: {said}", setting.0, setting.1);
+    Ok(said)
 }

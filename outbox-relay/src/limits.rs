@@ -27,10 +27,11 @@ pub(crate) fn compare(topic_limit: usize, relay_limit: usize) -> Agreement {
     }
 }
 
-/// Reads `topic`'s `max.message.bytes` and says how it compares with `relay_limit`. Never fails
-/// the relay: a broker that cannot describe configurations, or a topic not created yet, is logged.
-pub(crate) async fn check_topic(bootstrap_servers: &str, topic: &str, relay_limit: usize) {
-    match topic_limit(bootstrap_servers, topic).await {
+/// Says how `topic`'s `max.message.bytes`, as [`topic_limit`] read it, compares with
+/// `relay_limit`. Never fails the relay: a broker that cannot describe configurations, or a topic
+/// not created yet, is logged.
+pub(crate) fn report(topic: &str, read: Result<Option<usize>, rdkafka::error::KafkaError>, relay_limit: usize) {
+    match read {
         Ok(Some(topic_limit)) => match compare(topic_limit, relay_limit) {
             Agreement::Agrees { topic_limit } => {
                 tracing::info!(topic, topic_limit, relay_limit, "the topic accepts every record the relay may send");
@@ -49,7 +50,11 @@ pub(crate) async fn check_topic(bootstrap_servers: &str, topic: &str, relay_limi
     }
 }
 
-async fn topic_limit(bootstrap_servers: &str, topic: &str) -> Result<Option<usize>, rdkafka::error::KafkaError> {
+/// Reads `topic`'s `max.message.bytes` (`None` when the broker does not say it).
+pub(crate) async fn topic_limit(
+    bootstrap_servers: &str,
+    topic: &str,
+) -> Result<Option<usize>, rdkafka::error::KafkaError> {
     let admin: AdminClient<DefaultClientContext> =
         kafka_kit::configured(&kafka_kit::client_config(bootstrap_servers), kafka_kit::Role::Consumer)?.create()?;
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));

@@ -41,10 +41,14 @@ impl ProducerSettings {
     }
 }
 
-/// Creates the transactional producer of a new producer session, and registers its
-/// `transactional_id` with the broker, which fences every earlier producer of that id (aborting
-/// its open transaction). Blocks: call from `spawn_blocking`.
-pub(crate) fn start_session(settings: &ProducerSettings, transactional_id: &str) -> Result<FutureProducer, KafkaError> {
+/// Creates the transactional producer of `transactional_id` and waits for its first broker
+/// connection, without registering the id: librdkafka asks for a producer id only in
+/// `init_transactions`, so nothing is fenced yet and a standby may hold such producers while it
+/// waits for the lead ([`register`] is what fences). Blocks: call from `spawn_blocking`.
+pub(crate) fn connect_producer(
+    settings: &ProducerSettings,
+    transactional_id: &str,
+) -> Result<FutureProducer, KafkaError> {
     let producer: FutureProducer =
         kafka_kit::configured(&producer_config(settings, transactional_id), kafka_kit::Role::Producer)?.create()?;
     // Registration asks a connected broker for the transaction coordinator; called before the
@@ -52,8 +56,13 @@ pub(crate) fn start_session(settings: &ProducerSettings, transactional_id: &str)
     // producers started side by side hit about every other time (docs/performance.md). The
     // cluster id arrives with the first metadata, once a broker is up.
     let _ = producer.client().fetch_cluster_id(settings.delivery_timeout);
-    producer.init_transactions(settings.delivery_timeout * 3)?;
     Ok(producer)
+}
+
+/// Registers the producer's `transactional_id` with the broker, which fences every earlier
+/// producer of that id (aborting its open transaction). Blocks: call from `spawn_blocking`.
+pub(crate) fn register(settings: &ProducerSettings, producer: &FutureProducer) -> Result<(), KafkaError> {
+    producer.init_transactions(settings.delivery_timeout * 3)
 }
 
 fn producer_config(settings: &ProducerSettings, transactional_id: &str) -> rdkafka::ClientConfig {

@@ -157,6 +157,70 @@ impl Session {
     }
 }
 
+/// The producers of a session to come, connected to the broker but not registered: holding them
+/// fences nobody (see [`crate::publish::connect_producer`]).
+struct Connected {
+    transactional_id: String,
+    producers: Vec<FutureProducer>,
+}
+
+/// Connected in the background while this relay stands by, so that taking over costs only the
+/// registration.
+type ConnectingAhead = tokio::task::JoinHandle<Result<Connected, RelayError>>;
+
+/// A session's producers, connected side by side.
+async fn connect_producers(
+    settings: &ProducerSettings,
+    transactional_id: &str,
+) -> Result<Vec<FutureProducer>, RelayError> {
+    let connecting = (0..SHARDS * LANES).map(|index| {
+        let (settings, id) = (settings.clone(), producer_transactional_id(transactional_id, index));
+        tokio::task::spawn_blocking(move || crate::publish::connect_producer(&settings, &id))
+    });
+    let mut producers = Vec::with_capacity(SHARDS * LANES);
+    for connected in futures_util::future::join_all(connecting).await {
+        producers.push(connected?.map_err(RelayError::Session)?);
+    }
+    Ok(producers)
+}
+
+/// A new producer session: its producers (those connected ahead when they were connected under
+/// this transactional id) register side by side, and the broker fences every earlier producer of
+/// each id.
+async fn register_session(
+    settings: ProducerSettings,
+    transactional_id: String,
+    ahead: Option<ConnectingAhead>,
+) -> Result<Session, RelayError> {
+    let started = Instant::now();
+    let ahead = match ahead {
+        Some(connecting) => match connecting.await {
+            Ok(Ok(connected)) if connected.transactional_id == transactional_id => Some(connected.producers),
+            answer => {
+                let answer = answer.map(|connected| connected.map(|connected| connected.transactional_id));
+                tracing::debug!(?answer, "the producers connected ahead are not this session's; connecting afresh");
+                None
+            }
+        },
+        None => None,
+    };
+    let connected_ahead = ahead.is_some();
+    let producers = match ahead {
+        Some(producers) => producers,
+        None => connect_producers(&settings, &transactional_id).await?,
+    };
+    let registrations = producers.iter().map(|producer| {
+        let (settings, producer) = (settings.clone(), producer.clone());
+        tokio::task::spawn_blocking(move || crate::publish::register(&settings, &producer))
+    });
+    for registered in futures_util::future::join_all(registrations).await {
+        registered?.map_err(RelayError::Session)?;
+    }
+    let shards = producers.chunks(LANES).map(|lanes| Shard { producers: lanes.to_vec(), next: 0 }).collect();
+    tracing::info!(%transactional_id, shards = SHARDS, lanes = LANES, connected_ahead, elapsed = ?started.elapsed(), "producer session started; earlier producers of this outbox are fenced");
+    Ok(Session { shards, transactional_id })
+}
+
 pub(crate) struct Relay {
     pool: Pool,
     database_url: DatabaseUrl,
@@ -164,6 +228,8 @@ pub(crate) struct Relay {
     metrics: RelayMetrics,
     wake: Arc<Notify>,
     session: Option<Session>,
+    /// The next session's producers, connected while standing by.
+    connecting_ahead: Option<ConnectingAhead>,
     /// Outbox ids whose records the broker refused inside a batch (a refusal covers a whole
     /// produce request, so some may be innocent): the next rounds publish the rows before the
     /// first suspect as a batch, then that suspect alone, which settles or dead-letters it.
@@ -202,6 +268,7 @@ impl Relay {
             metrics,
             wake: Arc::new(Notify::new()),
             session: None,
+            connecting_ahead: None,
             suspects: Default::default(),
             metadata,
             partitions: Default::default(),
@@ -221,6 +288,9 @@ impl Relay {
         let bound = self.settings.delivery_bound();
         while !shutdown.is_cancelled() {
             self.metrics.leader.set(0);
+            if self.connecting_ahead.is_none() {
+                self.connecting_ahead = Some(self.connect_ahead());
+            }
             let Some(leadership) =
                 Leadership::acquire(&self.database_url, &self.settings.instance, bound, &shutdown).await
             else {
@@ -266,6 +336,9 @@ impl Relay {
                 () = shutdown.cancelled() => return Ended::Unclean,
             }
         }
+        // Nothing of the predecessor can land any more: the first read-back need not wait for
+        // this leader's producers to fence it.
+        let mut clean_handover = wait.is_none();
         // Clean only if the last round ended well: a failed one may have left records on the wire.
         let mut ended = Ended::Clean;
         let mut reconciled = false;
@@ -277,7 +350,7 @@ impl Relay {
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             };
             let result = tokio::select! {
-                result = self.round(leadership, reconciled) => result,
+                result = self.round(leadership, reconciled, clean_handover) => result,
                 () = lost.cancelled() => {
                     tracing::error!(epoch, "leader lock lost; stopping production at once");
                     return Ended::Unclean;
@@ -287,6 +360,7 @@ impl Relay {
                     return Ended::Unclean;
                 }
             };
+            clean_handover = false;
             if backlog_refreshed.elapsed() >= BACKLOG_REFRESH {
                 self.refresh_backlog().await;
                 self.watch_partitions().await;
@@ -344,36 +418,54 @@ impl Relay {
     }
 
     /// Starts a producer session if there is none, reconciles if needed, then publishes one batch.
-    async fn round(&mut self, leadership: &Leadership, reconciled: bool) -> Result<Outcome, RelayError> {
+    /// The read-back follows the fencing, so that nothing of a deposed producer can land after
+    /// it — except after a `clean_handover`, where it runs while the producers register.
+    async fn round(
+        &mut self,
+        leadership: &Leadership,
+        reconciled: bool,
+        clean_handover: bool,
+    ) -> Result<Outcome, RelayError> {
         let epoch = leadership.epoch.epoch;
         if self.session.is_none() {
-            self.start_session(&leadership.epoch.transactional_id).await?;
-        }
-        if !reconciled {
+            let registering = tokio::spawn(register_session(
+                self.settings.producer.clone(),
+                leadership.epoch.transactional_id.clone(),
+                self.connecting_ahead.take(),
+            ));
+            if clean_handover && !reconciled {
+                self.prepare_session_topics().await;
+                let read_back = self.reconcile(epoch).await;
+                self.session = Some(registering.await??);
+                read_back?;
+            } else {
+                self.session = Some(registering.await??);
+                self.prepare_session_topics().await;
+                if !reconciled {
+                    self.reconcile(epoch).await?;
+                }
+            }
+        } else if !reconciled {
             self.reconcile(epoch).await?;
         }
         self.publish_batch(epoch, leadership.lease()).await
     }
 
-    /// A new producer session: the broker fences every earlier producer of this outbox.
-    async fn start_session(&mut self, transactional_id: &str) -> Result<(), RelayError> {
-        let started = Instant::now();
-        // Each producer registers its id with the broker, side by side: every earlier producer of
-        // each is fenced.
-        let registrations = (0..SHARDS * LANES).map(|index| {
-            let (settings, id) = (self.settings.producer.clone(), producer_transactional_id(transactional_id, index));
-            tokio::task::spawn_blocking(move || crate::publish::start_session(&settings, &id))
-        });
-        let mut producers = Vec::with_capacity(SHARDS * LANES);
-        for registered in futures_util::future::join_all(registrations).await {
-            producers.push(registered?.map_err(RelayError::Session)?);
-        }
-        let shards = producers.chunks(LANES).map(|lanes| Shard { producers: lanes.to_vec(), next: 0 }).collect();
-        tracing::info!(transactional_id, shards = SHARDS, lanes = LANES, elapsed = ?started.elapsed(), "producer session started; earlier producers of this outbox are fenced");
+    /// Connects the next session's producers in the background (see [`Connected`]); a relay that
+    /// cannot read its transactional id yet connects them when it leads.
+    fn connect_ahead(&self) -> ConnectingAhead {
+        let (pool, settings) = (self.pool.clone(), self.settings.producer.clone());
+        tokio::spawn(async move {
+            let transactional_id = settle::transactional_id(&pool.get().await?).await?;
+            let producers = connect_producers(&settings, &transactional_id).await?;
+            Ok(Connected { transactional_id, producers })
+        })
+    }
+
+    /// A new session checks its topics again, the default one first.
+    async fn prepare_session_topics(&mut self) {
         self.prepared.clear();
         self.prepare_topic(&self.settings.topic.clone()).await;
-        self.session = Some(Session { shards, transactional_id: transactional_id.to_owned() });
-        Ok(())
     }
 
     /// Before a session's first record to `topic`: creates it if it is missing (before anything
@@ -384,8 +476,18 @@ impl Relay {
             return;
         }
         let producer = &self.settings.producer;
-        let ensured = crate::topic::ensure(&producer.bootstrap_servers, topic, self.settings.topic_spec).await;
-        crate::limits::check_topic(&producer.bootstrap_servers, topic, producer.max_record_bytes).await;
+        // Both ask the broker, side by side; a topic just created is asked its limit again.
+        let (ensured, limit) = tokio::join!(
+            crate::topic::ensure(&producer.bootstrap_servers, topic, self.settings.topic_spec),
+            crate::limits::topic_limit(&producer.bootstrap_servers, topic)
+        );
+        let limit = match ensured {
+            Some(crate::topic::Ensured::Created) => {
+                crate::limits::topic_limit(&producer.bootstrap_servers, topic).await
+            }
+            _ => limit,
+        };
+        crate::limits::report(topic, limit, producer.max_record_bytes);
         if let Some(crate::topic::Ensured::Existed { partitions }) = ensured {
             self.saw_partitions(topic, partitions);
         }

@@ -80,6 +80,12 @@ pub(crate) async fn begin_epoch(
     Ok(epoch)
 }
 
+/// The Kafka transactional id of this outbox, as a standby reads it before it leads (it never
+/// changes once the migration set it).
+pub(crate) async fn transactional_id(client: &impl GenericClient) -> Result<String, tokio_postgres::Error> {
+    client.query_one("SELECT transactional_id FROM relay_leader WHERE id = 1", &[]).await?.try_get(0)
+}
+
 /// Records that the leader of `epoch` stopped with nothing in flight, so its successor need not
 /// wait. Fenced like a settle: a deposed leader records nothing.
 pub(crate) async fn record_clean_stop(client: &mut deadpool_postgres::Object, epoch: i64) -> Result<(), SettleError> {

@@ -210,6 +210,43 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// What a tool the tests run to the end printed, and how it exited.
+#[derive(Debug)]
+pub struct ToolRun {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs one of the workspace's binaries (`chaos`, `bench`) to the end, echoing its standard
+/// output line by line as it comes, so that a run the test runner times out still shows how far
+/// it got; what it wrote to standard error is kept for the failure message.
+pub async fn run_tool(name: &str, args: &[&str]) -> anyhow::Result<ToolRun> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    let mut child = tokio::process::Command::new(binary(name)?)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    let mut stderr_pipe = child.stderr.take().context("no stderr pipe")?;
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        stderr_pipe.read_to_string(&mut text).await.map(|_| text)
+    });
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("no stdout pipe")?).lines();
+    let mut stdout = String::new();
+    while let Some(line) = lines.next_line().await? {
+        println!("{line}");
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let status = child.wait().await?;
+    let stderr = stderr.await??;
+    Ok(ToolRun { success: status.success(), stdout, stderr })
+}
+
 /// Finds `program` on PATH, in ~/.cargo/bin or in the `bin` folder of the tool cache
 /// (`scripts/setup.sh` puts Jaeger there).
 pub fn find_program(program: &str) -> anyhow::Result<PathBuf> {

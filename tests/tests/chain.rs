@@ -165,13 +165,9 @@ async fn one_trace_crosses_the_hop_into_the_second_relay() -> anyhow::Result<()>
 /// article.
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_script_short_mode_passes_with_the_chain() -> anyhow::Result<()> {
-    let output = tokio::process::Command::new(e2e::process::binary("chaos")?)
-        .args(["--short", "--chain", "--partitions", "6"])
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(output.status.success(), "chaos failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let run = e2e::process::run_tool("chaos", &["--short", "--chain", "--partitions", "6"]).await?;
+    let stdout = &run.stdout;
+    assert!(run.success, "chaos failed:\n{stdout}\n{}", run.stderr);
     assert!(stdout.contains("RESULT: PASS"), "{stdout}");
     assert!(stdout.contains("(one per published article)"), "{stdout}");
     assert!(stdout.contains("(duplicates 0, missing 0, unexpected 0)"), "{stdout}");

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use e2e::Stack;
 use e2e::process::Server as _;
 use e2e::stack::{FAST_TAKEOVER, Service};
@@ -157,13 +158,9 @@ async fn sink_killed_mid_batch_leaves_an_identical_replica() -> anyhow::Result<(
 /// relay and sinks while writing, pauses the relay and the broker, and must end with a PASS verdict.
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_script_short_mode_passes() -> anyhow::Result<()> {
-    let output = tokio::process::Command::new(e2e::process::binary("chaos")?)
-        .args(["--short", "--partitions", "6", "--sinks", "3"])
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(output.status.success(), "chaos failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let run = e2e::process::run_tool("chaos", &["--short", "--partitions", "6", "--sinks", "3"]).await?;
+    let stdout = &run.stdout;
+    assert!(run.success, "chaos failed:\n{stdout}\n{}", run.stderr);
     assert!(stdout.contains("RESULT: PASS"));
     assert!(stdout.contains("duplicates                 0"));
     assert!(stdout.contains("partitions: 6; sinks: 3"), "{stdout}");
@@ -219,15 +216,9 @@ async fn tamper(stack: &Stack, delete: i64, change: i64) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn benchmark_short_mode_produces_results() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
-    let output = tokio::process::Command::new(e2e::process::binary("bench")?)
-        .arg("--short")
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(output.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let out_dir = out.path().to_str().context("a UTF-8 temporary directory")?;
+    let run = e2e::process::run_tool("bench", &["--short", "--out", out_dir]).await?;
+    assert!(run.success, "bench failed:\n{}\n{}", run.stdout, run.stderr);
     let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json"))?)?;
     for key in ["api_writes", "relay_drain", "sink_apply", "end_to_end", "handover", "peak_rss_mib"] {
         assert!(!results[key].is_null(), "results.json lacks {key}: {results}");

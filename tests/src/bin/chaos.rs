@@ -306,10 +306,13 @@ fn seed_endpoints() -> Endpoints {
 /// Waits until the notifier's outbox is empty and the notifications topic holds as many records
 /// as the articles topic holds `article.published` events; returns the chain's verdict line and
 /// whether it passes.
-async fn check_second_hop(endpoints: &Endpoints, articles: &[blogctl::Record]) -> anyhow::Result<(String, bool)> {
+async fn check_second_hop(
+    endpoints: &Endpoints,
+    articles: &[blogctl::Record],
+    deadline: Instant,
+) -> anyhow::Result<(String, bool)> {
     let wanted = check_chain(articles, &[]).published;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let notifier = loop {
+    let (notifier, waiting) = loop {
         let client = service_kit::db::connect(&endpoints.notifier).await;
         let waiting: i64 = match &client {
             Ok(client) => client.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0),
@@ -317,7 +320,7 @@ async fn check_second_hop(endpoints: &Endpoints, articles: &[blogctl::Record]) -
         };
         let records = e2e::replica::topic_records(&endpoints.bootstrap, &endpoints.notifications_topic).await?;
         if (waiting == 0 && records.len() >= wanted) || Instant::now() >= deadline {
-            break client?;
+            break (client?, waiting);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -326,7 +329,7 @@ async fn check_second_hop(endpoints: &Endpoints, articles: &[blogctl::Record]) -
     let rows: i64 = notifier.query_one("SELECT count(*) FROM notifications", &[]).await?.get(0);
     let rows_once = usize::try_from(rows).is_ok_and(|rows| rows == chain.published);
     let line = format!(
-        "  chain: article.published  {}\n  notification.requested     {} (duplicates {}, missing {}, unexpected {})\n  notifications rows         {rows} ({})",
+        "  chain: article.published  {}\n  notification.requested     {} (duplicates {}, missing {}, unexpected {})\n  notifications rows         {rows} ({})\n  notifier outbox rows left  {waiting}",
         chain.published,
         chain.notifications,
         chain.duplicates,
@@ -334,12 +337,16 @@ async fn check_second_hop(endpoints: &Endpoints, articles: &[blogctl::Record]) -
         chain.unexpected,
         if rows_once { "one per published article" } else { "NOT one per published article" }
     );
-    Ok((line, chain.is_clean() && rows_once && chain.notifications == chain.published))
+    Ok((line, chain.is_clean() && rows_once && chain.notifications == chain.published && waiting == 0))
 }
 
-/// Waits until DB1's outbox is empty and DB2 equals DB1.
-async fn wait_drained(endpoints: &Endpoints, timeout: Duration) -> anyhow::Result<replica_sink::verify::Drift> {
-    let deadline = Instant::now() + timeout;
+/// How long the pipeline has to drain once the writes are done, both hops together: short enough
+/// that the verdict (and the logs of a failure) print before the test runner gives up on a run.
+const DRAIN_BUDGET: Duration = Duration::from_secs(150);
+
+/// Waits until DB1's outbox is empty and DB2 equals DB1, or `deadline`; returns the drift and the
+/// outbox rows left.
+async fn wait_drained(endpoints: &Endpoints, deadline: Instant) -> anyhow::Result<(replica_sink::verify::Drift, i64)> {
     loop {
         let backlog: i64 = match service_kit::db::connect(&endpoints.db1).await {
             Ok(client) => client.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0),
@@ -347,8 +354,8 @@ async fn wait_drained(endpoints: &Endpoints, timeout: Duration) -> anyhow::Resul
         };
         let drift = replica_sink::verify::compare(&endpoints.db1, &endpoints.db2).await;
         match drift {
-            Ok(drift) if backlog == 0 && drift.is_identical() => return Ok(drift),
-            Ok(drift) if Instant::now() >= deadline => return Ok(drift),
+            Ok(drift) if backlog == 0 && drift.is_identical() => return Ok((drift, backlog)),
+            Ok(drift) if Instant::now() >= deadline => return Ok((drift, backlog)),
             Err(error) if Instant::now() >= deadline => return Err(error.into()),
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
@@ -453,7 +460,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let report = writes.await?;
     println!("writes done after {:.1} s; waiting for the pipeline to drain ...", started.elapsed().as_secs_f64());
-    let drift = wait_drained(&endpoints, Duration::from_secs(180)).await?;
+    let drain_deadline = Instant::now() + DRAIN_BUDGET;
+    let (drift, backlog) = wait_drained(&endpoints, drain_deadline).await?;
     let records = e2e::replica::topic_records(&endpoints.bootstrap, &endpoints.topic).await?;
     let topic = check_topic(&records, &report.expected);
     let errors_while_broker_down =
@@ -466,12 +474,13 @@ async fn main() -> anyhow::Result<()> {
         .get(0);
     let processed_once = usize::try_from(processed).is_ok_and(|rows| rows == topic.events);
     let (chain_line, chain_pass) = if cli.chain {
-        let (line, pass) = check_second_hop(&endpoints, &records).await?;
+        let (line, pass) = check_second_hop(&endpoints, &records, drain_deadline).await?;
         (format!("\n{line}"), pass)
     } else {
         (String::new(), true)
     };
-    let pass = topic.is_clean() && drift.is_identical() && report.errors == 0 && processed_once && chain_pass;
+    let pass =
+        topic.is_clean() && drift.is_identical() && backlog == 0 && report.errors == 0 && processed_once && chain_pass;
     let count = |wanted: fn(Part) -> Fault, part: Part| -> u32 {
         rotation.iter().zip(&faults).filter(|(fault, _)| **fault == wanted(part)).map(|(_, count)| count).sum()
     };
@@ -493,6 +502,7 @@ chaos verdict ({:?} target, {} s at {} writes/s)
   pauses                     {}
   writes acknowledged by API {}
   API errors                 {} (while the broker was down: {errors_while_broker_down})
+  outbox rows left           {backlog}
   events on the topic        {} (of {} records)
   duplicates                 {}
   missing                    {}{}

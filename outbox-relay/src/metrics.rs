@@ -28,6 +28,10 @@ pub struct RelayMetrics {
     pub round_phase: HistogramVec,
     /// 1 while this relay is the leader.
     pub leader: IntGauge,
+    /// `outbox_relay_standby_ready`: 1 while this relay holds the next session's producers,
+    /// connected ahead, so that taking over costs only their registration (a rolling deploy
+    /// stops the old leader once its successor shows 1).
+    pub standby_ready: IntGauge,
     /// The fencing epoch this relay last led.
     pub epoch: IntGauge,
     /// Outbox rows found on the topic by reconciliation and settled without republishing.
@@ -70,6 +74,13 @@ impl RelayMetrics {
             leader: register(
                 &registry,
                 IntGauge::new("outbox_relay_leader", "1 while this relay holds the leader lock"),
+            )?,
+            standby_ready: register(
+                &registry,
+                IntGauge::new(
+                    "outbox_relay_standby_ready",
+                    "1 while this relay holds its next producer session connected, ready to take over",
+                ),
             )?,
             epoch: register(&registry, IntGauge::new("outbox_relay_epoch", "Fencing epoch this relay last led"))?,
             reconciled: register(&registry, IntCounter::new("outbox_reconciled_total", reconciled_help))?,

@@ -191,10 +191,11 @@ async fn register_session(
     settings: ProducerSettings,
     transactional_id: String,
     ahead: Option<ConnectingAhead>,
+    metrics: RelayMetrics,
 ) -> Result<Session, RelayError> {
     let started = Instant::now();
     let ahead = match ahead {
-        Some(connecting) => match connecting.await {
+        Some(connecting) => match connecting.await.inspect(|_| metrics.standby_ready.set(0)) {
             Ok(Ok(connected)) if connected.transactional_id == transactional_id => Some(connected.producers),
             answer => {
                 let answer = answer.map(|connected| connected.map(|connected| connected.transactional_id));
@@ -432,6 +433,7 @@ impl Relay {
                 self.settings.producer.clone(),
                 leadership.epoch.transactional_id.clone(),
                 self.connecting_ahead.take(),
+                self.metrics.clone(),
             ));
             if clean_handover && !reconciled {
                 self.prepare_session_topics().await;
@@ -454,10 +456,11 @@ impl Relay {
     /// Connects the next session's producers in the background (see [`Connected`]); a relay that
     /// cannot read its transactional id yet connects them when it leads.
     fn connect_ahead(&self) -> ConnectingAhead {
-        let (pool, settings) = (self.pool.clone(), self.settings.producer.clone());
+        let (pool, settings, metrics) = (self.pool.clone(), self.settings.producer.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let transactional_id = settle::transactional_id(&pool.get().await?).await?;
             let producers = connect_producers(&settings, &transactional_id).await?;
+            metrics.standby_ready.set(1);
             Ok(Connected { transactional_id, producers })
         })
     }

@@ -81,10 +81,28 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
     let mut second = stack.start_extra_relay("outbox-relay-2", second_port).await?;
     assert_eq!(e2e::metric(&e2e::metrics_at(first_port).await?, "outbox_relay_leader"), 1.0, "the first relay leads");
     assert_eq!(e2e::metric(&e2e::metrics_at(second_port).await?, "outbox_relay_leader"), 0.0, "the second stands by");
+    // The standby connects its producers ahead; they must fence nobody (they register only when
+    // it leads).
+    e2e::wait::until("the standby to hold its producers connected", Duration::from_secs(30), || async {
+        Ok(e2e::metric(&e2e::metrics_at(second_port).await?, "outbox_relay_standby_ready") == 1.0)
+    })
+    .await?;
+    assert_eq!(
+        e2e::metric(&e2e::metrics_at(first_port).await?, "outbox_relay_standby_ready"),
+        0.0,
+        "the leader's are registered"
+    );
 
     let api = stack.api();
     let writes = tokio::spawn(async move { workload::run(&api, 3, 200, Duration::from_millis(20)).await });
     tokio::time::sleep(Duration::from_millis(800)).await;
+    e2e::wait::until("the leader to publish beside the standby", Duration::from_secs(30), || async {
+        Ok(e2e::metric(&e2e::metrics_at(first_port).await?, "kafka_messages_sent_total") > 0.0)
+    })
+    .await?;
+    let leader = e2e::metrics_at(first_port).await?;
+    assert_eq!(e2e::metric(&leader, "outbox_producer_fenced_total"), 0.0, "the standby's producers fenced nobody");
+    assert_eq!(e2e::metric(&leader, "outbox_relay_leader"), 1.0, "the first relay still leads");
 
     // 1. The leader dies: the standby leads within seconds and publishes the backlog.
     stack.kill(Service::Relay);
@@ -100,6 +118,11 @@ async fn standby_relay_takes_over_and_a_relay_without_its_lock_stops_producing()
     })
     .await?;
     println!("standby took the lock {took_lock:?} and published {:?} after the leader was killed", killed_at.elapsed());
+    assert_eq!(
+        e2e::metric(&e2e::metrics_at(second_port).await?, "outbox_relay_standby_ready"),
+        0.0,
+        "its producers now publish"
+    );
 
     // 2. The first relay comes back as a standby; then the leader's lock connection is cut.
     stack.restart(Service::Relay).await?;

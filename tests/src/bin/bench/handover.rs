@@ -1,6 +1,6 @@
 //! Phase 5: relay handovers. End-to-end latency at a steady rate while the relay is replaced the
 //! way a rolling deploy does it (a new instance starts as a standby, then the old one gets
-//! SIGTERM), and the time from a relay's start to its first publish after its predecessor
+//! SIGTERM once the new one reports `outbox_relay_standby_ready`), and the time from a relay's start to its first publish after its predecessor
 //! stopped cleanly and after it crashed (which costs the predecessor's declared bound).
 
 use std::time::{Duration, Instant};
@@ -39,7 +39,15 @@ async fn rolling_restart(stack: &mut Stack, sizes: &Sizes) -> anyhow::Result<ser
     let duration = sizes.phase.max(Duration::from_secs(3));
     let replace = async {
         tokio::time::sleep(duration / 3).await;
-        let successor = stack.start_extra_relay("outbox-relay-next", e2e::free_port()).await?;
+        let port = e2e::free_port();
+        let successor = stack.start_extra_relay("outbox-relay-next", port).await?;
+        // As a rolling deploy that watches it would: the old leader is stopped once its
+        // successor holds its producers connected, ready to take over.
+        let ready_by = Instant::now() + Duration::from_secs(30);
+        while e2e::metric(&e2e::metrics_at(port).await?, "outbox_relay_standby_ready") < 1.0 {
+            anyhow::ensure!(Instant::now() < ready_by, "the successor was not ready to take over within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         stack.signal(Service::Relay, "TERM").await?;
         anyhow::Ok(successor)
     };

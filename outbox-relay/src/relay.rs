@@ -158,10 +158,12 @@ impl Session {
 }
 
 /// The producers of a session to come, connected to the broker but not registered: holding them
-/// fences nobody (see [`crate::publish::connect_producer`]).
+/// fences nobody (see [`crate::publish::connect_producer`]); and what the default topic was found
+/// to be (see `Relay::prepare_topic`).
 struct Connected {
     transactional_id: String,
     producers: Vec<FutureProducer>,
+    default_topic: Option<crate::topic::Ensured>,
 }
 
 /// Connected in the background while this relay stands by, so that taking over costs only the
@@ -184,27 +186,14 @@ async fn connect_producers(
     Ok(producers)
 }
 
-/// A new producer session: its producers (those connected ahead when they were connected under
-/// this transactional id) register side by side, and the broker fences every earlier producer of
-/// each id.
+/// A new producer session: its producers (connected ahead, or now) register side by side, and
+/// the broker fences every earlier producer of each id.
 async fn register_session(
     settings: ProducerSettings,
     transactional_id: String,
-    ahead: Option<ConnectingAhead>,
-    metrics: RelayMetrics,
+    ahead: Option<Vec<FutureProducer>>,
 ) -> Result<Session, RelayError> {
     let started = Instant::now();
-    let ahead = match ahead {
-        Some(connecting) => match connecting.await.inspect(|_| metrics.standby_ready.set(0)) {
-            Ok(Ok(connected)) if connected.transactional_id == transactional_id => Some(connected.producers),
-            answer => {
-                let answer = answer.map(|connected| connected.map(|connected| connected.transactional_id));
-                tracing::debug!(?answer, "the producers connected ahead are not this session's; connecting afresh");
-                None
-            }
-        },
-        None => None,
-    };
     let connected_ahead = ahead.is_some();
     let producers = match ahead {
         Some(producers) => producers,
@@ -220,6 +209,23 @@ async fn register_session(
     let shards = producers.chunks(LANES).map(|lanes| Shard { producers: lanes.to_vec(), next: 0 }).collect();
     tracing::info!(%transactional_id, shards = SHARDS, lanes = LANES, connected_ahead, elapsed = ?started.elapsed(), "producer session started; earlier producers of this outbox are fenced");
     Ok(Session { shards, transactional_id })
+}
+
+/// Creates `topic` if it is missing and checks that its record size limit agrees with the
+/// producer's (see [`crate::topic`], [`crate::limits`]); never fails.
+async fn examine_topic(settings: &RelaySettings, topic: &str) -> Option<crate::topic::Ensured> {
+    let producer = &settings.producer;
+    // Both ask the broker, side by side; a topic just created is asked its limit again.
+    let (ensured, limit) = tokio::join!(
+        crate::topic::ensure(&producer.bootstrap_servers, topic, settings.topic_spec),
+        crate::limits::topic_limit(&producer.bootstrap_servers, topic)
+    );
+    let limit = match ensured {
+        Some(crate::topic::Ensured::Created) => crate::limits::topic_limit(&producer.bootstrap_servers, topic).await,
+        _ => limit,
+    };
+    crate::limits::report(topic, limit, producer.max_record_bytes);
+    ensured
 }
 
 pub(crate) struct Relay {
@@ -429,20 +435,34 @@ impl Relay {
     ) -> Result<Outcome, RelayError> {
         let epoch = leadership.epoch.epoch;
         if self.session.is_none() {
-            let registering = tokio::spawn(register_session(
-                self.settings.producer.clone(),
-                leadership.epoch.transactional_id.clone(),
-                self.connecting_ahead.take(),
-                self.metrics.clone(),
-            ));
+            let transactional_id = leadership.epoch.transactional_id.clone();
+            let ahead = match self.connecting_ahead.take() {
+                Some(connecting) => {
+                    let answer = connecting.await;
+                    self.metrics.standby_ready.set(0);
+                    match answer {
+                        Ok(Ok(connected)) if connected.transactional_id == transactional_id => Some(connected),
+                        answer => {
+                            let answer = answer.map(|connected| connected.map(|connected| connected.transactional_id));
+                            tracing::debug!(?answer, "nothing connected ahead for this session; connecting afresh");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            let (producers, default_topic) =
+                ahead.map(|connected| (connected.producers, connected.default_topic)).unzip();
+            let registering =
+                tokio::spawn(register_session(self.settings.producer.clone(), transactional_id, producers));
             if clean_handover && !reconciled {
-                self.prepare_session_topics().await;
+                self.prepare_session_topics(default_topic).await;
                 let read_back = self.reconcile(epoch).await;
                 self.session = Some(registering.await??);
                 read_back?;
             } else {
                 self.session = Some(registering.await??);
-                self.prepare_session_topics().await;
+                self.prepare_session_topics(default_topic).await;
                 if !reconciled {
                     self.reconcile(epoch).await?;
                 }
@@ -453,22 +473,37 @@ impl Relay {
         self.publish_batch(epoch, leadership.lease()).await
     }
 
-    /// Connects the next session's producers in the background (see [`Connected`]); a relay that
-    /// cannot read its transactional id yet connects them when it leads.
+    /// Connects the next session's producers and examines the default topic in the background
+    /// (see [`Connected`]); a relay that cannot read its transactional id yet does both when it
+    /// leads.
     fn connect_ahead(&self) -> ConnectingAhead {
-        let (pool, settings, metrics) = (self.pool.clone(), self.settings.producer.clone(), self.metrics.clone());
+        let (pool, settings, metrics) = (self.pool.clone(), self.settings.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let transactional_id = settle::transactional_id(&pool.get().await?).await?;
-            let producers = connect_producers(&settings, &transactional_id).await?;
+            let (producers, default_topic) = tokio::join!(
+                connect_producers(&settings.producer, &transactional_id),
+                examine_topic(&settings, &settings.topic)
+            );
+            let producers = producers?;
             metrics.standby_ready.set(1);
-            Ok(Connected { transactional_id, producers })
+            Ok(Connected { transactional_id, producers, default_topic })
         })
     }
 
-    /// A new session checks its topics again, the default one first.
-    async fn prepare_session_topics(&mut self) {
+    /// A new session checks its topics again, the default one first (unless it was examined
+    /// while this relay stood by: `examined_ahead`).
+    async fn prepare_session_topics(&mut self, examined_ahead: Option<Option<crate::topic::Ensured>>) {
         self.prepared.clear();
-        self.prepare_topic(&self.settings.topic.clone()).await;
+        let topic = self.settings.topic.clone();
+        match examined_ahead {
+            Some(ensured) => {
+                self.prepared.insert(topic.clone());
+                if let Some(crate::topic::Ensured::Existed { partitions }) = ensured {
+                    self.saw_partitions(&topic, partitions);
+                }
+            }
+            None => self.prepare_topic(&topic).await,
+        }
     }
 
     /// Before a session's first record to `topic`: creates it if it is missing (before anything
@@ -478,19 +513,7 @@ impl Relay {
         if !self.prepared.insert(topic.to_owned()) {
             return;
         }
-        let producer = &self.settings.producer;
-        // Both ask the broker, side by side; a topic just created is asked its limit again.
-        let (ensured, limit) = tokio::join!(
-            crate::topic::ensure(&producer.bootstrap_servers, topic, self.settings.topic_spec),
-            crate::limits::topic_limit(&producer.bootstrap_servers, topic)
-        );
-        let limit = match ensured {
-            Some(crate::topic::Ensured::Created) => {
-                crate::limits::topic_limit(&producer.bootstrap_servers, topic).await
-            }
-            _ => limit,
-        };
-        crate::limits::report(topic, limit, producer.max_record_bytes);
+        let ensured = examine_topic(&self.settings, topic).await;
         if let Some(crate::topic::Ensured::Existed { partitions }) = ensured {
             self.saw_partitions(topic, partitions);
         }
@@ -506,6 +529,9 @@ impl Relay {
                 producer.purge(PurgeConfig::default().queue().inflight());
             }
             tracing::debug!(transactional_id = %session.transactional_id, "producer session ended");
+            // Each producer's drop joins its polling thread (up to its 100 ms poll): not on the
+            // way of the successor's takeover, which waits for this relay's lock.
+            tokio::task::spawn_blocking(move || drop(session));
         }
     }
 

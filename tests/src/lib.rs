@@ -38,7 +38,7 @@ pub async fn metrics_at(port: u16) -> anyhow::Result<String> {
 const LOWEST_TEST_PORT: u16 = 10_000;
 
 /// A TCP port on 127.0.0.1 that is free now, below the kernel's ephemeral range, and not handed
-/// out before by this process.
+/// out before by this process nor held by another live test process (see [`claim_port`]).
 ///
 /// Below the ephemeral range because that range also supplies the local ports of outgoing
 /// connections, which tests open all the time: a port the OS picked for `bind(0)` and released
@@ -54,11 +54,35 @@ pub fn free_port() -> u16 {
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     loop {
         let port = fastrand::u16(LOWEST_TEST_PORT..ceiling);
-        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && claim_port(port) {
             handed_out.insert(port);
             return port;
         }
     }
+}
+
+/// Claims `port` for this process across the test processes running side by side (nextest runs
+/// each test in a process of its own): a port free when one test checked it may be bound a moment
+/// later by the service another test starts on it (seen: a sink's readiness probe answered by
+/// another test's broker). A claim is a file naming the claiming process; one whose process is
+/// gone is taken over.
+fn claim_port(port: u16) -> bool {
+    use std::io::Write as _;
+    let dir = std::env::temp_dir().join("blog-e2e-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true;
+    }
+    let path = dir.join(port.to_string());
+    let create = || std::fs::OpenOptions::new().write(true).create_new(true).open(&path);
+    let claimed = match create() {
+        Ok(file) => Some(file),
+        Err(_) => {
+            let holder: Option<u32> = std::fs::read_to_string(&path).ok().and_then(|pid| pid.trim().parse().ok());
+            let holder_gone = holder.is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+            (holder_gone && std::fs::remove_file(&path).is_ok()).then(create).and_then(Result::ok)
+        }
+    };
+    claimed.is_some_and(|mut file| write!(file, "{}", std::process::id()).is_ok())
 }
 
 /// The first port of `net.ipv4.ip_local_port_range`.

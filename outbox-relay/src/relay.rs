@@ -498,9 +498,7 @@ impl Relay {
         match examined_ahead {
             Some(ensured) => {
                 self.prepared.insert(topic.clone());
-                if let Some(crate::topic::Ensured::Existed { partitions }) = ensured {
-                    self.saw_partitions(&topic, partitions);
-                }
+                self.saw_examined(&topic, ensured);
             }
             None => self.prepare_topic(&topic).await,
         }
@@ -514,6 +512,11 @@ impl Relay {
             return;
         }
         let ensured = examine_topic(&self.settings, topic).await;
+        self.saw_examined(topic, ensured);
+    }
+
+    /// Records the partition count [`examine_topic`] found on an existing topic.
+    fn saw_examined(&mut self, topic: &str, ensured: Option<crate::topic::Ensured>) {
         if let Some(crate::topic::Ensured::Existed { partitions }) = ensured {
             self.saw_partitions(topic, partitions);
         }

@@ -1,7 +1,8 @@
 //! Phase 5: relay handovers. End-to-end latency at a steady rate while the relay is replaced the
 //! way a rolling deploy does it (a new instance starts as a standby, then the old one gets
-//! SIGTERM once the new one reports `outbox_relay_standby_ready`), and the time from a relay's start to its first publish after its predecessor
-//! stopped cleanly and after it crashed (which costs the predecessor's declared bound).
+//! SIGTERM once the new one reports `outbox_relay_standby_ready`), and the time from a relay's
+//! start to its first publish after its predecessor stopped cleanly and after it crashed (which
+//! costs the predecessor's declared bound).
 
 use std::time::{Duration, Instant};
 
@@ -43,11 +44,10 @@ async fn rolling_restart(stack: &mut Stack, sizes: &Sizes) -> anyhow::Result<ser
         let successor = stack.start_extra_relay("outbox-relay-next", port).await?;
         // As a rolling deploy that watches it would: the old leader is stopped once its
         // successor holds its producers connected, ready to take over.
-        let ready_by = Instant::now() + Duration::from_secs(30);
-        while e2e::metric(&e2e::metrics_at(port).await?, "outbox_relay_standby_ready") < 1.0 {
-            anyhow::ensure!(Instant::now() < ready_by, "the successor was not ready to take over within 30 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        e2e::wait::until("the successor to be ready to take over", Duration::from_secs(30), || async {
+            Ok(e2e::metric(&e2e::metrics_at(port).await?, "outbox_relay_standby_ready") == 1.0)
+        })
+        .await?;
         stack.signal(Service::Relay, "TERM").await?;
         anyhow::Ok(successor)
     };

@@ -121,7 +121,6 @@ impl Leadership {
                 lost.cancel();
             })
         };
-        let mut client = client;
         // A standby waits for the lock in the server, so it takes over the moment the leader's
         // session ends; the wait gives up now and then, which lets the loop see a shutdown.
         client.batch_execute(&format!("SET lock_timeout = '{}ms'", LOCK_WAIT.as_millis())).await?;
@@ -146,11 +145,10 @@ impl Leadership {
                 }
             }
         }
-        // The lease runs from a request sent once the lock is ours.
+        // The lease runs from a request sent once the lock is ours: the new epoch's.
         let sent_at = Instant::now();
-        client.simple_query("SELECT 1").await?;
+        let epoch = crate::settle::begin_epoch(&client, holder, delivery_bound).await?;
         let lease = Lease::starting(sent_at);
-        let epoch = crate::settle::begin_epoch(&mut client, holder, delivery_bound).await?;
         let heartbeat = tokio::spawn(heartbeat(Arc::new(client), lease.clone(), lost.clone()));
         tracing::info!(epoch = epoch.epoch, holder, predecessor = ?epoch.predecessor, "this relay is now the leader");
         Ok(Some(Self { epoch, lease, lost, tasks: vec![connection_task, heartbeat] }))

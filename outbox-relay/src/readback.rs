@@ -52,8 +52,9 @@ pub(crate) struct Seen {
 pub(crate) trait Log {
     /// The topic's partitions; none when the topic does not exist.
     fn partitions(&mut self) -> Result<Vec<i32>, ReadBackError>;
-    /// The first offset still in `partition` and the offset where reading it ends.
-    fn bounds(&mut self, partition: i32) -> Result<(i64, i64), ReadBackError>;
+    /// Per partition of `partitions`, the first offset still in it and the offset where
+    /// reading it ends.
+    fn bounds(&mut self, partitions: &[i32]) -> Result<BTreeMap<i32, (i64, i64)>, ReadBackError>;
     /// Reads each partition of `ranges` from its first offset to its end (`(from, end)`).
     fn read(
         &mut self,
@@ -136,12 +137,16 @@ pub(crate) fn read_back_log(
     log: &mut dyn Log,
     checkpoints: &BTreeMap<i32, Checkpoint>,
 ) -> Result<ReadBack, ReadBackError> {
+    let started = Instant::now();
     let mut plans = BTreeMap::new();
-    for partition in log.partitions()? {
-        let (start, end) = log.bounds(partition)?;
+    let partitions = log.partitions()?;
+    let listed = started.elapsed();
+    for (partition, (start, end)) in log.bounds(&partitions)? {
         plans.insert(partition, plan(checkpoints.get(&partition), start, end));
     }
+    let bounded = started.elapsed();
     let mut seen = read_plans(log, &plans)?;
+    tracing::debug!(?listed, ?bounded, read = ?started.elapsed(), "read-back phases");
     // A last settled record not found at its offset: this is another log. Read it all.
     let replaced: BTreeMap<i32, Finding> = plans
         .iter()
@@ -154,8 +159,9 @@ pub(crate) fn read_back_log(
         .collect();
     if !replaced.is_empty() {
         let mut again = BTreeMap::new();
+        let bounds = log.bounds(&replaced.keys().copied().collect::<Vec<_>>())?;
         for (&partition, &finding) in &replaced {
-            let (start, end) = log.bounds(partition)?;
+            let (start, end) = bounds[&partition];
             again.insert(partition, Plan { from: start, end, verify: None, finding: Some(finding) });
             plans.insert(partition, Plan { from: start, end, verify: None, finding: Some(finding) });
         }
@@ -223,8 +229,24 @@ impl Log for KafkaLog {
         }
     }
 
-    fn bounds(&mut self, partition: i32) -> Result<(i64, i64), ReadBackError> {
-        Ok(kafka_kit::partition_bounds(&self.consumer, &self.topic, partition)?)
+    /// Asks for every partition's bounds side by side: each is a round trip of its own.
+    fn bounds(&mut self, partitions: &[i32]) -> Result<BTreeMap<i32, (i64, i64)>, ReadBackError> {
+        let (consumer, topic) = (&self.consumer, self.topic.as_str());
+        std::thread::scope(|scope| {
+            let asking: Vec<_> = partitions
+                .iter()
+                .map(|&partition| {
+                    scope.spawn(move || (partition, kafka_kit::partition_bounds(consumer, topic, partition)))
+                })
+                .collect();
+            asking
+                .into_iter()
+                .map(|asked| {
+                    let (partition, bounds) = asked.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    Ok((partition, bounds?))
+                })
+                .collect()
+        })
     }
 
     fn read(
@@ -243,19 +265,88 @@ impl Log for KafkaLog {
     }
 }
 
-/// Reads `topic` back from `checkpoints` on a blocking thread.
-pub(crate) async fn read_back(
+/// The consumer read-backs use. A standby connects one ahead ([`Reader::connected`]), so that
+/// the read-back of a takeover does not pay for a connection and its first metadata request; a
+/// reader is used for every topic of a reconciliation, and dropped off the relay's way (a
+/// consumer's destruction takes ~100 ms of librdkafka's teardown).
+pub(crate) struct Reader {
     bootstrap_servers: String,
-    topic: String,
     isolation: kafka_kit::Isolation,
-    checkpoints: BTreeMap<i32, Checkpoint>,
-) -> Result<ReadBack, RelayError> {
-    let blocking = tokio::task::spawn_blocking(move || {
-        let consumer = kafka_kit::reader(&bootstrap_servers, "blog-read-back", isolation)?;
-        let mut log = KafkaLog { consumer, topic, deadline: Instant::now() + READ_BACK_TIMEOUT };
-        read_back_log(&mut log, &checkpoints)
-    });
-    Ok(blocking.await??)
+    consumer: Option<BaseConsumer>,
+}
+
+impl Reader {
+    /// A reader that connects on its first read-back.
+    pub(crate) fn new(bootstrap_servers: String, isolation: kafka_kit::Isolation) -> Self {
+        Self { bootstrap_servers, isolation, consumer: None }
+    }
+
+    /// A reader connected now, having asked the broker about `topic` (a failure only leaves the
+    /// connecting to the first read-back, which reports it).
+    pub(crate) async fn connected(bootstrap_servers: String, isolation: kafka_kit::Isolation, topic: String) -> Self {
+        let servers = bootstrap_servers.clone();
+        let consumer = tokio::task::spawn_blocking(move || {
+            let consumer = kafka_kit::reader(&servers, READER_GROUP, isolation).ok()?;
+            if let Err(error) = kafka_kit::topic_partitions(&consumer, &topic) {
+                tracing::debug!(%error, topic, "the read-back consumer connected ahead could not read the topic's metadata yet");
+            }
+            Some(consumer)
+        })
+        .await
+        .ok()
+        .flatten();
+        Self { bootstrap_servers, isolation, consumer }
+    }
+
+    /// Reads `topic` back from `checkpoints` on a blocking thread. A failed read-back drops the
+    /// consumer: the next one starts from a fresh connection.
+    pub(crate) async fn read_back(
+        &mut self,
+        topic: String,
+        checkpoints: BTreeMap<i32, Checkpoint>,
+    ) -> Result<ReadBack, RelayError> {
+        let (servers, isolation, consumer) = (self.bootstrap_servers.clone(), self.isolation, self.consumer.take());
+        let (consumer, read_back) = tokio::task::spawn_blocking(move || {
+            let consumer = match consumer {
+                Some(consumer) => consumer,
+                None => kafka_kit::reader(&servers, READER_GROUP, isolation).map_err(ReadBackError::from)?,
+            };
+            let mut log = KafkaLog { consumer, topic, deadline: Instant::now() + READ_BACK_TIMEOUT };
+            let read_back = read_back_log(&mut log, &checkpoints);
+            Ok::<_, ReadBackError>((log.consumer, read_back))
+        })
+        .await??;
+        match read_back {
+            Ok(read_back) => {
+                self.consumer = Some(consumer);
+                Ok(read_back)
+            }
+            Err(error) => {
+                drop_off_the_way(consumer);
+                Err(error.into())
+            }
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            drop_off_the_way(consumer);
+        }
+    }
+}
+
+/// The group id read-backs give (they are assigned partitions, never join the group).
+const READER_GROUP: &str = "blog-read-back";
+
+/// Drops `consumer` on a blocking thread when there is a runtime to run it, so that its
+/// teardown delays nobody.
+fn drop_off_the_way(consumer: BaseConsumer) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(consumer))),
+        Err(_) => drop(consumer),
+    }
 }
 
 #[cfg(test)]
@@ -298,9 +389,11 @@ mod tests {
             Ok(self.partitions.keys().copied().collect())
         }
 
-        fn bounds(&mut self, partition: i32) -> Result<(i64, i64), ReadBackError> {
-            let partition = &self.partitions[&partition];
-            Ok((partition.start, partition.end))
+        fn bounds(&mut self, partitions: &[i32]) -> Result<BTreeMap<i32, (i64, i64)>, ReadBackError> {
+            Ok(partitions
+                .iter()
+                .map(|partition| (*partition, (self.partitions[partition].start, self.partitions[partition].end)))
+                .collect())
         }
 
         fn read(

@@ -40,7 +40,7 @@ use crate::error::RelayError;
 use crate::leadership::{LEASE, Leadership, Lease};
 use crate::metrics::RelayMetrics;
 use crate::publish::{Acknowledgements, ProducerSettings, refuses_record};
-use crate::readback::{Finding, ReadBack};
+use crate::readback::{Finding, ReadBack, Reader};
 use crate::settle::{self, Published, Settled};
 
 /// How long a batch still in flight may take to finish once shutdown is requested; after that
@@ -164,6 +164,8 @@ struct Connected {
     transactional_id: String,
     producers: Vec<FutureProducer>,
     default_topic: Option<crate::topic::Ensured>,
+    /// The consumer of the takeover's read-back.
+    reader: Reader,
 }
 
 /// Connected in the background while this relay stands by, so that taking over costs only the
@@ -451,24 +453,28 @@ impl Relay {
                 }
                 None => None,
             };
-            let (producers, default_topic) =
-                ahead.map(|connected| (connected.producers, connected.default_topic)).unzip();
+            let (producers, default_topic, reader) = match ahead {
+                Some(Connected { producers, default_topic, reader, .. }) => {
+                    (Some(producers), Some(default_topic), Some(reader))
+                }
+                None => (None, None, None),
+            };
             let registering =
                 tokio::spawn(register_session(self.settings.producer.clone(), transactional_id, producers));
             if clean_handover && !reconciled {
                 self.prepare_session_topics(default_topic).await;
-                let read_back = self.reconcile(epoch).await;
+                let read_back = self.reconcile(epoch, reader).await;
                 self.session = Some(registering.await??);
                 read_back?;
             } else {
                 self.session = Some(registering.await??);
                 self.prepare_session_topics(default_topic).await;
                 if !reconciled {
-                    self.reconcile(epoch).await?;
+                    self.reconcile(epoch, reader).await?;
                 }
             }
         } else if !reconciled {
-            self.reconcile(epoch).await?;
+            self.reconcile(epoch, None).await?;
         }
         self.publish_batch(epoch, leadership.lease()).await
     }
@@ -480,13 +486,15 @@ impl Relay {
         let (pool, settings, metrics) = (self.pool.clone(), self.settings.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let transactional_id = settle::transactional_id(&pool.get().await?).await?;
-            let (producers, default_topic) = tokio::join!(
+            let servers = settings.producer.bootstrap_servers.clone();
+            let (producers, default_topic, reader) = tokio::join!(
                 connect_producers(&settings.producer, &transactional_id),
-                examine_topic(&settings, &settings.topic)
+                examine_topic(&settings, &settings.topic),
+                Reader::connected(servers, settings.isolation, settings.topic.clone())
             );
             let producers = producers?;
             metrics.standby_ready.set(1);
-            Ok(Connected { transactional_id, producers, default_topic })
+            Ok(Connected { transactional_id, producers, default_topic, reader })
         })
     }
 
@@ -540,31 +548,28 @@ impl Relay {
 
     /// Reads back every topic the relay may have published to — the default one, those with a
     /// checkpoint and those a waiting row names — and settles the rows found there.
-    async fn reconcile(&self, epoch: i64) -> Result<u64, RelayError> {
+    async fn reconcile(&self, epoch: i64, reader: Option<Reader>) -> Result<u64, RelayError> {
+        let mut reader = reader
+            .unwrap_or_else(|| Reader::new(self.settings.producer.bootstrap_servers.clone(), self.settings.isolation));
         let mut topics = std::collections::BTreeSet::from([self.settings.topic.clone()]);
         {
             let client = self.pool.get().await?;
             topics.extend(outbox::checkpointed_topics(&client).await?);
             topics.extend(outbox::pending_topics(&client, &self.settings.topic).await?);
         }
+        tracing::debug!(?topics, "topics to read back");
         let mut settled = 0;
         for topic in topics {
-            settled += self.reconcile_topic(epoch, &topic).await?;
+            settled += self.reconcile_topic(epoch, &topic, &mut reader).await?;
         }
         Ok(settled)
     }
 
     /// Reads `topic` back from its checkpoints and settles the rows found there.
-    async fn reconcile_topic(&self, epoch: i64, topic: &str) -> Result<u64, RelayError> {
+    async fn reconcile_topic(&self, epoch: i64, topic: &str, reader: &mut Reader) -> Result<u64, RelayError> {
         let started = Instant::now();
         let checkpoints = settle::load(&self.pool.get().await?, topic).await?;
-        let read_back = crate::readback::read_back(
-            self.settings.producer.bootstrap_servers.clone(),
-            topic.to_owned(),
-            self.settings.isolation,
-            checkpoints.clone(),
-        )
-        .await?;
+        let read_back = reader.read_back(topic.to_owned(), checkpoints.clone()).await?;
         crate::failpoint::hit(crate::failpoint::IN_READ_BACK);
         self.report_read_back(topic, &read_back);
         let ends = std::collections::BTreeMap::from([(topic.to_owned(), read_back.ends.clone())]);

@@ -53,31 +53,29 @@ pub(crate) struct Epoch {
 /// Makes this relay the leader of a new epoch, declaring `delivery_bound`. Called once the
 /// advisory lock is held.
 pub(crate) async fn begin_epoch(
-    client: &mut tokio_postgres::Client,
+    client: &tokio_postgres::Client,
     holder: &str,
     delivery_bound: Duration,
 ) -> Result<Epoch, tokio_postgres::Error> {
-    let transaction = client.transaction().await?;
-    let previous = transaction
-        .query_one("SELECT clean_stop, delivery_bound_ms FROM relay_leader WHERE id = 1 FOR UPDATE", &[])
-        .await?;
-    let predecessor = Predecessor {
-        clean_stop: previous.try_get("clean_stop")?,
-        delivery_bound: previous
-            .try_get::<_, Option<i64>>("delivery_bound_ms")?
-            .map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
-    };
     let bound_ms = i64::try_from(delivery_bound.as_millis()).unwrap_or(i64::MAX);
-    let row = transaction
+    // One statement (one round trip on the takeover's way): `previous` is the row as it was
+    // before this update, what the predecessor declared.
+    let row = client
         .query_one(
-            "UPDATE relay_leader SET epoch = epoch + 1, holder = $1, since = now(), delivery_bound_ms = $2, \
-             clean_stop = false WHERE id = 1 RETURNING epoch, transactional_id",
+            "UPDATE relay_leader leader SET epoch = leader.epoch + 1, holder = $1, since = now(), \
+             delivery_bound_ms = $2, clean_stop = false FROM relay_leader previous \
+             WHERE leader.id = 1 AND previous.id = 1 RETURNING leader.epoch, leader.transactional_id, \
+             previous.clean_stop, previous.delivery_bound_ms",
             &[&holder, &bound_ms],
         )
         .await?;
-    let epoch = Epoch { epoch: row.try_get("epoch")?, transactional_id: row.try_get("transactional_id")?, predecessor };
-    transaction.commit().await?;
-    Ok(epoch)
+    let predecessor = Predecessor {
+        clean_stop: row.try_get("clean_stop")?,
+        delivery_bound: row
+            .try_get::<_, Option<i64>>("delivery_bound_ms")?
+            .map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
+    };
+    Ok(Epoch { epoch: row.try_get("epoch")?, transactional_id: row.try_get("transactional_id")?, predecessor })
 }
 
 /// The Kafka transactional id of this outbox, as a standby reads it before it leads (it never

@@ -17,6 +17,7 @@ use crate::{Results, Sizes};
 const ROLLING_RATE: u64 = 200;
 
 pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results) -> anyhow::Result<()> {
+    let steady = steady(stack, sizes).await?;
     let rolling = rolling_restart(stack, sizes).await?;
     let after_clean_stop = first_publish_after(stack, false).await?;
     let after_crash = first_publish_after(stack, true).await?;
@@ -27,17 +28,45 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
     );
     results.insert(
         "handover".into(),
-        json!({"rolling_restart": rolling, "first_publish_after_clean_stop_ms": after_clean_stop.as_secs_f64() * 1000.0,
+        json!({"steady": steady, "rolling_restart": rolling, "first_publish_after_clean_stop_ms": after_clean_stop.as_secs_f64() * 1000.0,
             "first_publish_after_crash_ms": after_crash.as_secs_f64() * 1000.0}),
     );
     Ok(())
+}
+
+/// The same writes as [`rolling_restart`] with no restart: what the pipeline's own tail is at
+/// that rate, the floor under the rolling restart's figures.
+async fn steady(stack: &mut Stack, sizes: &Sizes) -> anyhow::Result<serde_json::Value> {
+    let measured = end_to_end(stack, ROLLING_RATE, rolling_duration(sizes)).await?;
+    report_latencies("with no restart", measured)
+}
+
+/// How long the rolling restart's writes last.
+fn rolling_duration(sizes: &Sizes) -> Duration {
+    sizes.phase.max(Duration::from_secs(3))
+}
+
+/// Prints and returns the figures of end-to-end latencies at [`ROLLING_RATE`].
+fn report_latencies(
+    during: &str,
+    (latencies, written): (Vec<f64>, crate::latency::Written),
+) -> anyhow::Result<serde_json::Value> {
+    let crate::latency::Written { sent, refused } = written;
+    let (p50, p99, max) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
+    println!(
+        "end-to-end at {ROLLING_RATE:>4} writes/s {during}: p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  max {max:>7.1} ms  ({} of {sent} seen, {refused} refused by the API)",
+        latencies.len()
+    );
+    Ok(
+        json!({"rate": ROLLING_RATE, "sent": sent, "seen": latencies.len(), "refused": refused, "p50_ms": p50, "p99_ms": p99, "max_ms": max}),
+    )
 }
 
 /// Writes at [`ROLLING_RATE`] while a second relay starts and the first is stopped with SIGTERM a
 /// third of the way in; then the first is started again and the second stopped (a clean
 /// handover back).
 async fn rolling_restart(stack: &mut Stack, sizes: &Sizes) -> anyhow::Result<serde_json::Value> {
-    let duration = sizes.phase.max(Duration::from_secs(3));
+    let duration = rolling_duration(sizes);
     let replace = async {
         tokio::time::sleep(duration / 3).await;
         let port = e2e::free_port();
@@ -52,20 +81,13 @@ async fn rolling_restart(stack: &mut Stack, sizes: &Sizes) -> anyhow::Result<ser
         anyhow::Ok(successor)
     };
     let (measured, successor) = tokio::join!(end_to_end(stack, ROLLING_RATE, duration), replace);
-    let (latencies, crate::latency::Written { sent, refused }) = measured?;
+    let measured = measured?;
     let mut successor = successor?;
     // Reaps the first relay (it exited on SIGTERM) and starts it again as a standby.
     stack.stop(Service::Relay).await;
     stack.restart(Service::Relay).await?;
     successor.stop(Duration::from_secs(30)).await;
-    let (p50, p99, max) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
-    println!(
-        "end-to-end at {ROLLING_RATE:>4} writes/s through a rolling restart of the relay: p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  max {max:>7.1} ms  ({} of {sent} seen, {refused} refused by the API)",
-        latencies.len()
-    );
-    Ok(
-        json!({"rate": ROLLING_RATE, "sent": sent, "seen": latencies.len(), "refused": refused, "p50_ms": p50, "p99_ms": p99, "max_ms": max}),
-    )
+    report_latencies("through a rolling restart of the relay", measured)
 }
 
 /// Stops the relay (SIGKILL when `crash`, else SIGTERM), commits one change, starts the relay

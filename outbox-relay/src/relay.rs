@@ -914,7 +914,7 @@ impl Relay {
         let timeout = self.settings.producer.delivery_timeout;
         let commits = producers.map(|producer| {
             let committing = producer.clone();
-            tokio::task::spawn_blocking(move || committing.commit_transaction(timeout))
+            tokio::task::spawn_blocking(move || kafka_kit::transaction::commit(&committing, timeout))
         });
         for committed in futures_util::future::join_all(commits).await {
             committed?.map_err(RelayError::Commit)?;

@@ -12,6 +12,7 @@ use rdkafka::message::{Headers, Message};
 pub mod partitioner;
 pub mod probe;
 pub mod settings;
+pub mod transaction;
 
 pub use partitioner::Partitioner;
 pub use settings::{Role, configured};

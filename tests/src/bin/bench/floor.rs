@@ -64,12 +64,11 @@ impl Mode {
     }
 }
 
-pub(crate) async fn run(stack: &e2e::Stack, sizes: &Sizes, results: &mut Results) -> anyhow::Result<()> {
-    let bootstrap = stack.bootstrap_servers();
+pub(crate) async fn run(bootstrap: &str, sizes: &Sizes, results: &mut Results) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for rate in sizes.rates {
         for mode in Mode::ALL {
-            let latencies = floor(&bootstrap, mode, rate, sizes.phase)
+            let latencies = floor(bootstrap, mode, rate, sizes.phase)
                 .await
                 .with_context(|| format!("the {} floor at {rate} records/s", mode.name()))?;
             let (p50, p99, max) =
@@ -89,7 +88,9 @@ pub(crate) async fn run(stack: &e2e::Stack, sizes: &Sizes, results: &mut Results
 /// Sends `rate` records a second for `duration` through a topic of its own; returns each record's
 /// latency from its send time to its arrival at the consumer, in ms, sorted.
 async fn floor(bootstrap: &str, mode: Mode, rate: u64, duration: Duration) -> anyhow::Result<Vec<f64>> {
-    let topic = format!("bench-floor-{}-{rate}", mode.name().replace([',', ' ', '(', ')'], ""));
+    // A topic of this run's own: `--floor-only` may measure a broker an earlier run measured.
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let topic = format!("bench-floor-{}-{rate}-{run}", mode.name().replace([',', ' ', '(', ')'], ""));
     e2e::topics::create(bootstrap, &topic, PARTITIONS as i32, &[]).await?;
     let total = (rate as f64 * duration.as_secs_f64()) as usize;
     let origin = Instant::now();
@@ -197,7 +198,7 @@ async fn produce(
         crate::measure::acknowledged(std::mem::take(&mut pending)).await?;
         let commits = open.iter().flatten().map(|producer| {
             let committing = (*producer).clone();
-            tokio::task::spawn_blocking(move || committing.commit_transaction(Duration::from_secs(30)))
+            tokio::task::spawn_blocking(move || kafka_kit::transaction::commit(&committing, Duration::from_secs(30)))
         });
         for committed in futures_util::future::join_all(commits).await {
             committed??;

@@ -70,6 +70,10 @@ struct Cli {
     /// How long the bounded-state phase writes (0: skip it); default 300 s, 10 s with `--short`.
     #[arg(long)]
     long_run_secs: Option<u64>,
+    /// Measure only the broker's latency floor (phase 4b), against the broker at these bootstrap
+    /// servers, with no stack: the floor of a broker that serves nothing else.
+    #[arg(long, value_name = "BOOTSTRAP_SERVERS")]
+    floor_only: Option<String>,
 }
 
 /// How long each phase runs and how much it moves.
@@ -110,6 +114,12 @@ async fn main() -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&cli.out)?;
     let mut results = serde_json::Map::new();
+    if let Some(bootstrap) = &cli.floor_only {
+        floor::run(bootstrap, &sizes, &mut results).await?;
+        results.insert("broker".into(), json!(bootstrap));
+        std::fs::write(cli.out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+        return Ok(());
+    }
     let mut stack = Stack::start_for_test_configured(|options| {
         // Figures of a broker of its own, never of one shared with tests running beside it.
         options.shared_broker = None;
@@ -150,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
     // The sinks the drains added to the group stay: the latency phase runs with 3.
     let (extra_sinks, drain_curves) = sink::run(&mut stack, &sizes, backlog_size, scripts.path(), &mut results).await?;
     let series = latency::run(&stack, &sizes, &mut results).await?;
-    floor::run(&stack, &sizes, &mut results).await?;
+    floor::run(&stack.bootstrap_servers(), &sizes, &mut results).await?;
     handover::run(&mut stack, &sizes, &mut results).await?;
 
     // 6. Peak RSS (the broker's for comparison: a JVM against nisshi).

@@ -171,7 +171,8 @@ async fn bare_produce_transactional(
         }
         crate::measure::acknowledged(deliveries).await?;
         let committing = producer.clone();
-        tokio::task::spawn_blocking(move || committing.commit_transaction(Duration::from_secs(30))).await??;
+        tokio::task::spawn_blocking(move || kafka_kit::transaction::commit(&committing, Duration::from_secs(30)))
+            .await??;
     }
     Ok(backlog.len() as f64 / started.elapsed().as_secs_f64())
 }

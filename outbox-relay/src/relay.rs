@@ -173,6 +173,14 @@ struct Connected {
 type ConnectingAhead = tokio::task::JoinHandle<Result<Connected, RelayError>>;
 
 /// A session's producers, connected side by side.
+/// Awaits `connecting`, one part of what a standby connects ahead, and logs when it was ready
+/// (a takeover waits for the slowest part).
+async fn timed<T>(part: &'static str, started: Instant, connecting: impl std::future::Future<Output = T>) -> T {
+    let connected = connecting.await;
+    tracing::debug!(part, elapsed = ?started.elapsed(), "connected ahead");
+    connected
+}
+
 async fn connect_producers(
     settings: &ProducerSettings,
     transactional_id: &str,
@@ -487,10 +495,11 @@ impl Relay {
         tokio::spawn(async move {
             let transactional_id = settle::transactional_id(&pool.get().await?).await?;
             let servers = settings.producer.bootstrap_servers.clone();
+            let started = Instant::now();
             let (producers, default_topic, reader) = tokio::join!(
-                connect_producers(&settings.producer, &transactional_id),
-                examine_topic(&settings, &settings.topic),
-                Reader::connected(servers, settings.isolation, settings.topic.clone())
+                timed("producers", started, connect_producers(&settings.producer, &transactional_id)),
+                timed("topic", started, examine_topic(&settings, &settings.topic)),
+                timed("reader", started, Reader::connected(servers, settings.isolation, settings.topic.clone()))
             );
             let producers = producers?;
             metrics.standby_ready.set(1);

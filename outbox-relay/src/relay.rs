@@ -172,7 +172,6 @@ struct Connected {
 /// registration.
 type ConnectingAhead = tokio::task::JoinHandle<Result<Connected, RelayError>>;
 
-/// A session's producers, connected side by side.
 /// Awaits `connecting`, one part of what a standby connects ahead, and logs when it was ready
 /// (a takeover waits for the slowest part).
 async fn timed<T>(part: &'static str, started: Instant, connecting: impl std::future::Future<Output = T>) -> T {
@@ -181,6 +180,7 @@ async fn timed<T>(part: &'static str, started: Instant, connecting: impl std::fu
     connected
 }
 
+/// A session's producers, connected side by side.
 async fn connect_producers(
     settings: &ProducerSettings,
     transactional_id: &str,

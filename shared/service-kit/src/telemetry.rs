@@ -11,6 +11,7 @@
 //! propagated, so a trace continues through services even when this one does not export.
 
 use std::collections::HashMap;
+use std::io::IsTerminal as _;
 use std::sync::Arc;
 
 use opentelemetry::propagation::{Extractor, TextMapCompositePropagator};
@@ -59,7 +60,8 @@ pub fn init(default_service_name: &str) -> TelemetryGuard {
             .with_span_list(false)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_target(false).boxed()
+        // Colours only on a terminal: log files and collectors get plain text.
+        tracing_subscriber::fmt::layer().with_target(false).with_ansi(std::io::stdout().is_terminal()).boxed()
     };
     let (provider, export_error) = match tracer_provider(default_service_name) {
         Ok(provider) => (provider, None),

@@ -74,6 +74,13 @@ struct Cli {
     /// servers, with no stack: the floor of a broker that serves nothing else.
     #[arg(long, value_name = "BOOTSTRAP_SERVERS")]
     floor_only: Option<String>,
+    /// Measure only the relay's drain against the bare producers (phase 2), on a stack of its own:
+    /// a quick run while working on the relay.
+    #[arg(long)]
+    relay_only: bool,
+    /// The relay's `RELAY_BATCH_SIZE` (unset: the relay's default), to measure what larger rounds buy.
+    #[arg(long, value_name = "ROWS")]
+    relay_batch_size: Option<u32>,
 }
 
 /// How long each phase runs and how much it moves.
@@ -134,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
                 cli.sink_isolation_level
                     .map(|level| (Service::Sink, "KAFKA_ISOLATION_LEVEL".to_owned(), level.to_string())),
             )
+            .chain(cli.relay_batch_size.map(|rows| (Service::Relay, "RELAY_BATCH_SIZE".to_owned(), rows.to_string())))
             .chain([(Service::Relay, "KAFKA_TOPIC_PARTITIONS".to_owned(), PARTITIONS.to_string())])
             .collect();
         options.print_logs_on_drop = false;
@@ -146,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
     );
     results.insert("broker".into(), json!(stack.broker_description()));
     results.insert("sink_fetch_wait_ms".into(), json!(cli.sink_fetch_wait_ms));
+    results.insert("relay_batch_size".into(), json!(cli.relay_batch_size));
     results.insert("sink_isolation_level".into(), json!(cli.sink_isolation_level.map(|level| level.to_string())));
     let scripts = tempfile::tempdir()?;
 
@@ -155,6 +164,15 @@ async fn main() -> anyhow::Result<()> {
     stack.api().create(&json!({"title": "first", "content": "c", "author": "bench"})).await?;
     stack.wait_for_replica(Duration::from_secs(60)).await?;
 
+    if cli.relay_only {
+        stack.stop(Service::Relay).await;
+        stack.stop(Service::Sink).await;
+        relay::run(&mut stack, &sizes, &mut results).await?;
+        results.insert("date".into(), json!(Utc::now().to_rfc3339()));
+        std::fs::write(cli.out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+        stack.shutdown().await;
+        return Ok(());
+    }
     api::run(&mut stack, &sizes, scripts.path(), &mut results).await?;
     let backlog_size = relay::run(&mut stack, &sizes, &mut results).await?;
     // The sinks the drains added to the group stay: the latency phase runs with 3.

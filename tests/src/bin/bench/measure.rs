@@ -149,3 +149,86 @@ pub(crate) async fn acknowledged(deliveries: Vec<rdkafka::producer::DeliveryFutu
     }
     Ok(())
 }
+
+/// Clock ticks per second of `/proc`'s CPU times (`getconf CLK_TCK`; 100 on every Linux this runs on).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The fields of `/proc/<pid>/stat` after the command name, which may hold spaces and parentheses.
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    // The state (a letter) comes first; every later field is a number.
+    Some(after_name.split_whitespace().skip(1).map(|field| field.parse().unwrap_or(0)).collect())
+}
+
+/// CPU seconds used by process `pid` and its children: its own, its reaped children's, and its
+/// living children's (a PostgreSQL cluster's backends are children of its postmaster).
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    // Indices in `stat_fields`: ppid 0, utime 10, stime 11, cutime 12, cstime 13.
+    let ticks = |fields: &[u64], with_reaped: bool| {
+        fields[10] + fields[11] + if with_reaped { fields[12] + fields[13] } else { 0 }
+    };
+    let own = stat_fields(pid)?;
+    let mut total = ticks(&own, true);
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        if let Some(fields) = stat_fields(child)
+            && fields.first() == Some(&u64::from(pid))
+        {
+            total += ticks(&fields, false);
+        }
+    }
+    Some(total as f64 / TICKS_PER_SECOND)
+}
+
+/// The machine's busy and total CPU ticks so far, over all cores (`/proc/stat`).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let times: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    let total: u64 = times.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th.
+    let idle = times.get(3)? + times.get(4)?;
+    Some((total - idle, total))
+}
+
+/// The CPU that named processes (and the machine as a whole) use while something runs: what a
+/// drain costs each part, and whether the machine's cores were the bound.
+pub(crate) struct CpuUse {
+    parts: Vec<(&'static str, u32, f64)>,
+    machine: Option<(u64, u64)>,
+}
+
+impl CpuUse {
+    /// Starts counting for `parts` (name, pid); a part whose pid is unknown is left out.
+    pub(crate) fn start(parts: impl IntoIterator<Item = (&'static str, Option<u32>)>) -> Self {
+        let parts = parts
+            .into_iter()
+            .filter_map(|(name, pid)| {
+                let pid = pid?;
+                Some((name, pid, cpu_seconds(pid)?))
+            })
+            .collect();
+        Self { parts, machine: machine_ticks() }
+    }
+
+    /// Stops counting: the line `CPU per 1,000 events: relay 12 ms, … machine busy 97%` and its
+    /// figures, for `events` events.
+    pub(crate) fn finish(self, events: usize) -> (String, serde_json::Value) {
+        let per_thousand = 1000.0 / events.max(1) as f64;
+        let mut figures = serde_json::Map::new();
+        let mut text: Vec<String> = Vec::new();
+        for (name, pid, before) in self.parts {
+            let Some(after) = cpu_seconds(pid) else { continue };
+            let ms = (after - before) * 1000.0 * per_thousand;
+            figures.insert(format!("{name}_cpu_ms_per_1000"), serde_json::json!(ms));
+            text.push(format!("{name} {ms:.0} ms"));
+        }
+        let busy = self.machine.zip(machine_ticks()).map(|((busy_before, total_before), (busy, total))| {
+            (busy - busy_before) as f64 / (total - total_before).max(1) as f64 * 100.0
+        });
+        figures.insert("machine_busy_pct".to_owned(), serde_json::json!(busy));
+        let busy = busy.map_or_else(|| "unknown".to_owned(), |busy| format!("{busy:.0}%"));
+        let line = format!("CPU per 1,000 events: {}; machine busy {busy} of its cores", text.join(", "));
+        (line, serde_json::Value::Object(figures))
+    }
+}

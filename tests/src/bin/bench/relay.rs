@@ -4,12 +4,13 @@
 use std::time::{Duration, Instant};
 
 use e2e::Stack;
+use e2e::process::Server as _;
 use e2e::stack::Service;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use serde_json::json;
 
-use crate::measure::drain_rate;
+use crate::measure::{CpuUse, drain_rate};
 use crate::{Results, Sizes};
 
 /// Returns how many events the backlog held (all on the topic afterwards, for phase 3).
@@ -48,14 +49,21 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
     stack.restart(Service::Relay).await?;
     let relay_metrics = e2e::ApiClient::new(&stack.url(Service::Relay));
     let metrics_before = relay_metrics.text("/metrics").await?;
+    let (relay_pid, db1_pid, broker_pid) =
+        (stack.process(Service::Relay).pid(), stack.db1.process_mut().pid(), stack.broker_mut()?.process_mut().pid());
+    let relay_cpu = CpuUse::start([("relay", relay_pid), ("db1", db1_pid), ("broker", broker_pid)]);
     let (relay_rate, relay_time) =
         drain_rate(0, || async { Ok(db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0)) }).await?;
+    let (relay_cpu, relay_cpu_figures) = relay_cpu.finish(backlog.len());
+    let relay_rss = crate::measure::peak_rss_mib(relay_pid);
     let (phases, phase_figures) = crate::measure::round_phases(&metrics_before, &relay_metrics.text("/metrics").await?);
     // The relay's ceiling: a bare producer sending the same records (key, payload and the
     // `event_id` and `event_type` headers the relay adds) to another topic of the same broker. On
     // nisshi every header is a row of its own, so the same payloads without headers are measured
     // too, to show what the headers cost the broker.
+    let bare_cpu = CpuUse::start([("bare_producer", Some(std::process::id())), ("broker", broker_pid)]);
     let with_headers = bare_produce(&stack.bootstrap_servers(), &backlog, true).await?;
+    let (bare_cpu, bare_cpu_figures) = bare_cpu.finish(backlog.len());
     let without_headers = bare_produce(&stack.bootstrap_servers(), &backlog, false).await?;
     // What transactions cost the producer alone: the same records, one transaction per
     // RELAY_BATCH_ROWS records (the relay's default batch), one after the other, as the relay's
@@ -70,14 +78,18 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
          {with_headers:>8.0}/s   ratio {ratio:.2}   (without headers: {without_headers:>8.0}/s, ratio {ratio_without_headers:.2})\n\
          bare transactional producer, same records: {RELAY_BATCH_ROWS} per transaction {transactional:>8.0}/s (relay's ratio to it \
          {ratio_transactional:.2}), {LARGE_TRANSACTION_ROWS} per transaction {transactional_large:>8.0}/s\n\
-         relay round phases, mean per round: {phases}"
+         relay round phases, mean per round: {phases}\n\
+         relay drain (from the relay's start): {relay_cpu}; relay's peak RSS {:.1} MiB\n\
+         bare producer, same records:          {bare_cpu}",
+        relay_rss.unwrap_or(f64::NAN)
     );
     let figures = json!({"events": backlog_size, "relay_per_s": relay_rate, "bare_producer_per_s": with_headers,
         "ratio": ratio, "bare_producer_without_headers_per_s": without_headers,
         "ratio_without_headers": ratio_without_headers, "round_phases": phase_figures,
         "bare_transactional_per_s": transactional, "rows_per_transaction": RELAY_BATCH_ROWS,
         "ratio_transactional": ratio_transactional, "bare_transactional_large_per_s": transactional_large,
-        "rows_per_large_transaction": LARGE_TRANSACTION_ROWS});
+        "rows_per_large_transaction": LARGE_TRANSACTION_ROWS, "relay_cpu": relay_cpu_figures,
+        "bare_producer_cpu": bare_cpu_figures, "relay_peak_rss_mib": relay_rss});
     crate::report(results, "relay_drain", &line, figures);
     Ok(backlog_size)
 }

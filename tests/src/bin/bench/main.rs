@@ -49,6 +49,11 @@ fn report(results: &mut Results, key: &str, line: &str, figures: serde_json::Val
     results.insert(key.to_owned(), figures);
 }
 
+/// Writes what the run measured to `results.json` in `out`.
+fn write_results(out: &std::path::Path, results: &Results) -> anyhow::Result<()> {
+    Ok(std::fs::write(out.join("results.json"), serde_json::to_string_pretty(results)?)?)
+}
+
 /// Measures the pipeline against its ceilings (see the module docs).
 #[derive(Debug, Parser)]
 #[command(name = "bench", version)]
@@ -124,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(bootstrap) = &cli.floor_only {
         floor::run(bootstrap, &sizes, &mut results).await?;
         results.insert("broker".into(), json!(bootstrap));
-        std::fs::write(cli.out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+        write_results(&cli.out, &results)?;
         return Ok(());
     }
     let mut stack = Stack::start_for_test_configured(|options| {
@@ -169,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
         stack.stop(Service::Sink).await;
         relay::run(&mut stack, &sizes, &mut results).await?;
         results.insert("date".into(), json!(Utc::now().to_rfc3339()));
-        std::fs::write(cli.out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+        write_results(&cli.out, &results)?;
         stack.shutdown().await;
         return Ok(());
     }
@@ -205,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
     results.insert("short".into(), json!(cli.short));
     results.insert("date".into(), json!(Utc::now().to_rfc3339()));
 
-    std::fs::write(cli.out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    write_results(&cli.out, &results)?;
     std::fs::write(cli.out.join("latency.svg"), latency::svg_plot(&series, &drain_curves))?;
     println!("results: {}, plot: {}", cli.out.join("results.json").display(), cli.out.join("latency.svg").display());
     stack.shutdown().await;

@@ -40,4 +40,20 @@ pub struct ApiConfig {
     /// A request taking longer than this many seconds is answered 503.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     pub request_timeout_secs: u64,
+    /// Most API requests handled at once; beyond, a request is answered 503 at once (with
+    /// `Retry-After`) instead of queueing for DB1, so that an overload costs neither memory nor
+    /// every caller's latency. Health, readiness and metrics are never refused.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_requests: u32,
+    /// Most connections held open at once; beyond, new connections wait in the kernel's accept
+    /// queue until one closes (each open connection costs memory whether it is busy or not).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// A connection on which nothing moved for this many seconds is closed (idle keep-alive
+    /// connections would otherwise hold the `MAX_CONNECTIONS` slots).
+    #[arg(long, env = "CONNECTION_IDLE_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connection_idle_timeout_secs: u64,
 }

@@ -33,6 +33,8 @@ pub enum ApiError {
     Starting,
     #[error("the request took too long")]
     Timeout,
+    #[error("the API is handling its limit of {0} requests at once; retry shortly")]
+    Overloaded(usize),
     #[error("the database is unavailable")]
     PoolUnavailable(#[from] deadpool_postgres::PoolError),
     #[error("database error")]
@@ -51,7 +53,9 @@ impl ApiError {
             Self::ArticleNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::AlreadyPublished(_) => StatusCode::CONFLICT,
-            Self::Starting | Self::Timeout | Self::PoolUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Starting | Self::Timeout | Self::Overloaded(_) | Self::PoolUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Database(error) if is_transient(error) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Serialize(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -117,7 +121,10 @@ impl ErrorCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // A shed request is counted (`http_requests_shed_total`), not logged: an overload would
+        // flood the log with one line per refused request.
+        let overloaded = matches!(self, Self::Overloaded(_));
+        if status.is_server_error() && !overloaded {
             tracing::error!(error = %error_chain(&self), status = status.as_u16(), "request failed");
         }
         let body = ErrorBody {
@@ -125,6 +132,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
+        if overloaded {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         match status {
             StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -1,7 +1,7 @@
 //! The API's Prometheus metrics, served at `GET /api/v1/metrics` (the seed's path).
 
 use events::EventType;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 use service_kit::metrics::{LATENCY_BUCKETS, register};
 
 #[derive(Debug, Clone)]
@@ -13,6 +13,9 @@ pub struct ApiMetrics {
     pub request_duration: HistogramVec,
     /// `article_writes_total{event_type}`: committed changes, i.e. events written to the outbox.
     pub writes: IntCounterVec,
+    /// `http_requests_shed_total`: requests answered 503 at once because the API was already
+    /// handling `MAX_CONCURRENT_REQUESTS`.
+    pub shed: IntCounter,
 }
 
 impl ApiMetrics {
@@ -39,6 +42,13 @@ impl ApiMetrics {
                 HistogramVec::new(by_route.buckets(LATENCY_BUCKETS[..13].to_vec()), &["method", "route"]),
             )?,
             writes,
+            shed: register(
+                &registry,
+                IntCounter::new(
+                    "http_requests_shed_total",
+                    "Requests answered 503 at once because MAX_CONCURRENT_REQUESTS were in progress",
+                ),
+            )?,
             registry,
         })
     }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ApiConfig;
 use crate::metrics::ApiMetrics;
-use crate::state::AppState;
+use crate::state::{AppState, Limits};
 
 #[derive(Debug)]
 pub struct Application {
@@ -27,7 +27,10 @@ impl Application {
         let state = AppState::new(
             pool,
             ApiMetrics::new().context("cannot register metrics")?,
-            Duration::from_secs(config.request_timeout_secs),
+            Limits {
+                request_timeout: Duration::from_secs(config.request_timeout_secs),
+                max_concurrent_requests: config.max_concurrent_requests as usize,
+            },
             config.api_token.clone(),
         );
         Ok(Self { listener, state, config })
@@ -39,7 +42,8 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { listener, state, config } = self;
-        tracing::info!(listen_addr = %listener.local_addr()?, database = %config.database_url, database_security = %config.database_url.security(), "api starting");
+        tracing::info!(listen_addr = %listener.local_addr()?, database = %config.database_url, database_security = %config.database_url.security(),
+            max_connections = config.max_connections, max_concurrent_requests = config.max_concurrent_requests, "api starting");
         if config.api_token.is_none() {
             tracing::warn!("API_TOKEN is not set: writes are open to anyone who can reach the API");
         }
@@ -52,7 +56,12 @@ impl Application {
                 }
             })
         };
-        let served = service_kit::ops::serve(listener, crate::routes::router(state), shutdown).await;
+        let listener = service_kit::connections::LimitedListener::new(
+            listener,
+            config.max_connections as usize,
+            Duration::from_secs(config.connection_idle_timeout_secs),
+        );
+        let served = service_kit::ops::serve_limited(listener, crate::routes::router(state), shutdown).await;
         migrations.abort();
         tracing::info!("api stopped");
         served.context("the HTTP server failed")

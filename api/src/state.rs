@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
@@ -17,7 +18,17 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Required for writes when set.
     pub api_token: Option<service_kit::config::Secret>,
+    /// One permit per request the API may handle at once (`MAX_CONCURRENT_REQUESTS`).
+    pub in_flight: Arc<Semaphore>,
+    max_concurrent_requests: usize,
     schema_ready: Arc<AtomicBool>,
+}
+
+/// What an [`AppState`] is built with, beside its pool and metrics.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
 }
 
 impl AppState {
@@ -26,10 +37,23 @@ impl AppState {
     pub fn new(
         pool: Pool,
         metrics: ApiMetrics,
-        request_timeout: Duration,
+        limits: Limits,
         api_token: Option<service_kit::config::Secret>,
     ) -> Self {
-        Self { pool, metrics, request_timeout, api_token, schema_ready: Arc::new(AtomicBool::new(false)) }
+        Self {
+            pool,
+            metrics,
+            request_timeout: limits.request_timeout,
+            api_token,
+            in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            max_concurrent_requests: limits.max_concurrent_requests,
+            schema_ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// `MAX_CONCURRENT_REQUESTS`.
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.max_concurrent_requests
     }
 
     /// The migrations are in: handlers may use the database.

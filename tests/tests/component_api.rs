@@ -170,3 +170,69 @@ async fn api_errors_are_json_with_the_right_status() -> anyhow::Result<()> {
     assert!(metrics.contains("article_writes_total{event_type=\"article.created\"} 1"), "{metrics}");
     Ok(())
 }
+
+/// Beyond `MAX_CONCURRENT_REQUESTS` a request is answered 503 at once, with `Retry-After`, a JSON
+/// body naming the limit, and nothing written; health, readiness and metrics still answer; the
+/// requests in progress complete, and once they have the API takes writes again.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_beyond_the_limit_are_shed_at_once_and_write_nothing() -> anyhow::Result<()> {
+    let fixtures = Fixtures::start().await?;
+    let db1_url = fixtures.database("db1").await?;
+    let running = component::api(&db1_url, &[("max-concurrent-requests", "2"), ("db-pool-size", "4")]).await?;
+    let api = ApiClient::new(&running.url());
+    let mut db1 = service_kit::db::connect(&db1_url).await?;
+    // Two creates held in progress: they wait for a lock on `articles`.
+    let lock = db1.transaction().await?;
+    lock.batch_execute("LOCK TABLE articles IN ACCESS EXCLUSIVE MODE").await?;
+    let held: Vec<_> = (0..2)
+        .map(|n| {
+            let api = api.clone();
+            tokio::spawn(async move { api.create(&article_body(&format!("held {n}"), "shed")).await })
+        })
+        .collect();
+    let watcher = service_kit::db::connect(&db1_url).await?;
+    e2e::wait::until("both creates wait for the lock", std::time::Duration::from_secs(30), || async {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(waiting == 2)
+    })
+    .await?;
+
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/articles", running.url()))
+        .json(&article_body("shed", "shed"))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers().get("retry-after").and_then(|value| value.to_str().ok()), Some("1"));
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(body["error"]["code"], "service_unavailable", "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|message| message.contains("limit of 2")), "{body}");
+    assert_eq!(api.request(Method::GET, "/api/v1/articles", None).await?.0, 503, "reads are shed too");
+    for probe in ["/health", "/ready"] {
+        assert_eq!(api.request(Method::GET, probe, None).await?.0, 200, "{probe} is never shed");
+    }
+    let metrics = api.text("/api/v1/metrics").await?;
+    assert!(metrics.contains("http_requests_shed_total 2"), "{metrics}");
+
+    lock.commit().await?;
+    for create in held {
+        create.await??;
+    }
+    let after = api.create(&article_body("after", "shed")).await?;
+    let outbox: Vec<String> = db1
+        .query("SELECT payload::json->'data'->>'title' FROM outbox ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(outbox.len(), 3, "the two held creates and the one after, nothing of the shed one: {outbox:?}");
+    assert!(!outbox.contains(&"shed".to_owned()));
+    assert_eq!(outbox.last(), Some(&after.title));
+    Ok(())
+}

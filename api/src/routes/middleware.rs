@@ -46,6 +46,25 @@ pub(super) async fn observe_request(State(state): State<AppState>, request: Requ
     response
 }
 
+/// Routes never shed: an operator must see an overloaded API (liveness, readiness, metrics).
+const NEVER_SHED: [&str; 3] = ["/health", "/ready", "/api/v1/metrics"];
+
+/// Answers 503 at once (with `Retry-After`) when `MAX_CONCURRENT_REQUESTS` are already being
+/// handled: beyond DB1's pace, a queue of waiting requests would only grow the API's memory (one
+/// connection and task each) and every caller's latency, until the pool's wait timed them out.
+pub(super) async fn shed_load(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if NEVER_SHED.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    match state.in_flight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            state.metrics.shed.inc();
+            ApiError::Overloaded(state.max_concurrent_requests()).into_response()
+        }
+    }
+}
+
 /// With `API_TOKEN` set, refuses writes (any method but GET, HEAD, OPTIONS) without
 /// `Authorization: Bearer <token>` (compared in constant time).
 pub(super) async fn require_token_for_writes(State(state): State<AppState>, request: Request, next: Next) -> Response {

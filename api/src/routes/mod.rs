@@ -21,13 +21,15 @@ use crate::state::AppState;
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Every route, behind the token check, the request span and metrics, and the body limit.
+/// Every route, behind the token check, the load shedding, the request span and metrics, and the
+/// body limit.
 pub fn router(state: AppState) -> Router {
     let (router, _) = documented_routes().split_for_parts();
     router
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::require_token_for_writes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::shed_load))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::observe_request))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

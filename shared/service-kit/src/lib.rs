@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod metrics;
 pub mod ops;

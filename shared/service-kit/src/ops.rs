@@ -115,6 +115,15 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
+/// [`serve`] on a listener that bounds its open connections (see [`crate::connections`]).
+pub async fn serve_limited(
+    listener: crate::connections::LimitedListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
 /// The ops endpoints of a service that is not an HTTP server itself (the relay, the sink): bound
 /// when the service is built (port 0 in tests), served while the service works.
 #[derive(Debug)]

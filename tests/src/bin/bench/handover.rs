@@ -51,7 +51,7 @@ fn report_latencies(
     during: &str,
     (latencies, written): (Vec<f64>, crate::latency::Written),
 ) -> anyhow::Result<serde_json::Value> {
-    let crate::latency::Written { sent, refused } = written;
+    let crate::latency::Written { sent, refused, .. } = written;
     let (p50, p99, max) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
     println!(
         "end-to-end at {ROLLING_RATE:>4} writes/s {during}: p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  max {max:>7.1} ms  ({} of {sent} seen, {refused} refused by the API)",

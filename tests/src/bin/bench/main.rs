@@ -54,6 +54,40 @@ fn write_results(out: &std::path::Path, results: &Results) -> anyhow::Result<()>
     Ok(std::fs::write(out.join("results.json"), serde_json::to_string_pretty(results)?)?)
 }
 
+/// The pipeline's processes whose CPU the latency phase counts: the services, both databases
+/// (with their backends) and the broker.
+fn pipeline_parts(stack: &mut Stack, extra_sinks: &[e2e::stack::ExtraSink]) -> anyhow::Result<latency::Parts> {
+    let mut parts: latency::Parts =
+        vec![("api", stack.process(Service::Api).pid()), ("db1", stack.db1.process_mut().pid())];
+    parts.push(("relay", stack.process(Service::Relay).pid()));
+    parts.push(("broker", stack.broker_mut()?.process_mut().pid()));
+    parts.push(("sink", stack.process(Service::Sink).pid()));
+    for (sink, name) in extra_sinks.iter().zip(["sink-2", "sink-3"]) {
+        parts.push((name, sink.process.pid()));
+    }
+    parts.push(("db2", stack.db2.process_mut().pid()));
+    parts.push(("bench", Some(std::process::id())));
+    Ok(parts)
+}
+
+/// 5. Peak RSS of each service and of the broker (for comparison: a JVM against nisshi).
+fn peak_rss(stack: &mut Stack, extra_sinks: &[e2e::stack::ExtraSink], results: &mut Results) -> anyhow::Result<()> {
+    let mut rss = serde_json::Map::new();
+    let mut processes: Vec<(&str, Option<u32>)> = [Service::Api, Service::Relay, Service::Sink]
+        .into_iter()
+        .map(|service| (service.binary_name(), stack.process(service).pid()))
+        .collect();
+    processes.extend(extra_sinks.iter().map(|sink| (sink.process.name(), sink.process.pid())));
+    processes.push(("broker", stack.broker_mut()?.process_mut().pid()));
+    for (name, pid) in processes {
+        let peak = measure::peak_rss_mib(pid);
+        println!("peak RSS {name:<13} {:>6.1} MiB", peak.unwrap_or(f64::NAN));
+        rss.insert(name.into(), json!(peak));
+    }
+    results.insert("peak_rss_mib".into(), json!(rss));
+    Ok(())
+}
+
 /// Measures the pipeline against its ceilings (see the module docs).
 #[derive(Debug, Parser)]
 #[command(name = "bench", version)]
@@ -83,6 +117,10 @@ struct Cli {
     /// a quick run while working on the relay.
     #[arg(long)]
     relay_only: bool,
+    /// Measure only the end-to-end latency (phase 4, with its stages) and the services' peak RSS,
+    /// on a stack of its own with 3 sinks: a quick run while working on latency.
+    #[arg(long, conflicts_with = "relay_only")]
+    latency_only: bool,
     /// The relay's `RELAY_BATCH_SIZE` (unset: the relay's default), to measure what larger rounds buy.
     #[arg(long, value_name = "ROWS")]
     relay_batch_size: Option<u32>,
@@ -178,28 +216,36 @@ async fn main() -> anyhow::Result<()> {
         stack.shutdown().await;
         return Ok(());
     }
+    if cli.latency_only {
+        let mut extra_sinks = Vec::new();
+        for number in 2..=3 {
+            extra_sinks.push(stack.start_extra_sink(&format!("replica-sink-{number}")).await?);
+        }
+        // The group's rebalance over before the first measured write.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stack.api().create(&json!({"title": "warm-up", "content": "c", "author": "bench"})).await?;
+        stack.wait_for_replica(Duration::from_secs(60)).await?;
+        let parts = pipeline_parts(&mut stack, &extra_sinks)?;
+        let series = latency::run(&stack, &sizes, &parts, &mut results).await?;
+        peak_rss(&mut stack, &extra_sinks, &mut results)?;
+        results.insert("date".into(), json!(Utc::now().to_rfc3339()));
+        write_results(&cli.out, &results)?;
+        std::fs::write(cli.out.join("latency.svg"), latency::svg_plot(&series, &[]))?;
+        for mut sink in extra_sinks {
+            sink.process.stop(Duration::from_secs(30)).await;
+        }
+        stack.shutdown().await;
+        return Ok(());
+    }
     api::run(&mut stack, &sizes, scripts.path(), &mut results).await?;
     let backlog_size = relay::run(&mut stack, &sizes, &mut results).await?;
     // The sinks the drains added to the group stay: the latency phase runs with 3.
     let (extra_sinks, drain_curves) = sink::run(&mut stack, &sizes, backlog_size, scripts.path(), &mut results).await?;
-    let series = latency::run(&stack, &sizes, &mut results).await?;
+    let parts = pipeline_parts(&mut stack, &extra_sinks)?;
+    let series = latency::run(&stack, &sizes, &parts, &mut results).await?;
     floor::run(&stack.bootstrap_servers(), &sizes, &mut results).await?;
     handover::run(&mut stack, &sizes, &mut results).await?;
-
-    // 6. Peak RSS (the broker's for comparison: a JVM against nisshi).
-    let mut rss = serde_json::Map::new();
-    let mut processes: Vec<(&str, Option<u32>)> = [Service::Api, Service::Relay, Service::Sink]
-        .into_iter()
-        .map(|service| (service.binary_name(), stack.process(service).pid()))
-        .collect();
-    processes.extend(extra_sinks.iter().map(|sink| (sink.process.name(), sink.process.pid())));
-    processes.push(("broker", stack.broker_mut()?.process_mut().pid()));
-    for (name, pid) in processes {
-        let peak = measure::peak_rss_mib(pid);
-        println!("peak RSS {name:<13} {:>6.1} MiB", peak.unwrap_or(f64::NAN));
-        rss.insert(name.into(), json!(peak));
-    }
-    results.insert("peak_rss_mib".into(), json!(rss));
+    peak_rss(&mut stack, &extra_sinks, &mut results)?;
     // Last, since it replaces every sink by one that prunes.
     for mut sink in extra_sinks {
         sink.process.stop(Duration::from_secs(30)).await;

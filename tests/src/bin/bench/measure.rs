@@ -4,23 +4,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-/// Waits until `count()` reaches `target`; returns events/s measured from the first change.
-pub(crate) async fn drain_rate<F, Fut>(target: i64, count: F) -> anyhow::Result<(f64, Duration)>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<i64>>,
-{
-    let drain = drain_curve(target, count).await?;
-    Ok((drain.rate, drain.elapsed))
-}
-
 /// A drain measured by [`drain_curve`].
 pub(crate) struct Drain {
-    /// Events per second from the first change to the target.
-    pub(crate) rate: f64,
-    pub(crate) elapsed: Duration,
+    /// When `count()` reached the target. The drain is timed from when the phase's work began
+    /// (the first record on the topic, the moment the sinks could apply), not from the first
+    /// change of `count()`, which comes only when the first batch is done.
+    pub(crate) finished: Instant,
     /// (seconds since the first change, events moved since), every poll.
     pub(crate) curve: Vec<(f64, f64)>,
+}
+
+impl Drain {
+    /// `events` per second, and the time taken, from `began` (when the phase's work began) to
+    /// the end of the drain.
+    pub(crate) fn since(&self, began: Instant, events: i64) -> (f64, Duration) {
+        let elapsed = self.finished.saturating_duration_since(began).max(Duration::from_millis(1));
+        (events as f64 / elapsed.as_secs_f64(), elapsed)
+    }
 }
 
 /// Waits until `count()` reaches `target`, sampling how far it got every 50 ms.
@@ -42,10 +42,7 @@ where
             curve.push((started.elapsed().as_secs_f64(), (now - at_start).abs() as f64));
         }
         if now == target {
-            let (started, at_start) = first_change.unwrap_or((Instant::now(), initial));
-            let elapsed = started.elapsed().max(Duration::from_millis(1));
-            let moved = (target - at_start).abs().max(1);
-            return Ok(Drain { rate: moved as f64 / elapsed.as_secs_f64(), elapsed, curve });
+            return Ok(Drain { finished: Instant::now(), curve });
         }
         if Instant::now() > deadline {
             bail!("gave up waiting: {now} of {target}");
@@ -162,13 +159,18 @@ fn stat_fields(pid: u32) -> Option<Vec<u64>> {
 }
 
 /// CPU seconds used by process `pid` and its children: its own, its reaped children's, and its
-/// living children's (a PostgreSQL cluster's backends are children of its postmaster).
+/// living children's (a PostgreSQL cluster's backends are children of its postmaster). The
+/// benchmark's own process counts alone: its children are the stack's parts, each measured as a
+/// part of its own.
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     // Indices in `stat_fields`: ppid 0, utime 10, stime 11, cutime 12, cstime 13.
     let ticks = |fields: &[u64], with_reaped: bool| {
         fields[10] + fields[11] + if with_reaped { fields[12] + fields[13] } else { 0 }
     };
     let own = stat_fields(pid)?;
+    if pid == std::process::id() {
+        return Some(ticks(&own, false) as f64 / TICKS_PER_SECOND);
+    }
     let mut total = ticks(&own, true);
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(child) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };

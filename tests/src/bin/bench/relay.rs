@@ -10,7 +10,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use serde_json::json;
 
-use crate::measure::{CpuUse, drain_rate};
+use crate::measure::{CpuUse, drain_curve};
 use crate::{Results, Sizes};
 
 /// Returns how many events the backlog held (all on the topic afterwards, for phase 3).
@@ -46,14 +46,18 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
         .map(|row| BacklogRecord { key: row.get(0), payload: row.get(1), event_id: row.get(2), event_type: row.get(3) })
         .collect();
     let backlog_size = backlog.len() as i64;
+    let first_record = FirstRecord::watch(&stack.bootstrap_servers(), stack.topic()).await?;
     stack.restart(Service::Relay).await?;
     let relay_metrics = e2e::ApiClient::new(&stack.url(Service::Relay));
     let metrics_before = relay_metrics.text("/metrics").await?;
     let (relay_pid, db1_pid, broker_pid) =
         (stack.process(Service::Relay).pid(), stack.db1.process_mut().pid(), stack.broker_mut()?.process_mut().pid());
     let relay_cpu = CpuUse::start([("relay", relay_pid), ("db1", db1_pid), ("broker", broker_pid)]);
-    let (relay_rate, relay_time) =
-        drain_rate(0, || async { Ok(db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0)) }).await?;
+    let drain =
+        drain_curve(0, || async { Ok(db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0)) }).await?;
+    // Timed from the first record on the topic, not from the first change of the outbox's count
+    // (that comes only when the first round is settled, and would leave the round out).
+    let (relay_rate, relay_time) = drain.since(first_record.seen().await?, backlog_size);
     let (relay_cpu, relay_cpu_figures) = relay_cpu.finish(backlog.len());
     let relay_rss = crate::measure::peak_rss_mib(relay_pid);
     let (phases, phase_figures) = crate::measure::round_phases(&metrics_before, &relay_metrics.text("/metrics").await?);
@@ -92,6 +96,53 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
         "bare_producer_cpu": bare_cpu_figures, "relay_peak_rss_mib": relay_rss});
     crate::report(results, "relay_drain", &line, figures);
     Ok(backlog_size)
+}
+
+/// Watches the log's end of every partition of a topic, on a thread of its own, for the first
+/// record written after [`FirstRecord::watch`] (committed or not: it is the moment the relay's
+/// first record reached the broker).
+struct FirstRecord(tokio::task::JoinHandle<anyhow::Result<Instant>>);
+
+impl FirstRecord {
+    /// How often the log's ends are asked for.
+    const POLL: Duration = Duration::from_millis(5);
+
+    /// Reads the log's ends now, then watches them until one moves.
+    async fn watch(bootstrap_servers: &str, topic: &str) -> anyhow::Result<Self> {
+        let topic = topic.to_owned();
+        let consumer =
+            kafka_kit::reader(bootstrap_servers, "bench-first-record", kafka_kit::Isolation::ReadUncommitted)?;
+        let (consumer, topic, partitions, initial) = tokio::task::spawn_blocking(move || {
+            let partitions = kafka_kit::topic_partitions(&consumer, &topic)?;
+            let initial = Self::log_ends(&consumer, &topic, &partitions)?;
+            anyhow::Ok((consumer, topic, partitions, initial))
+        })
+        .await??;
+        Ok(Self(tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while Instant::now() < deadline {
+                if Self::log_ends(&consumer, &topic, &partitions)? > initial {
+                    return Ok(Instant::now());
+                }
+                std::thread::sleep(Self::POLL);
+            }
+            anyhow::bail!("no record reached {topic} in 600 s")
+        })))
+    }
+
+    /// The sum of the partitions' log ends (high watermarks).
+    fn log_ends(consumer: &rdkafka::consumer::BaseConsumer, topic: &str, partitions: &[i32]) -> anyhow::Result<i64> {
+        let mut sum = 0;
+        for &partition in partitions {
+            sum += kafka_kit::partition_bounds(consumer, topic, partition)?.1;
+        }
+        Ok(sum)
+    }
+
+    /// When the first record was seen.
+    async fn seen(self) -> anyhow::Result<Instant> {
+        self.0.await?
+    }
 }
 
 /// The payload the API writes for a created article, built in SQL (used by pgbench and the backlog).

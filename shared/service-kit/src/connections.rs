@@ -60,38 +60,34 @@ pub struct LimitedConnection {
 }
 
 impl LimitedConnection {
-    /// After bytes moved: the idle clock starts again.
-    fn moved(&mut self) {
-        self.idle.as_mut().reset(Instant::now() + self.idle_timeout);
-    }
-
-    /// While waiting: `TimedOut` once the idle clock ran out.
-    fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        self.idle.as_mut().poll(cx).map(|()| io::Error::new(io::ErrorKind::TimedOut, "connection idle for too long"))
+    /// What a read or a write of the stream gave, through the idle clock: a result starts the clock
+    /// again; while the stream waits, `TimedOut` once the clock ran out.
+    fn idle_checked<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(result) => {
+                self.idle.as_mut().reset(Instant::now() + self.idle_timeout);
+                Poll::Ready(result)
+            }
+            Poll::Pending => self
+                .idle
+                .as_mut()
+                .poll(cx)
+                .map(|()| Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle for too long"))),
+        }
     }
 }
 
 impl AsyncRead for LimitedConnection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                self.moved();
-                Poll::Ready(result)
-            }
-            Poll::Pending => self.waiting(cx).map(Err),
-        }
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        self.idle_checked(cx, polled)
     }
 }
 
 impl AsyncWrite for LimitedConnection {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write(cx, buf) {
-            Poll::Ready(result) => {
-                self.moved();
-                Poll::Ready(result)
-            }
-            Poll::Pending => self.waiting(cx).map(Err),
-        }
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.idle_checked(cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -107,13 +103,8 @@ impl AsyncWrite for LimitedConnection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(result) => {
-                self.moved();
-                Poll::Ready(result)
-            }
-            Poll::Pending => self.waiting(cx).map(Err),
-        }
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.idle_checked(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -57,16 +57,15 @@ fn write_results(out: &std::path::Path, results: &Results) -> anyhow::Result<()>
 /// The pipeline's processes whose CPU the latency phase counts: the services, both databases
 /// (with their backends) and the broker.
 fn pipeline_parts(stack: &mut Stack, extra_sinks: &[e2e::stack::ExtraSink]) -> anyhow::Result<latency::Parts> {
-    let mut parts: latency::Parts =
-        vec![("api", stack.process(Service::Api).pid()), ("db1", stack.db1.process_mut().pid())];
-    parts.push(("relay", stack.process(Service::Relay).pid()));
-    parts.push(("broker", stack.broker_mut()?.process_mut().pid()));
-    parts.push(("sink", stack.process(Service::Sink).pid()));
-    for (sink, name) in extra_sinks.iter().zip(["sink-2", "sink-3"]) {
-        parts.push((name, sink.process.pid()));
-    }
-    parts.push(("db2", stack.db2.process_mut().pid()));
-    parts.push(("bench", Some(std::process::id())));
+    let mut parts: latency::Parts = vec![
+        ("api", stack.process(Service::Api).pid()),
+        ("db1", stack.db1.process_mut().pid()),
+        ("relay", stack.process(Service::Relay).pid()),
+        ("broker", stack.broker_mut()?.process_mut().pid()),
+        ("sink", stack.process(Service::Sink).pid()),
+    ];
+    parts.extend(["sink-2", "sink-3"].into_iter().zip(extra_sinks).map(|(name, sink)| (name, sink.process.pid())));
+    parts.extend([("db2", stack.db2.process_mut().pid()), ("bench", Some(std::process::id()))]);
     Ok(parts)
 }
 

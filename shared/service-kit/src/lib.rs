@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod config;
 pub mod connections;
 pub mod db;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod pg_tls;

@@ -50,11 +50,13 @@ pub async fn sleep_unless_cancelled(token: &CancellationToken, duration: std::ti
 /// The `main` of a service binary: parses its command line (`--help` and errors exit here;
 /// secrets may come from files, see [`crate::config::parse_with_secret_files`]),
 /// starts telemetry, and runs `run` on a multi-threaded runtime with a token cancelled on SIGINT
-/// or SIGTERM; traces are flushed when it returns.
+/// or SIGTERM; traces are flushed when it returns. The allocator is limited first, before any
+/// thread starts ([`crate::memory`]).
 pub fn run_binary<C: clap::Parser>(
     name: &str,
     run: impl AsyncFnOnce(C, CancellationToken) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    crate::memory::limit_allocator_arenas();
     let cli = crate::config::parse_with_secret_files::<C>();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let _telemetry = runtime.block_on(async { crate::telemetry::init(name) });

@@ -1,5 +1,6 @@
-//! Limits that agree: every record the relay may send (up to its `message.max.bytes`) should be
-//! accepted by the topic (`max.message.bytes`). Checked when a producer session starts, so that a
+//! Limits that agree: every record the relay may send (up to its `message.max.bytes`, uncompressed)
+//! should be accepted by the topic (`max.message.bytes`, which the broker applies to the batch as
+//! sent, compressed). Checked when a producer session starts, so that a
 //! disagreement is said at once rather than discovered as dead letters.
 
 use std::time::Duration;
@@ -15,7 +16,8 @@ const TOPIC_LIMIT: &str = "max.message.bytes";
 pub(crate) enum Agreement {
     /// The topic takes every record the relay sends.
     Agrees { topic_limit: usize },
-    /// Records between the two limits are refused by the broker (and dead-lettered).
+    /// Records between the two limits may be refused by the broker (and dead-lettered): the
+    /// topic's limit applies to a compressed batch, the relay's to one uncompressed record.
     TopicBelowRelay { topic_limit: usize },
 }
 
@@ -40,7 +42,7 @@ pub(crate) fn report(topic: &str, read: Result<Option<usize>, rdkafka::error::Ka
                 topic,
                 topic_limit,
                 relay_limit,
-                "the topic's max.message.bytes is below the relay's KAFKA_MESSAGE_MAX_BYTES: records between the two will be refused by the broker and moved to outbox_dead_letters; raise the topic's limit or lower the relay's"
+                "the topic's max.message.bytes is below the relay's KAFKA_MESSAGE_MAX_BYTES: records between the two that do not compress below the topic's limit will be refused by the broker and moved to outbox_dead_letters; raise the topic's limit or lower the relay's"
             ),
         },
         Ok(None) => {

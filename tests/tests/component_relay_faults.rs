@@ -64,6 +64,16 @@ async fn id_of(outbox: &Outbox, event_id: Uuid) -> anyhow::Result<i64> {
     Ok(row.get(0))
 }
 
+/// `len` characters of random hex: the relay compresses its batches (LZ4), and a payload that
+/// compresses well would pass under the topic's limit once compressed; this one does not.
+fn incompressible(len: usize) -> String {
+    std::iter::repeat_with(|| Uuid::new_v4().simple().to_string())
+        .flat_map(String::into_bytes)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
 /// A row too large for the producer (3 MB, written by a writer other than the API) and, on Apache
 /// Kafka, one too large for the topic's `max.message.bytes` are moved to the dead letters with
 /// their error; the other articles' rows reach the topic without waiting, the refused articles'
@@ -82,7 +92,7 @@ async fn rows_the_broker_refuses_are_dead_lettered_and_requeued_in_order() -> an
     let (too_large_for_topic, a2_later) = ((2, Uuid::new_v4()), small(2));
     let (too_large_for_producer, a4_later) = ((4, Uuid::new_v4()), small(4));
     enqueue(&outbox.pool, &[a1]).await?;
-    enqueue_payload(&outbox.pool, 2, too_large_for_topic.1, &"t".repeat(50_000)).await?;
+    enqueue_payload(&outbox.pool, 2, too_large_for_topic.1, &incompressible(50_000)).await?;
     enqueue(&outbox.pool, &[a2_later, a3]).await?;
     enqueue_payload(&outbox.pool, 4, too_large_for_producer.1, &"p".repeat(3_000_000)).await?;
     enqueue(&outbox.pool, &[a4_later, a1_later, a3_later]).await?;

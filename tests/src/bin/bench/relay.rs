@@ -77,6 +77,7 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
         bare_produce_transactional(&stack.bootstrap_servers(), &backlog, LARGE_TRANSACTION_ROWS).await?;
     let (ratio, ratio_without_headers) = (relay_rate / with_headers, relay_rate / without_headers);
     let ratio_transactional = relay_rate / transactional;
+    let client_settings = kafka_kit::settings::settings()?.describe();
     let line = format!(
         "relay drain of {backlog_size} events: {relay_rate:>8.0}/s ({relay_time:.1?})   bare producer, same records: \
          {with_headers:>8.0}/s   ratio {ratio:.2}   (without headers: {without_headers:>8.0}/s, ratio {ratio_without_headers:.2})\n\
@@ -84,7 +85,8 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
          {ratio_transactional:.2}), {LARGE_TRANSACTION_ROWS} per transaction {transactional_large:>8.0}/s\n\
          relay round phases, mean per round: {phases}\n\
          relay drain (from the relay's start): {relay_cpu}; relay's peak RSS {:.1} MiB\n\
-         bare producer, same records:          {bare_cpu}",
+         bare producer, same records:          {bare_cpu}\n\
+         Kafka client settings of the relay and the bare producers: {client_settings}",
         relay_rss.unwrap_or(f64::NAN)
     );
     let figures = json!({"events": backlog_size, "relay_per_s": relay_rate, "bare_producer_per_s": with_headers,
@@ -93,7 +95,8 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
         "bare_transactional_per_s": transactional, "rows_per_transaction": RELAY_BATCH_ROWS,
         "ratio_transactional": ratio_transactional, "bare_transactional_large_per_s": transactional_large,
         "rows_per_large_transaction": LARGE_TRANSACTION_ROWS, "relay_cpu": relay_cpu_figures,
-        "bare_producer_cpu": bare_cpu_figures, "relay_peak_rss_mib": relay_rss});
+        "bare_producer_cpu": bare_cpu_figures, "relay_peak_rss_mib": relay_rss,
+        "kafka_client_settings": client_settings});
     crate::report(results, "relay_drain", &line, figures);
     Ok(backlog_size)
 }
@@ -163,19 +166,22 @@ struct BacklogRecord {
     event_type: String,
 }
 
-/// A producer set up like the relay's (idempotent, acks=all, linger 5 ms), transactional under
-/// `transactional_id` when one is given (its id registered with the broker).
+/// A producer set up like the relay's (idempotent, acks=all, linger 5 ms, LZ4, and the operator's
+/// `RDKAFKA_PRODUCER_*` settings the relay also gets from this process's environment, such as
+/// another `compression.type`), transactional under `transactional_id` when one is given (its id
+/// registered with the broker).
 async fn bare_producer(bootstrap_servers: &str, transactional_id: Option<&str>) -> anyhow::Result<FutureProducer> {
     let mut config = kafka_kit::client_config(bootstrap_servers);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
+        .set("compression.type", kafka_kit::PUBLISH_COMPRESSION)
         .set("queue.buffering.max.messages", "200000");
     if let Some(id) = transactional_id {
         config.set("transactional.id", id);
     }
-    let producer: FutureProducer = config.create()?;
+    let producer: FutureProducer = kafka_kit::configured(&config, kafka_kit::Role::Producer)?.create()?;
     if transactional_id.is_some() {
         let registering = producer.clone();
         tokio::task::spawn_blocking(move || registering.init_transactions(Duration::from_secs(30))).await??;

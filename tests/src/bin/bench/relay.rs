@@ -77,7 +77,12 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
         bare_produce_transactional(&stack.bootstrap_servers(), &backlog, LARGE_TRANSACTION_ROWS).await?;
     let (ratio, ratio_without_headers) = (relay_rate / with_headers, relay_rate / without_headers);
     let ratio_transactional = relay_rate / transactional;
-    let client_settings = kafka_kit::settings::settings()?.describe();
+    // What the operator set on top of the relay's own settings (compression LZ4 unless set here).
+    let client_settings = format!(
+        "compression.type={} by default; the operator's: {}",
+        kafka_kit::PUBLISH_COMPRESSION,
+        kafka_kit::settings::settings()?.describe()
+    );
     let line = format!(
         "relay drain of {backlog_size} events: {relay_rate:>8.0}/s ({relay_time:.1?})   bare producer, same records: \
          {with_headers:>8.0}/s   ratio {ratio:.2}   (without headers: {without_headers:>8.0}/s, ratio {ratio_without_headers:.2})\n\

@@ -74,7 +74,6 @@ fn producer_config(settings: &ProducerSettings, transactional_id: &str) -> rdkaf
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", settings.linger.as_millis().to_string())
-        .set("compression.type", kafka_kit::PUBLISH_COMPRESSION)
         .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
         .set("request.timeout.ms", settings.request_timeout().as_millis().to_string())
         .set("transaction.timeout.ms", (settings.delivery_timeout * 6).as_millis().to_string())
@@ -339,7 +338,7 @@ mod tests {
         assert_eq!(config.get("message.timeout.ms"), Some("7000"));
         assert_eq!(config.get("request.timeout.ms"), Some("3500"));
         assert_eq!(config.get("linger.ms"), Some("3"));
-        assert_eq!(config.get("compression.type"), Some("lz4"));
+        assert_eq!(config.get("compression.type"), None, "uncompressed unless the operator says (docs/performance.md)");
         assert_eq!(config.get("message.max.bytes"), Some("2000000"));
         assert!(is_producer_fenced(&KafkaError::MessageProduction(RDKafkaErrorCode::InvalidProducerEpoch)));
         assert!(!is_producer_fenced(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)));

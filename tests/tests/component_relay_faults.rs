@@ -64,8 +64,8 @@ async fn id_of(outbox: &Outbox, event_id: Uuid) -> anyhow::Result<i64> {
     Ok(row.get(0))
 }
 
-/// `len` characters of random hex: the relay compresses its batches (LZ4), and a payload that
-/// compresses well would pass under the topic's limit once compressed; this one does not.
+/// `len` characters of random hex: with compression on (`RDKAFKA_PRODUCER_COMPRESSION_TYPE`), a
+/// payload that compresses well would pass under the topic's limit; this one does not.
 fn incompressible(len: usize) -> String {
     std::iter::repeat_with(|| Uuid::new_v4().simple().to_string())
         .flat_map(String::into_bytes)

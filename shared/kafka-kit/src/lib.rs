@@ -64,14 +64,6 @@ impl std::str::FromStr for Isolation {
     }
 }
 
-/// The relay's `compression.type` unless the operator sets another
-/// (`RDKAFKA_PRODUCER_COMPRESSION_TYPE=none`, …). LZ4 because the broker walks every record of an
-/// uncompressed batch, headers included, to validate it, and a compressed batch less so: measured
-/// on Apache Kafka, the broker's CPU per event during a drain fell by about a fifth and the relay's
-/// drain rose by about a tenth, for no more CPU in the relay (docs/performance.md, 2026-12-06). LZ4 is built into
-/// librdkafka (no library to link) and costs the least CPU of the codecs it offers.
-pub const PUBLISH_COMPRESSION: &str = "lz4";
-
 /// How long a metadata request may take before the broker counts as unreachable.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -77,12 +77,8 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
         bare_produce_transactional(&stack.bootstrap_servers(), &backlog, LARGE_TRANSACTION_ROWS).await?;
     let (ratio, ratio_without_headers) = (relay_rate / with_headers, relay_rate / without_headers);
     let ratio_transactional = relay_rate / transactional;
-    // What the operator set on top of the relay's own settings (compression LZ4 unless set here).
-    let client_settings = format!(
-        "compression.type={} by default; the operator's: {}",
-        kafka_kit::PUBLISH_COMPRESSION,
-        kafka_kit::settings::settings()?.describe()
-    );
+    // What the operator set on top of the relay's own settings (`RDKAFKA_PRODUCER_COMPRESSION_TYPE`, …).
+    let client_settings = kafka_kit::settings::settings()?.describe();
     let line = format!(
         "relay drain of {backlog_size} events: {relay_rate:>8.0}/s ({relay_time:.1?})   bare producer, same records: \
          {with_headers:>8.0}/s   ratio {ratio:.2}   (without headers: {without_headers:>8.0}/s, ratio {ratio_without_headers:.2})\n\
@@ -171,9 +167,9 @@ struct BacklogRecord {
     event_type: String,
 }
 
-/// A producer set up like the relay's (idempotent, acks=all, linger 5 ms, LZ4, and the operator's
+/// A producer set up like the relay's (idempotent, acks=all, linger 5 ms, and the operator's
 /// `RDKAFKA_PRODUCER_*` settings the relay also gets from this process's environment, such as
-/// another `compression.type`), transactional under `transactional_id` when one is given (its id
+/// `compression.type`), transactional under `transactional_id` when one is given (its id
 /// registered with the broker).
 async fn bare_producer(bootstrap_servers: &str, transactional_id: Option<&str>) -> anyhow::Result<FutureProducer> {
     let mut config = kafka_kit::client_config(bootstrap_servers);
@@ -181,7 +177,6 @@ async fn bare_producer(bootstrap_servers: &str, transactional_id: Option<&str>) 
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("compression.type", kafka_kit::PUBLISH_COMPRESSION)
         .set("queue.buffering.max.messages", "200000");
     if let Some(id) = transactional_id {
         config.set("transactional.id", id);

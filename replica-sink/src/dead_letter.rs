@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use service_kit::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ impl DeadLetters {
     /// `.offset`). Retries until the broker acknowledges it: the offset only moves on after that.
     pub(crate) async fn send(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &impl Message,
         reason: &str,
         error: &str,
         shutdown: &CancellationToken,

@@ -17,6 +17,8 @@ pub mod verify;
 
 /// The sink's statement, for the benchmark's ceiling (pgbench runs the very same SQL).
 pub use apply::{UPSERT, UPSERT_BATCH, UPSERT_PARAMETERS};
+/// Most events in one of the sink's DB2 transactions, for the same ceiling.
+pub use sink::LANE_BATCH;
 
 mod embedded_migrations {
     refinery::embed_migrations!("../sql/replica");

@@ -101,7 +101,11 @@ pub fn consumer_config(bootstrap_servers: &str, group_id: &str, isolation: Isola
         // librdkafka prefetches up to 64 MiB by default; Apache Kafka fills that at once on a
         // backlog (the sink peaked at 140 MiB RSS). 8 MiB is still ~13,000 events ahead of a sink
         // that handles 2,000 at a time (docs/performance.md).
-        .set("queued.max.messages.kbytes", "8192");
+        .set("queued.max.messages.kbytes", "8192")
+        // When that cap is reached librdkafka postpones the partition's next fetch by this long
+        // (1,000 ms by default): on a backlog the sink applied a queue's worth in ~0.3 s, then
+        // waited ~0.75 s for the next fetch, every second (docs/performance.md).
+        .set("fetch.queue.backoff.ms", "10");
     config
 }
 
@@ -411,6 +415,7 @@ mod tests {
         assert_eq!(config.get("isolation.level"), Some("read_committed"));
         assert_eq!(config.get("auto.offset.reset"), Some("earliest"));
         assert_eq!(config.get("queued.max.messages.kbytes"), Some("8192"));
+        assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"), "a full prefetch queue must not stall fetching");
         assert_eq!(config.get("bootstrap.servers"), Some("localhost:9092"));
     }
 }

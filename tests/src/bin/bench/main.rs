@@ -120,6 +120,10 @@ struct Cli {
     /// on a stack of its own with 3 sinks: a quick run while working on latency.
     #[arg(long, conflicts_with = "relay_only")]
     latency_only: bool,
+    /// Measure only the sinks' drains against their ceilings (phase 3), on a stack of its own whose
+    /// relay publishes the backlog first, unmeasured: a quick run while working on the sink.
+    #[arg(long, conflicts_with_all = ["relay_only", "latency_only"])]
+    sink_only: bool,
     /// The relay's `RELAY_BATCH_SIZE` (unset: the relay's default), to measure what larger rounds buy.
     #[arg(long, value_name = "ROWS")]
     relay_batch_size: Option<u32>,
@@ -212,6 +216,20 @@ async fn main() -> anyhow::Result<()> {
         relay::run(&mut stack, &sizes, &mut results).await?;
         results.insert("date".into(), json!(Utc::now().to_rfc3339()));
         write_results(&cli.out, &results)?;
+        stack.shutdown().await;
+        return Ok(());
+    }
+    if cli.sink_only {
+        stack.stop(Service::Relay).await;
+        let backlog_size = relay::publish_backlog(&mut stack, &sizes).await?;
+        let (extra_sinks, drain_curves) =
+            sink::run(&mut stack, &sizes, backlog_size, scripts.path(), &mut results).await?;
+        for mut sink in extra_sinks {
+            sink.process.stop(Duration::from_secs(30)).await;
+        }
+        results.insert("date".into(), json!(Utc::now().to_rfc3339()));
+        write_results(&cli.out, &results)?;
+        std::fs::write(cli.out.join("latency.svg"), latency::svg_plot(&Vec::new(), &drain_curves))?;
         stack.shutdown().await;
         return Ok(());
     }

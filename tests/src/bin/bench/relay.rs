@@ -15,36 +15,8 @@ use crate::{Results, Sizes};
 
 /// Returns how many events the backlog held (all on the topic afterwards, for phase 3).
 pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results) -> anyhow::Result<i64> {
-    // pgbench's rows all carry the same sample payload: they are removed, the API's rows stay.
     let db1 = stack.db1_client().await?;
-    db1.batch_execute(
-        "DELETE FROM outbox WHERE payload LIKE '%6f1c2b8e-7a51-4a8e-9c43-0d9a3f5b2e11%'; DELETE FROM articles WHERE title = 'bench'",
-    )
-    .await?;
-    let pending: i64 = db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0);
-    if pending < sizes.backlog {
-        db1.execute(
-            "INSERT INTO articles (title, content, author) SELECT 'backlog ' || g, repeat('x', 300), 'bench' FROM generate_series(1, $1::bigint) g",
-            &[&(sizes.backlog - pending)],
-        )
-        .await?;
-        db1.execute(
-            &format!(
-                "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload) \
-                 SELECT e.event_id, 'article', a.id::text, 'article.created', {EVENT_SQL} \
-                 FROM articles a CROSS JOIN LATERAL (SELECT gen_random_uuid() AS event_id, a.id AS per_row) e \
-                 WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = a.id::text) ORDER BY a.id"
-            ),
-            &[],
-        )
-        .await?;
-    }
-    let backlog: Vec<BacklogRecord> = db1
-        .query("SELECT aggregate_id, payload, event_id::text, event_type FROM outbox ORDER BY id", &[])
-        .await?
-        .iter()
-        .map(|row| BacklogRecord { key: row.get(0), payload: row.get(1), event_id: row.get(2), event_type: row.get(3) })
-        .collect();
+    let backlog = fill_backlog(&db1, sizes).await?;
     let backlog_size = backlog.len() as i64;
     let first_record = FirstRecord::watch(&stack.bootstrap_servers(), stack.topic()).await?;
     stack.restart(Service::Relay).await?;
@@ -100,6 +72,50 @@ pub(crate) async fn run(stack: &mut Stack, sizes: &Sizes, results: &mut Results)
         "kafka_client_settings": client_settings});
     crate::report(results, "relay_drain", &line, figures);
     Ok(backlog_size)
+}
+
+/// Tops the outbox up to the backlog's size (removing pgbench's rows first) and returns its rows,
+/// in the order the relay publishes them.
+async fn fill_backlog(db1: &tokio_postgres::Client, sizes: &Sizes) -> anyhow::Result<Vec<BacklogRecord>> {
+    // pgbench's rows all carry the same sample payload: they are removed, the API's rows stay.
+    db1.batch_execute(
+        "DELETE FROM outbox WHERE payload LIKE '%6f1c2b8e-7a51-4a8e-9c43-0d9a3f5b2e11%'; DELETE FROM articles WHERE title = 'bench'",
+    )
+    .await?;
+    let pending: i64 = db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0);
+    if pending < sizes.backlog {
+        db1.execute(
+            "INSERT INTO articles (title, content, author) SELECT 'backlog ' || g, repeat('x', 300), 'bench' FROM generate_series(1, $1::bigint) g",
+            &[&(sizes.backlog - pending)],
+        )
+        .await?;
+        db1.execute(
+            &format!(
+                "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload) \
+                 SELECT e.event_id, 'article', a.id::text, 'article.created', {EVENT_SQL} \
+                 FROM articles a CROSS JOIN LATERAL (SELECT gen_random_uuid() AS event_id, a.id AS per_row) e \
+                 WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = a.id::text) ORDER BY a.id"
+            ),
+            &[],
+        )
+        .await?;
+    }
+    Ok(db1
+        .query("SELECT aggregate_id, payload, event_id::text, event_type FROM outbox ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|row| BacklogRecord { key: row.get(0), payload: row.get(1), event_id: row.get(2), event_type: row.get(3) })
+        .collect())
+}
+
+/// Fills the topic with the backlog, through the relay, without measuring it: what phase 3 needs
+/// when phase 2 is skipped (`--sink-only`). Returns how many events the backlog held.
+pub(crate) async fn publish_backlog(stack: &mut Stack, sizes: &Sizes) -> anyhow::Result<i64> {
+    let db1 = stack.db1_client().await?;
+    let backlog = fill_backlog(&db1, sizes).await?;
+    stack.restart(Service::Relay).await?;
+    drain_curve(0, || async { Ok(db1.query_one("SELECT count(*) FROM outbox", &[]).await?.get(0)) }).await?;
+    Ok(backlog.len() as i64)
 }
 
 /// Watches the log's end of every partition of a topic, on a thread of its own, for the first

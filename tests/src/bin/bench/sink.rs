@@ -8,19 +8,21 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::Stack;
+use e2e::process::Server as _;
 use e2e::stack::{DB2_NAME, ExtraSink, Service};
 use serde_json::json;
 
 use crate::latency::Curve;
-use crate::measure::drain_curve;
+use crate::measure::{CpuUse, drain_curve};
 use crate::pgbench::pgbench;
 use crate::{Results, Sizes};
 
-/// Events per transaction in the sink's ceiling (the sink applies a partition's share of up to 2,000 waiting records at once).
+/// Events per transaction in the ceiling of the per-event statement (what a lane applies when its batch cannot go as a set).
 const APPLY_BATCH: usize = 100;
-/// Events per set-based statement in its ceiling: a partition's share of the sink's full batch
-/// (2,000 records over 6 partitions).
-const SET_BATCH: usize = 333;
+/// Events per set-based statement in its ceiling: the most a lane of the sink applies in one
+/// transaction (a backlog's transactions averaged 550–660 on 2026-12-07: a smaller statement,
+/// which costs DB2 more per event, so this ceiling is the stricter one).
+const SET_BATCH: usize = replica_sink::LANE_BATCH;
 /// DB2 connections of one sink (its `DB_POOL_SIZE` default): how many partitions it applies at once.
 const SINK_CONNECTIONS: u32 = 4;
 /// The sink counts of the drains.
@@ -56,6 +58,13 @@ pub(crate) async fn run(
         for number in 2..=sinks {
             extra_sinks.push(stack.start_extra_sink(&format!("replica-sink-{number}")).await?);
         }
+        let mut parts = vec![("sink", stack.process(Service::Sink).pid())];
+        parts.extend(["sink-2", "sink-3"].into_iter().zip(&extra_sinks).map(|(name, sink)| (name, sink.process.pid())));
+        parts.extend([("db2", stack.db2.process_mut().pid()), ("broker", stack.broker_mut()?.process_mut().pid())]);
+        let cpu = CpuUse::start(parts);
+        // Timed from a settled group: a member joining mid-drain moves partitions (their
+        // records in hand are applied again by the new owner) and would measure the rebalance.
+        wait_for_group(stack, sinks).await?;
         lock.commit().await?;
         let could_apply = Instant::now();
         let drain = drain_curve(on_topic, || async {
@@ -65,13 +74,23 @@ pub(crate) async fn run(
         // Timed from the moment the sinks could apply, not from DB2's first commit (which would
         // leave their first batches out).
         let (rate, time) = drain.since(could_apply, on_topic);
+        let (cpu, cpu_figures) = cpu.finish(on_topic as usize);
+        // How large the first sink's DB2 transactions were: what its batches gave each partition.
+        let metrics = e2e::ApiClient::new(&stack.url(Service::Sink)).text("/metrics").await?;
+        let transactions = e2e::metric(&metrics, "sink_apply_transactions_total");
+        let per_transaction = e2e::metric(&metrics, "sink_events_applied_total") / transactions.max(1.0);
+        let applying = e2e::metric(&metrics, "sink_apply_duration_seconds_sum");
+        let peak_rss = crate::measure::peak_rss_mib(stack.process(Service::Sink).pid()).unwrap_or(f64::NAN);
         println!(
-            "sink drain of {on_topic} events, {sinks} sink(s) on the topic's partitions: {rate:>8.0}/s ({time:.1?})"
+            "sink drain of {on_topic} events, {sinks} sink(s) on the topic's partitions: {rate:>8.0}/s ({time:.1?}); {cpu}; \
+             first sink: {transactions} DB2 transactions, {per_transaction:.0} events each, {applying:.1} s in them, peak RSS {peak_rss:.1} MiB"
         );
-        drains.push((sinks, rate, time));
+        let measured = json!({"cpu": cpu_figures, "curve": &drain.curve, "first_sink_transactions": transactions,
+            "first_sink_seconds_in_transactions": applying, "first_sink_peak_rss_mib": peak_rss});
+        drains.push((sinks, rate, time, measured));
         curves.push((format!("{sinks} sink(s): {rate:.0}/s"), drain.curve));
     }
-    let (_, sink_rate, sink_time) = drains[0];
+    let (_, sink_rate, sink_time, _) = drains[0];
     let apply_script = scripts.join("apply.sql");
     // Where a partition's share cannot go as a set (a deletion, an article twice), the sink applies
     // it in one transaction, one statement per event, pipelined: this ceiling runs that statement (`replica_sink::apply::UPSERT`) for
@@ -144,7 +163,7 @@ pub(crate) async fn run(
     );
     let drain_figures: Vec<serde_json::Value> = drains
         .iter()
-        .map(|(sinks, rate, time)| json!({"sinks": sinks, "per_s": rate, "seconds": time.as_secs_f64()}))
+        .map(|(sinks, rate, time, measured)| json!({"sinks": sinks, "per_s": rate, "seconds": time.as_secs_f64(), "measured": measured}))
         .collect();
     let figures = json!({"events": on_topic, "backlog": backlog_size, "sink_per_s": sink_rate,
         "bare_consumer_per_s": bare_consumer_rate, "consumer_ratio": consumer_ratio,
@@ -177,6 +196,70 @@ async fn rewind_group(stack: &Stack) -> anyhow::Result<()> {
     .await?
 }
 
+/// Waits until the stack's sink group is stable with `members` members, each owning partitions,
+/// all of the topic's partitions assigned. A broker that cannot describe groups is not waited for
+/// (said on stdout).
+async fn wait_for_group(stack: &Stack, members: usize) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let (bootstrap, topic, group) = (stack.bootstrap_servers(), stack.topic().to_owned(), stack.group().to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let client: BaseConsumer = kafka_kit::client_config(&bootstrap).create()?;
+        let partitions = kafka_kit::topic_partitions(&client, &topic)?.len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let groups = match client.fetch_group_list(Some(&group), Duration::from_secs(5)) {
+                Ok(groups) => groups,
+                Err(error) => {
+                    println!("(cannot describe group {group}: {error}; the drain is timed without waiting for it)");
+                    return Ok(());
+                }
+            };
+            let owned: Vec<usize> = groups
+                .groups()
+                .iter()
+                .filter(|described| described.state() == "Stable")
+                .flat_map(|described| described.members())
+                .map(|member| member.assignment().map_or(0, assigned_partitions))
+                .collect();
+            if owned.len() == members && owned.iter().all(|&count| count > 0) && owned.iter().sum::<usize>() == partitions
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "group {group} not stable with {members} members owning its {partitions} partitions after 60 s: {owned:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await?
+}
+
+/// How many partitions a member's assignment (Kafka's `ConsumerProtocolAssignment`: version, then
+/// per topic its name and partition ids) names; 0 if it cannot be read.
+fn assigned_partitions(assignment: &[u8]) -> usize {
+    fn take<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
+        let (head, rest) = bytes.split_first_chunk::<N>()?;
+        *bytes = rest;
+        Some(*head)
+    }
+    let mut bytes = assignment;
+    let mut count = 0;
+    let parsed = (|| -> Option<()> {
+        take::<2>(&mut bytes)?;
+        let topics = i32::from_be_bytes(take::<4>(&mut bytes)?);
+        for _ in 0..topics.max(0) {
+            let name_length = usize::try_from(i16::from_be_bytes(take::<2>(&mut bytes)?)).ok()?;
+            bytes = bytes.get(name_length..)?;
+            let ids = usize::try_from(i32::from_be_bytes(take::<4>(&mut bytes)?)).ok()?;
+            bytes = bytes.get(ids * 4..)?;
+            count += ids;
+        }
+        Some(())
+    })();
+    if parsed.is_some() { count } else { 0 }
+}
+
 /// A pgbench script running `replica_sink::UPSERT_BATCH` once per transaction, each parameter an
 /// array of [`SET_BATCH`] values built by PostgreSQL.
 fn batch_apply_script() -> String {
@@ -201,4 +284,21 @@ fn batch_apply_script() -> String {
         statement = statement.replace(&format!("${}", index + 1), &array);
     }
     format!("\\set id random(100000000, 900000000)\n{};\n", statement.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assigned_partitions;
+
+    #[test]
+    fn a_members_assignment_is_read_as_its_partition_count() {
+        let mut assignment = vec![0, 1, 0, 0, 0, 1, 0, 8];
+        assignment.extend(b"articles");
+        assignment.extend([0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 4]);
+        assignment.extend([0, 0, 0, 0]);
+        assert_eq!(assigned_partitions(&assignment), 3);
+        assert_eq!(assigned_partitions(&[0, 1, 0, 0, 0, 0]), 0, "no topic");
+        assert_eq!(assigned_partitions(&assignment[..20]), 0, "cut short");
+        assert_eq!(assigned_partitions(&[]), 0);
+    }
 }

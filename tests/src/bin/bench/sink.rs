@@ -62,9 +62,6 @@ pub(crate) async fn run(
         parts.extend(["sink-2", "sink-3"].into_iter().zip(&extra_sinks).map(|(name, sink)| (name, sink.process.pid())));
         parts.extend([("db2", stack.db2.process_mut().pid()), ("broker", stack.broker_mut()?.process_mut().pid())]);
         let cpu = CpuUse::start(parts);
-        // Timed from a settled group: a member joining mid-drain moves partitions (their
-        // records in hand are applied again by the new owner) and would measure the rebalance.
-        wait_for_group(stack, sinks).await?;
         lock.commit().await?;
         let could_apply = Instant::now();
         let drain = drain_curve(on_topic, || async {
@@ -196,70 +193,6 @@ async fn rewind_group(stack: &Stack) -> anyhow::Result<()> {
     .await?
 }
 
-/// Waits until the stack's sink group is stable with `members` members, each owning partitions,
-/// all of the topic's partitions assigned. A broker that cannot describe groups is not waited for
-/// (said on stdout).
-async fn wait_for_group(stack: &Stack, members: usize) -> anyhow::Result<()> {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    let (bootstrap, topic, group) = (stack.bootstrap_servers(), stack.topic().to_owned(), stack.group().to_owned());
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let client: BaseConsumer = kafka_kit::client_config(&bootstrap).create()?;
-        let partitions = kafka_kit::topic_partitions(&client, &topic)?.len();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let groups = match client.fetch_group_list(Some(&group), Duration::from_secs(5)) {
-                Ok(groups) => groups,
-                Err(error) => {
-                    println!("(cannot describe group {group}: {error}; the drain is timed without waiting for it)");
-                    return Ok(());
-                }
-            };
-            let owned: Vec<usize> = groups
-                .groups()
-                .iter()
-                .filter(|described| described.state() == "Stable")
-                .flat_map(|described| described.members())
-                .map(|member| member.assignment().map_or(0, assigned_partitions))
-                .collect();
-            if owned.len() == members && owned.iter().all(|&count| count > 0) && owned.iter().sum::<usize>() == partitions
-            {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "group {group} not stable with {members} members owning its {partitions} partitions after 60 s: {owned:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
-    .await?
-}
-
-/// How many partitions a member's assignment (Kafka's `ConsumerProtocolAssignment`: version, then
-/// per topic its name and partition ids) names; 0 if it cannot be read.
-fn assigned_partitions(assignment: &[u8]) -> usize {
-    fn take<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
-        let (head, rest) = bytes.split_first_chunk::<N>()?;
-        *bytes = rest;
-        Some(*head)
-    }
-    let mut bytes = assignment;
-    let mut count = 0;
-    let parsed = (|| -> Option<()> {
-        take::<2>(&mut bytes)?;
-        let topics = i32::from_be_bytes(take::<4>(&mut bytes)?);
-        for _ in 0..topics.max(0) {
-            let name_length = usize::try_from(i16::from_be_bytes(take::<2>(&mut bytes)?)).ok()?;
-            bytes = bytes.get(name_length..)?;
-            let ids = usize::try_from(i32::from_be_bytes(take::<4>(&mut bytes)?)).ok()?;
-            bytes = bytes.get(ids * 4..)?;
-            count += ids;
-        }
-        Some(())
-    })();
-    if parsed.is_some() { count } else { 0 }
-}
-
 /// A pgbench script running `replica_sink::UPSERT_BATCH` once per transaction, each parameter an
 /// array of [`SET_BATCH`] values built by PostgreSQL.
 fn batch_apply_script() -> String {
@@ -284,21 +217,4 @@ fn batch_apply_script() -> String {
         statement = statement.replace(&format!("${}", index + 1), &array);
     }
     format!("\\set id random(100000000, 900000000)\n{};\n", statement.split_whitespace().collect::<Vec<_>>().join(" "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::assigned_partitions;
-
-    #[test]
-    fn a_members_assignment_is_read_as_its_partition_count() {
-        let mut assignment = vec![0, 1, 0, 0, 0, 1, 0, 8];
-        assignment.extend(b"articles");
-        assignment.extend([0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 4]);
-        assignment.extend([0, 0, 0, 0]);
-        assert_eq!(assigned_partitions(&assignment), 3);
-        assert_eq!(assigned_partitions(&[0, 1, 0, 0, 0, 0]), 0, "no topic");
-        assert_eq!(assigned_partitions(&assignment[..20]), 0, "cut short");
-        assert_eq!(assigned_partitions(&[]), 0);
-    }
 }

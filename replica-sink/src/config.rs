@@ -68,6 +68,12 @@ pub struct SinkConfig {
     /// tombstones decide, see docs/guarantees.md).
     #[arg(long, env = "SINK_PROCESSED_RETENTION", default_value = "7d", value_parser = parse_retention)]
     pub processed_retention: std::time::Duration,
+    /// Most memory, in MiB, the records received but not yet applied may hold (an estimate: each
+    /// record's payload twice, its key and 1 KiB for its span and bookkeeping). When it is spent,
+    /// receiving waits for a lane to apply its batch; a record larger than the whole budget still
+    /// goes through, alone.
+    #[arg(long, env = "SINK_IN_HAND_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub in_hand_mib: u32,
     /// Rows per pruning transaction.
     #[arg(long, env = "SINK_PRUNE_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub prune_batch: i64,

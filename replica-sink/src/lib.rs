@@ -8,6 +8,7 @@ mod apply;
 pub mod config;
 mod dead_letter;
 mod group;
+mod in_hand;
 mod lag;
 mod metrics;
 mod prune;

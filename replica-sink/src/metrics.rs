@@ -1,7 +1,9 @@
 //! The sink's Prometheus metrics, served at `/metrics`.
 
 use events::EventType;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use service_kit::metrics::{LATENCY_BUCKETS, register};
 
 #[derive(Debug, Clone)]
@@ -28,6 +30,8 @@ pub struct SinkMetrics {
     /// DB2 transactions applying events, by statement form (`batch`: one statement for the whole
     /// batch; `per_event`: one per event).
     pub apply_transactions: IntCounterVec,
+    /// Estimated bytes held by records received but not yet applied (`SINK_IN_HAND_MIB` bounds it).
+    pub in_hand_bytes: IntGauge,
 }
 
 impl SinkMetrics {
@@ -87,6 +91,13 @@ impl SinkMetrics {
                 IntCounterVec::new(
                     Opts::new("sink_apply_transactions_total", "DB2 transactions applying events, by statement form"),
                     &["statement"],
+                ),
+            )?,
+            in_hand_bytes: register(
+                &registry,
+                IntGauge::new(
+                    "sink_in_hand_bytes",
+                    "Estimated bytes held by records received but not yet applied (bounded by SINK_IN_HAND_MIB)",
                 ),
             )?,
             registry,

@@ -20,6 +20,9 @@
 //! only for a partition none of whose records is still in its lane: a lane's count of records in
 //! hand is raised before a record is handed over and lowered only once its offset is stored.
 //!
+//! How many records are in hand at once, across lanes, is bounded by their estimated memory
+//! (`SINK_IN_HAND_MIB`, see `in_hand`): receiving waits when it is spent.
+//!
 //! Poison never stops the pipeline, and no offset moves before its event's effect is committed.
 
 use std::collections::BTreeMap;
@@ -32,12 +35,13 @@ use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::message::{BorrowedMessage, Message as _, OwnedMessage};
 use service_kit::backoff::Backoff;
 use service_kit::db::{error_chain, is_transient};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{ApplyOutcome, apply_all};
 use crate::dead_letter::{DeadLetters, Handled};
 use crate::group::SinkConsumer;
+use crate::in_hand::InHandBudget;
 use crate::metrics::SinkMetrics;
 use events::decode::{DecodedEvent, Poison, decode};
 
@@ -50,10 +54,12 @@ const LANE_QUEUE: usize = 1000;
 const POSITION_STORE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A record as received: detached from the consumer's buffer, decoded with its consumer span, or
-/// poison.
+/// poison, with its share of the in-hand budget (given back when the record is dropped, after its
+/// offset is stored).
 struct Received {
     message: OwnedMessage,
     opened: Result<(DecodedEvent, tracing::Span), Poison>,
+    _budget: OwnedSemaphorePermit,
 }
 
 /// A decoded record on its way to DB2, with its consumer span.
@@ -84,6 +90,7 @@ pub(crate) struct Sink {
     /// The relay epochs seen per partition: a record of a deposed relay leader that landed after
     /// its successor's is said and counted (the version guard keeps it from changing DB2).
     epochs: std::sync::Mutex<kafka_kit::EpochWatch>,
+    budget: InHandBudget,
 }
 
 /// What the lanes share: applies records to DB2 and stores their offsets.
@@ -117,9 +124,10 @@ impl Sink {
         consumer: Arc<SinkConsumer>,
         metrics: SinkMetrics,
         dead_letters: DeadLetters,
+        budget: InHandBudget,
     ) -> Self {
         let applier = Arc::new(Applier { pool, consumer, metrics, dead_letters });
-        Self { applier, epochs: std::sync::Mutex::default() }
+        Self { applier, epochs: std::sync::Mutex::default(), budget }
     }
 
     fn consumer(&self) -> &SinkConsumer {
@@ -137,12 +145,13 @@ impl Sink {
                 received = self.consumer().recv() => received,
                 _ = position_store.tick() => {
                     self.store_positions(&lanes);
+                    self.applier.metrics.in_hand_bytes.set(i64::from(self.budget.held_kib()) * 1024);
                     continue;
                 }
                 () = shutdown.cancelled() => break,
             };
-            let message = match received {
-                Ok(message) => message,
+            let borrowed = match received {
+                Ok(borrowed) => borrowed,
                 Err(error) => {
                     tracing::warn!(%error, "consumer error");
                     if !service_kit::shutdown::sleep_unless_cancelled(&shutdown, Duration::from_millis(200)).await {
@@ -151,9 +160,17 @@ impl Sink {
                     continue;
                 }
             };
-            let partition = message.partition();
-            let received = self.open(&message);
-            drop(message);
+            let partition = borrowed.partition();
+            let (opened, message) = (self.decode(&borrowed), borrowed.detach());
+            drop(borrowed);
+            let reserved = tokio::select! {
+                permit = self.budget.reserve(&message) => Some(permit),
+                () = shutdown.cancelled() => None,
+            };
+            let Some(budget) = reserved else {
+                break;
+            };
+            let received = Received { message, opened, _budget: budget };
             let lane = lanes.entry(partition).or_insert_with(|| Lane::start(self.applier.clone(), shutdown.clone()));
             lane.in_hand.fetch_add(1, Ordering::AcqRel);
             let handed = tokio::select! {
@@ -202,12 +219,6 @@ impl Sink {
         {
             tracing::debug!(%error, "cannot store the positions (a partition was revoked meanwhile)");
         }
-    }
-
-    /// Takes a record in: decoded, or poison, and detached from the consumer's buffer.
-    fn open(&self, message: &BorrowedMessage<'_>) -> Received {
-        let opened = self.decode(message);
-        Received { message: message.detach(), opened }
     }
 
     /// Decodes a record and opens its consumer span, continuing the producer's trace. Poison is
@@ -316,7 +327,7 @@ impl Applier {
     /// Steps 2 and 3 of the module documentation, for one lane's batch.
     async fn handle_batch(&self, batch: &[Received], shutdown: &CancellationToken) -> Handled {
         let mut events = Vec::with_capacity(batch.len());
-        for Received { message, opened } in batch {
+        for Received { message, opened, .. } in batch {
             match opened {
                 Ok((decoded, span)) => events.push(Pending { message, decoded, span }),
                 Err(poison) => {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SinkConfig;
 use crate::dead_letter::DeadLetters;
 use crate::group::{ASSIGNMENT_STRATEGY, GroupLog, SinkConsumer};
+use crate::in_hand::InHandBudget;
 use crate::metrics::SinkMetrics;
 use crate::sink::Sink;
 
@@ -65,7 +66,13 @@ impl Application {
             .create()
             .context("cannot create the dead-letter producer")?;
         let dlq_topic = config.kafka_dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", config.kafka_topic));
-        let sink = Sink::new(pool.clone(), consumer.clone(), metrics.clone(), DeadLetters::new(dlq, dlq_topic));
+        let sink = Sink::new(
+            pool.clone(),
+            consumer.clone(),
+            metrics.clone(),
+            DeadLetters::new(dlq, dlq_topic),
+            InHandBudget::new(config.in_hand_mib),
+        );
         let ops = OpsServer::bind(config.listen_addr, metrics.registry.clone(), readiness).await?;
         Ok(Self { ops, config, sink, consumer, metrics, pool })
     }

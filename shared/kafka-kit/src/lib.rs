@@ -99,9 +99,10 @@ pub fn consumer_config(bootstrap_servers: &str, group_id: &str, isolation: Isola
         // of the end-to-end latency at low rates (docs/performance.md).
         .set("fetch.wait.max.ms", "10")
         // librdkafka prefetches up to 64 MiB by default; Apache Kafka fills that at once on a
-        // backlog (the sink peaked at 140 MiB RSS). 8 MiB is still ~13,000 events ahead of a sink
-        // that handles 2,000 at a time (docs/performance.md).
-        .set("queued.max.messages.kbytes", "8192")
+        // backlog (the sink peaked at 140 MiB RSS; at 8 MiB still 72-78 MiB). 2 MiB is ~3,000
+        // events of the articles topic ahead, refilled within `fetch.queue.backoff.ms`; the drain
+        // rate did not drop (docs/performance.md, 2026-12-07).
+        .set("queued.max.messages.kbytes", "2048")
         // When that cap is reached librdkafka postpones the partition's next fetch by this long
         // (1,000 ms by default): on a backlog the sink applied a queue's worth in ~0.3 s, then
         // waited ~0.75 s for the next fetch, every second (docs/performance.md).
@@ -414,7 +415,7 @@ mod tests {
         assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(config.get("isolation.level"), Some("read_committed"));
         assert_eq!(config.get("auto.offset.reset"), Some("earliest"));
-        assert_eq!(config.get("queued.max.messages.kbytes"), Some("8192"));
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("2048"));
         assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"), "a full prefetch queue must not stall fetching");
         assert_eq!(config.get("bootstrap.servers"), Some("localhost:9092"));
     }

@@ -248,6 +248,9 @@ fn nisshi_spec(dir: &Path, port: u16) -> anyhow::Result<(ProcessSpec, String)> {
     Ok((spec, version))
 }
 
+/// Extra options for the Apache Kafka node's JVM, whitespace-separated, after the defaults.
+pub const KAFKA_JVM_OPTS_ENV: &str = "KAFKA_JVM_OPTS";
+
 /// Writes the node's configuration, formats its storage the first time (blocking: a JVM runs
 /// `StorageTool`), and returns how to start it.
 fn kafka_spec(dir: &Path, options: BrokerOptions) -> anyhow::Result<(ProcessSpec, String)> {
@@ -271,15 +274,22 @@ fn kafka_spec(dir: &Path, options: BrokerOptions) -> anyhow::Result<(ProcessSpec
     std::fs::write(&config, properties)?;
     std::fs::write(dir.join("log4j2.properties"), KAFKA_LOG4J2)?;
     let java = find_program("java")?;
+    let extra_jvm_options = std::env::var(KAFKA_JVM_OPTS_ENV).unwrap_or_default();
     let jvm_args = |heap: &str| {
-        vec![
+        let mut args = vec![
             format!("-Xmx{heap}"),
             "-XX:+UseG1GC".to_owned(),
+            // C1 only: on a 2-core machine shared with the whole pipeline, C2 compiled the broker's
+            // hot paths for its first minute or more at about half the broker's CPU, and the
+            // pipeline's end-to-end tail paid for it (docs/performance.md, 2026-12-07).
+            "-XX:TieredStopAtLevel=1".to_owned(),
             "-Djava.awt.headless=true".to_owned(),
             format!("-Dlog4j2.configurationFile={}", dir.join("log4j2.properties").display()),
-            "-cp".to_owned(),
-            format!("{}/*", libs.display()),
-        ]
+        ];
+        // Last, so that they win: `KAFKA_JVM_OPTS=-XX:TieredStopAtLevel=4` brings C2 back.
+        args.extend(extra_jvm_options.split_whitespace().map(str::to_owned));
+        args.extend(["-cp".to_owned(), format!("{}/*", libs.display())]);
+        args
     };
     if !data.join("meta.properties").exists() {
         let output = std::process::Command::new(&java)

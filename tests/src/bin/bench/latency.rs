@@ -20,6 +20,18 @@ pub(crate) async fn run(stack: &Stack, sizes: &Sizes, parts: &Parts, results: &m
     let mut series = Vec::new();
     let mut latency_rows = Vec::new();
     let relay = e2e::ApiClient::new(&stack.url(e2e::stack::Service::Relay));
+    if !sizes.warmup.is_zero() {
+        let rate = sizes.rates[0];
+        let (_, Written { sent, refused, .. }) = open_loop_creates(stack, rate, sizes.warmup, &[]).await?;
+        println!(
+            "warm-up, not measured: {sent} writes at {rate}/s over {} s ({refused} refused by the API)",
+            sizes.warmup.as_secs()
+        );
+        results.insert(
+            "end_to_end_warmup".into(),
+            json!({"rate": rate, "secs": sizes.warmup.as_secs(), "sent": sent, "refused": refused}),
+        );
+    }
     for rate in sizes.rates {
         let metrics_before = relay.text("/metrics").await?;
         let (traced, Written { sent, refused, cpu }) = end_to_end_traced(stack, rate, sizes.phase, parts).await?;

@@ -6,7 +6,7 @@
 //! 3. Sink apply rate on a topic backlog, with 1, 2 and 3 sinks, vs pgbench running the sink's
 //!    apply SQL on DB2 and a bare consumer.
 //! 4. End-to-end latency (API response → row visible in DB2's `processed_events`) at two rates,
-//!    with 3 sinks on the topic's 6 partitions, and the broker's own floor at the same rates
+//!    with 3 sinks on the topic's 6 partitions, after a warm-up at the first rate, and the broker's own floor at the same rates
 //!    (records produced the relay's way and read as the sink reads, no database on either side).
 //! 5. Peak RSS of each service.
 //! 6. Bounded state over a long run: DB2's size and the sink's apply rate while updates flow for
@@ -124,6 +124,11 @@ struct Cli {
     /// relay publishes the backlog first, unmeasured: a quick run while working on the sink.
     #[arg(long, conflicts_with_all = ["relay_only", "latency_only"])]
     sink_only: bool,
+    /// How long the latency phase writes at its first rate, unmeasured, before it measures (0: a
+    /// cold start); default 30 s, 1 s with `--short`. A freshly started broker's JVM spends about
+    /// half its CPU compiling its hot paths for its first ~40 s (docs/performance.md).
+    #[arg(long)]
+    warmup_secs: Option<u64>,
     /// The relay's `RELAY_BATCH_SIZE` (unset: the relay's default), to measure what larger rounds buy.
     #[arg(long, value_name = "ROWS")]
     relay_batch_size: Option<u32>,
@@ -137,6 +142,8 @@ struct Sizes {
     backlog: i64,
     /// Write rates of the latency phase, per second.
     rates: [u64; 2],
+    /// Writes at the first rate before the latency phase measures anything.
+    warmup: Duration,
     /// The bounded-state phase: how long, at what rate, sampled how often.
     long_run: Duration,
     long_run_rate: u64,
@@ -151,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
             phase: Duration::from_secs(2),
             backlog: 3_000,
             rates: [50, 100],
+            warmup: Duration::from_secs(cli.warmup_secs.unwrap_or(1)),
             long_run: Duration::from_secs(cli.long_run_secs.unwrap_or(10)),
             long_run_rate: 50,
             long_run_sample: Duration::from_secs(2),
@@ -160,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
             phase: Duration::from_secs(10),
             backlog: 100_000,
             rates: [1000, 2000],
+            warmup: Duration::from_secs(cli.warmup_secs.unwrap_or(30)),
             long_run: Duration::from_secs(cli.long_run_secs.unwrap_or(300)),
             long_run_rate: 500,
             long_run_sample: Duration::from_secs(10),

@@ -1,11 +1,10 @@
 //! The memory budget of the records the sink holds between receiving them and storing their
 //! offsets. Lanes and their queues bound how many records wait per partition, but not in total:
 //! six partitions' lanes, each with a full queue and a batch in a transaction, hold 12,000 records
-//! whatever their size. A record in hand costs
-//! its payload twice (the detached record, kept for the dead-letter topic, and the decoded event),
-//! its key, and a fixed overhead for its consumer span, headers and bookkeeping; when the budget
-//! is spent, receiving waits until a lane has applied its batch. The budget matters most for large
-//! records: a lane's queue is counted in records, and 12,000 records of 1 MB would be 12 GB.
+//! whatever their size, and 12,000 records of 1 MB would be 12 GB. A record in hand costs its
+//! payload twice (the detached record, kept for the dead-letter topic, and the decoded event), its
+//! key, and a fixed overhead for its consumer span, headers and bookkeeping; when the budget is
+//! spent, receiving waits until a lane has applied its batch.
 
 use std::sync::Arc;
 

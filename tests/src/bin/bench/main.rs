@@ -6,8 +6,9 @@
 //! 3. Sink apply rate on a topic backlog, with 1, 2 and 3 sinks, vs pgbench running the sink's
 //!    apply SQL on DB2 and a bare consumer.
 //! 4. End-to-end latency (API response → row visible in DB2's `processed_events`) at two rates,
-//!    with 3 sinks on the topic's 6 partitions, after a warm-up at the first rate, and the broker's own floor at the same rates
-//!    (records produced the relay's way and read as the sink reads, no database on either side).
+//!    with 3 sinks on the topic's 6 partitions, after a warm-up at the first rate, and the
+//!    broker's own floor at the same rates (records produced the relay's way and read as the sink
+//!    reads, no database on either side).
 //! 5. Peak RSS of each service.
 //! 6. Bounded state over a long run: DB2's size and the sink's apply rate while updates flow for
 //!    `--long-run-secs`, with a sink pruning `processed_events` past a short retention.
@@ -125,8 +126,8 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["relay_only", "latency_only"])]
     sink_only: bool,
     /// How long the latency phase writes at its first rate, unmeasured, before it measures (0: a
-    /// cold start); default 30 s, 1 s with `--short`. A freshly started broker's JVM spends about
-    /// half its CPU compiling its hot paths for its first ~40 s (docs/performance.md).
+    /// cold start); default 30 s, 1 s with `--short`. A freshly started broker's JVM compiles its
+    /// hot paths first (with C2, about half the broker's CPU for its first minute; docs/performance.md).
     #[arg(long)]
     warmup_secs: Option<u64>,
     /// The relay's `RELAY_BATCH_SIZE` (unset: the relay's default), to measure what larger rounds buy.

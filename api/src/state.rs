@@ -14,6 +14,8 @@ use crate::metrics::ApiMetrics;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: Pool,
+    /// Wakes the relay after each committed change (see [`outbox::RelayWaker`]).
+    pub relay_waker: outbox::RelayWaker,
     pub metrics: ApiMetrics,
     pub request_timeout: Duration,
     /// Required for writes when set.
@@ -33,7 +35,7 @@ pub struct Limits {
 
 impl AppState {
     /// A state whose schema is not applied yet: writes and reads answer 503 until
-    /// [`AppState::set_schema_ready`].
+    /// [`AppState::set_schema_ready`]. Starts the relay waker's task: call within a Tokio runtime.
     pub fn new(
         pool: Pool,
         metrics: ApiMetrics,
@@ -41,6 +43,7 @@ impl AppState {
         api_token: Option<service_kit::config::Secret>,
     ) -> Self {
         Self {
+            relay_waker: outbox::RelayWaker::spawn(pool.clone()),
             pool,
             metrics,
             request_timeout: limits.request_timeout,

@@ -214,3 +214,79 @@ async fn a_row_with_a_bad_topic_or_bad_headers_is_refused_at_enqueue() -> anyhow
     assert_eq!(outbox_rows(&outbox.pool).await?, 2, "only the good rows are in");
     Ok(())
 }
+
+/// A LISTEN connection on `db`'s outbox channel; each notification's arrival is sent on the channel.
+async fn listen(
+    db: &service_kit::config::DatabaseUrl,
+) -> anyhow::Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+    use futures_util::StreamExt as _;
+    let (client, mut connection) = service_kit::db::connection_config(db).connect(db.tls()).await?;
+    let (arrived, notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = message {
+                let _ = arrived.send(());
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {}", outbox::NOTIFY_CHANNEL)).await?;
+    Ok((client, notifications))
+}
+
+/// A writer at high rates enqueues without notifying and wakes the relay after its commit: the
+/// notification comes after the commit (the row is visible when it arrives), none comes from the
+/// transaction itself, and a burst of wake-ups is folded into a few notifications.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_waker_notifies_after_the_commit_and_folds_a_burst() -> anyhow::Result<()> {
+    let outbox = Outbox::start().await?;
+    let (listener, mut notifications) = listen(&outbox.db1).await?;
+    let waker = outbox::RelayWaker::spawn(outbox.pool.clone());
+    let event_id = Uuid::new_v4();
+    let event = NewEvent {
+        event_id,
+        aggregate_type: "order",
+        aggregate_id: "o-1",
+        event_type: "order.placed",
+        topic: None,
+        headers: &[],
+        payload: "{}",
+        trace_context: &HashMap::new(),
+    };
+    let mut client = outbox.pool.get().await?;
+    let transaction = client.transaction().await?;
+    outbox::enqueue_without_notify(&transaction, &event).await?;
+    transaction.commit().await?;
+    let quiet = tokio::time::timeout(Duration::from_millis(500), notifications.recv()).await;
+    assert!(quiet.is_err(), "the transaction itself notified nobody");
+
+    waker.wake();
+    tokio::time::timeout(TIMEOUT, notifications.recv()).await?.expect("a notification");
+    let visible: i64 =
+        listener.query_one("SELECT count(*) FROM outbox WHERE event_id = $1", &[&event_id]).await?.get(0);
+    assert_eq!(visible, 1, "the row had committed when its notification arrived");
+
+    // `enqueue` still notifies on the writer's transaction, for writers at modest rates.
+    let transaction = client.transaction().await?;
+    outbox::enqueue(&transaction, &NewEvent { event_id: Uuid::new_v4(), ..event }).await?;
+    transaction.commit().await?;
+    tokio::time::timeout(TIMEOUT, notifications.recv()).await?.expect("the transaction's notification");
+
+    let burst = 500;
+    for _ in 0..burst {
+        waker.wake();
+    }
+    tokio::time::timeout(TIMEOUT, notifications.recv()).await?.expect("a notification for the burst");
+    // Whatever else the burst sent arrives within a second; far fewer than one per wake-up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut folded = 1;
+    while notifications.try_recv().is_ok() {
+        folded += 1;
+    }
+    assert!(folded < burst / 10, "{folded} notifications for {burst} wake-ups");
+
+    // The waker's connection is its own: the pool's connections still commit synchronously.
+    let setting: String = outbox.pool.get().await?.query_one("SHOW synchronous_commit", &[]).await?.get(0);
+    assert_eq!(setting, "on");
+    Ok(())
+}

@@ -62,8 +62,10 @@ async fn commit_with_event(
         payload: &payload,
         trace_context: &trace_context,
     };
-    outbox::enqueue(&transaction, &new_event).await?;
+    // Notifying inside the transaction would serialise the commits of concurrent requests.
+    outbox::enqueue_without_notify(&transaction, &new_event).await?;
     transaction.commit().await?;
+    state.relay_waker.wake();
     state.metrics.writes.with_label_values(&[event_type.as_str()]).inc();
     let article = event.data;
     tracing::info!(

@@ -2,7 +2,8 @@
 //! tables), and all of its SQL, in one place.
 //!
 //! A writer calls [`enqueue`] inside the transaction that changes its data, so the change and its
-//! event commit together or not at all; the same transaction NOTIFYs the relay. The relay reads
+//! event commit together or not at all; the same transaction NOTIFYs the relay, or, for a writer
+//! at high rates, a [`RelayWaker`] does right after the commit. The relay reads
 //! rows in id order with [`fetch_pending`] and removes them with [`delete_published`] once the
 //! broker has acknowledged them, so the table holds only the unpublished backlog. This crate knows
 //! no service: a row names its aggregate (type and id, the id being the record key), may name its
@@ -15,6 +16,10 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 use serde::Serialize;
 use uuid::Uuid;
+
+mod waker;
+
+pub use waker::RelayWaker;
 
 mod embedded {
     refinery::embed_migrations!("../../sql/outbox");
@@ -29,7 +34,7 @@ pub fn migrations() -> refinery::Runner {
     embedded::migrations::runner()
 }
 
-/// The channel the API notifies and the relay listens on.
+/// The channel writers notify and the relay listens on.
 pub const NOTIFY_CHANNEL: &str = "outbox_new";
 
 /// One unpublished event.
@@ -77,8 +82,21 @@ pub struct NewEvent<'a> {
 }
 
 /// Writes `event` to the outbox and notifies the relay, on the caller's transaction: the event
-/// commits with the change it describes, or not at all.
+/// commits with the change it describes, or not at all. The notification serialises the commits
+/// of concurrent writers (see [`RelayWaker`]); a writer at high rates uses
+/// [`enqueue_without_notify`] and wakes the relay after its commit instead.
 pub async fn enqueue(transaction: &Transaction<'_>, event: &NewEvent<'_>) -> Result<(), tokio_postgres::Error> {
+    enqueue_without_notify(transaction, event).await?;
+    notify_relay(transaction).await
+}
+
+/// Writes `event` to the outbox on the caller's transaction, as [`enqueue`] does, without
+/// notifying the relay: call [`RelayWaker::wake`] once the transaction committed (or leave the row
+/// to the relay's poll).
+pub async fn enqueue_without_notify(
+    transaction: &Transaction<'_>,
+    event: &NewEvent<'_>,
+) -> Result<(), tokio_postgres::Error> {
     // A map of strings always serialises; `None` keeps untraced rows free of an empty object.
     let trace_context =
         if event.trace_context.is_empty() { None } else { serde_json::to_string(event.trace_context).ok() };
@@ -109,7 +127,7 @@ pub async fn enqueue(transaction: &Transaction<'_>, event: &NewEvent<'_>) -> Res
             ],
         )
         .await?;
-    notify_relay(transaction).await
+    Ok(())
 }
 
 /// Wakes the relay when `transaction` commits (notifications are delivered at commit and

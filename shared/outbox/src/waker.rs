@@ -48,7 +48,7 @@ impl RelayWaker {
                 if let Err(error) = notify(&pool, &mut connection).await {
                     // The next wake-up opens a new connection; the relay's poll finds the rows meanwhile.
                     connection = None;
-                    tracing::warn!(error = %chain(&error), "cannot wake the relay; it finds the new rows at its next poll");
+                    tracing::warn!(%error, "cannot wake the relay; it finds the new rows at its next poll");
                 }
                 tokio::time::sleep(SPACING).await;
             }
@@ -67,9 +67,10 @@ impl RelayWaker {
 /// Errors of one notification.
 #[derive(Debug, thiserror::Error)]
 enum WakeError {
-    #[error("no connection to the outbox's database")]
+    // The source is in the message: this error is only ever logged, as one line.
+    #[error("no connection to the outbox's database: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("the notification failed")]
+    #[error("the notification failed: {0}")]
     Notify(#[from] tokio_postgres::Error),
 }
 
@@ -85,16 +86,4 @@ async fn notify(pool: &Pool, connection: &mut Option<deadpool_postgres::ClientWr
         client.prepare_cached("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')").await?;
     client.execute(&statement, &[&NOTIFY_CHANNEL]).await?;
     Ok(())
-}
-
-/// `error` and its sources, for one log line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -152,3 +152,45 @@ async fn the_relay_creates_a_missing_topic_with_the_partitions_asked_and_leaves_
     assert_eq!(e2e::metric(&metrics, "outbox_topic_partitions"), 2.0, "{metrics}");
     relay.stop().await
 }
+
+/// After a backlog, the outbox's table keeps its pages (VACUUM frees them but cannot give them
+/// back while newer rows sit behind them); once ANALYZE has counted few live rows in those pages,
+/// PostgreSQL's planner prefers reading the whole table to the primary key. The relay's sessions
+/// keep it on the key: its fetch reads the few pending rows, not every page of the old backlog.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_after_a_large_backlog_reads_the_primary_key_not_the_whole_table() -> anyhow::Result<()> {
+    let outbox = Outbox::start().await?;
+    let client = service_kit::db::connect(&outbox.db1).await?;
+    // A drained backlog of 50,000 rows, then 500 rows written behind it, vacuumed and analysed.
+    let insert = "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload) \
+                  SELECT gen_random_uuid(), 'article', (i % 1000)::text, 'article.created', repeat('x', 600) \
+                  FROM generate_series(1, $1::int) i";
+    client.execute(insert, &[&50_000_i32]).await?;
+    client.batch_execute("DELETE FROM outbox").await?;
+    client.execute(insert, &[&500_i32]).await?;
+    client.batch_execute("VACUUM ANALYZE outbox").await?;
+    let pages: i32 = client.query_one("SELECT relpages FROM pg_class WHERE relname = 'outbox'", &[]).await?.get(0);
+    assert!(pages > 1_000, "the backlog's pages stay: {pages}");
+
+    let plan = |client: tokio_postgres::Client| async move {
+        let rows = client
+            .query(
+                "EXPLAIN SELECT id FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox_dead_letters d \
+                 WHERE d.aggregate_id = o.aggregate_id AND d.aggregate_type = o.aggregate_type) \
+                 AND o.id <> ALL($2) ORDER BY id LIMIT $1",
+                &[&5_000_i64, &Vec::<i64>::new()],
+            )
+            .await?;
+        Ok::<_, anyhow::Error>(rows.iter().map(|row| row.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+    };
+    let plain = plan(client).await?;
+    assert!(plain.contains("Seq Scan on outbox"), "without the relay's settings the planner reads the table:\n{plain}");
+    let relay = plan(service_kit::db::connect(&outbox_relay::startup::relay_sessions(&outbox.db1)).await?).await?;
+    assert!(relay.contains("Index Scan using outbox_pkey"), "the relay reads the primary key:\n{relay}");
+    assert!(!relay.contains("Seq Scan on outbox "), "{relay}");
+    // And the relay still publishes those rows.
+    let relay_task = outbox.relay(&[]).await?;
+    outbox.wait_for_rows(0).await?;
+    relay_task.stop().await?;
+    Ok(())
+}

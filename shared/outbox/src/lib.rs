@@ -3,9 +3,9 @@
 //!
 //! A writer calls [`enqueue`] inside the transaction that changes its data, so the change and its
 //! event commit together or not at all; the same transaction NOTIFYs the relay, or, for a writer
-//! at high rates, a [`RelayWaker`] does right after the commit. The relay reads
-//! rows in id order with [`fetch_pending`] and removes them with [`delete_published`] once the
-//! broker has acknowledged them, so the table holds only the unpublished backlog. This crate knows
+//! at high rates, a [`RelayWaker`] does right after the commit. The relay reads rows in id order
+//! with [`fetch_pending`] and removes them with [`delete_published`] once the broker has
+//! acknowledged them, so the table holds only the unpublished backlog. This crate knows
 //! no service: a row names its aggregate (type and id, the id being the record key), may name its
 //! topic and extra headers, and its payload is the exact record value its writer built. The
 //! contract, for a team putting the relay beside its own service, is in docs/architecture.md.

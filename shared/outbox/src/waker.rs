@@ -13,9 +13,9 @@
 //! its own, outside any writer's transaction, with `synchronous_commit` off for that statement only
 //! (a notification is a hint, not data). Wake-ups that arrive while one is being sent, or within
 //! [`SPACING`] after it, are folded into the next, so a burst of commits costs one or two
-//! notifications. A wake-up lost to a crash
-//! or an unreachable database only delays the row until the relay's next poll: the row itself
-//! committed, and the relay finds it by polling (`RELAY_POLL_INTERVAL_MS`).
+//! notifications. A wake-up lost to a crash or an unreachable database only delays the row until
+//! the relay's next poll: the row itself committed, and the relay finds it by polling
+//! (`RELAY_POLL_INTERVAL_MS`).
 
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;

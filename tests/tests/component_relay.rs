@@ -173,14 +173,8 @@ async fn a_fetch_after_a_large_backlog_reads_the_primary_key_not_the_whole_table
     assert!(pages > 1_000, "the backlog's pages stay: {pages}");
 
     let plan = |client: tokio_postgres::Client| async move {
-        let rows = client
-            .query(
-                "EXPLAIN SELECT id FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox_dead_letters d \
-                 WHERE d.aggregate_id = o.aggregate_id AND d.aggregate_type = o.aggregate_type) \
-                 AND o.id <> ALL($2) ORDER BY id LIMIT $1",
-                &[&5_000_i64, &Vec::<i64>::new()],
-            )
-            .await?;
+        let explain = format!("EXPLAIN {}", outbox::FETCH_PENDING_SQL);
+        let rows = client.query(&explain, &[&5_000_i64, &Vec::<i64>::new()]).await?;
         Ok::<_, anyhow::Error>(rows.iter().map(|row| row.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
     };
     let plain = plan(client).await?;

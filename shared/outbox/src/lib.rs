@@ -143,6 +143,13 @@ async fn notify_relay(transaction: &Transaction<'_>) -> Result<(), tokio_postgre
 /// `max.message.bytes` should not be lower (the relay checks at start).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
 
+/// The query of [`fetch_pending`] (`$1`: the limit, `$2`: the ids in flight), public so that its
+/// plan can be checked against a real database.
+pub const FETCH_PENDING_SQL: &str = "SELECT id, event_id, aggregate_type, aggregate_id, event_type, topic, headers, \
+     payload, created_at, trace_context FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox_dead_letters d \
+     WHERE d.aggregate_id = o.aggregate_id AND d.aggregate_type = o.aggregate_type) \
+     AND o.id <> ALL($2) ORDER BY id LIMIT $1";
+
 /// The oldest `limit` unpublished rows, in the order they must be published, leaving out the
 /// rows of any aggregate that has a dead letter: they wait for an operator (see [`dead_letter`]),
 /// and the rows `in_flight` (a pipelined relay's batches sent but not settled yet). Rows are left
@@ -153,14 +160,7 @@ pub async fn fetch_pending(
     limit: i64,
     in_flight: &[i64],
 ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
-    let statement = client
-        .prepare_cached(
-            "SELECT id, event_id, aggregate_type, aggregate_id, event_type, topic, headers, payload, created_at, \
-             trace_context FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox_dead_letters d \
-             WHERE d.aggregate_id = o.aggregate_id AND d.aggregate_type = o.aggregate_type) \
-             AND o.id <> ALL($2) ORDER BY id LIMIT $1",
-        )
-        .await?;
+    let statement = client.prepare_cached(FETCH_PENDING_SQL).await?;
     let rows = client.query(&statement, &[&limit, &in_flight]).await?;
     rows.iter().map(OutboxRow::from_row).collect()
 }
